@@ -1,0 +1,1 @@
+"""artrm: Tiny Autoregressive Recursive Models in JAX/Flax."""

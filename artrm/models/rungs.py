@@ -1,0 +1,255 @@
+"""The seven rungs of the paper's ladder, as one Flax module plus a recipe each.
+
+Every rung is embeddings -> trunk -> final LayerNorm -> LM head. The trunks
+differ along three independent axes, which the `Rung` recipe names:
+
+  stream   'single': h <- block(h + e_s)                          (rungs 1-4)
+           'dual':   H cycles of [L x z <- block(x + y + z + e_s)],
+                     then y <- block(y + z + e_s)                  (rungs 5-7)
+  halting  'none' (fixed steps), 'act' (Graves ACT on the stream), 'q' (TRM
+           Q-head at position 0, batch-level stop)
+  nested   H, L from the config, y/z detached at each step start and the first
+           H-1 cycles without gradient (rungs 6-7); otherwise H = L = 1.
+
+All loops are `nn.scan` (compile time does not grow with steps); the early
+stop of ACT and TRM is an `nn.cond` inside the scan that skips the block work.
+Each trunk also returns the number of block passes it executed, threaded
+through the loops as a counter, so tests can check the compute accounting.
+"""
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from artrm.models import act as act_lib
+from artrm.models.block import INIT, Block, dense, layer_norm
+from artrm.models.config import ModelConfig
+
+Aux = dict[str, jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class Rung:
+  title: str
+  stream: str = 'single'      # 'single' | 'dual'
+  tied: bool = True           # one shared block (all but `gpt`)
+  step_embeddings: bool = False
+  halting: str = 'none'       # 'none' | 'act' | 'q'
+  nested: bool = False        # H x L cycles with TRM's gradient rules
+
+  def default_steps(self, cfg: ModelConfig) -> int:
+    return cfg.act_steps if self.halting != 'none' else cfg.n_layer
+
+
+SCAN = functools.partial(
+    nn.scan, variable_broadcast='params', split_rngs={'params': False, 'dropout': True})
+
+
+class _LayerStep(nn.Module):
+  """One of `gpt`'s distinct blocks, shaped for `nn.scan` over stacked params."""
+
+  n_head: int
+  dropout: float
+
+  @nn.compact
+  def __call__(self, carry, deterministic: bool):
+    h_BxTxC, passes = carry
+    return (Block(self.n_head, self.dropout, name='block')(h_BxTxC, deterministic), passes + 1), None
+
+
+class RecursiveLM(nn.Module):
+  """A decoder of the ladder; `rung` picks the trunk, `config` the sizes."""
+
+  config: ModelConfig
+  rung: Rung
+
+  def setup(self):
+    cfg, rung = self.config, self.rung
+    self.tok_emb = nn.Embed(cfg.vocab_size, cfg.n_embd, embedding_init=INIT)
+    self.pos_emb = self.param('pos_emb', INIT, (cfg.block_size, cfg.n_embd))
+    if self.uses_step_embeddings:
+      self.step_emb = self.param('step_emb', INIT, (rung.default_steps(cfg), cfg.n_embd))
+    if rung.tied:
+      self.block = Block(cfg.n_head, cfg.dropout)
+    else:
+      self.blocks = nn.scan(_LayerStep, variable_axes={'params': 0}, in_axes=nn.broadcast,
+                            split_rngs={'params': True, 'dropout': True},
+                            length=cfg.n_layer)(cfg.n_head, cfg.dropout)
+    if rung.stream == 'dual':
+      self.y_init = self.param('y_init', INIT, (cfg.n_embd,))
+      self.z_init = self.param('z_init', INIT, (cfg.n_embd,))
+    if rung.halting == 'act':
+      self.act_halt = dense(1, 'act_halt')
+    if rung.halting == 'q':
+      self.q_halt = nn.Dense(1, kernel_init=nn.initializers.zeros,
+                             bias_init=nn.initializers.constant(-5.0), name='q_halt')
+    self.ln_f = layer_norm('ln_f')
+    self.lm_head = dense(cfg.vocab_size, 'lm_head')
+
+  @property
+  def uses_step_embeddings(self) -> bool:
+    return self.rung.step_embeddings and self.config.use_step_embeddings
+
+  @property
+  def cycles(self) -> tuple[int, int]:
+    return (self.config.n_outer_loops, self.config.n_inner_loops) if self.rung.nested else (1, 1)
+
+  def __call__(self, idx_BxT: jax.Array, *, deterministic: bool = True,
+               inference_steps: int | None = None, full_compute: bool = False
+               ) -> tuple[jax.Array, Aux]:
+    """Returns next-token logits [B, T, V] and aux metrics of the trunk.
+
+    `inference_steps` runs more (or fewer) steps than trained, reusing the last
+    step embedding past the table; `full_compute` disables every early stop.
+    """
+    cfg = self.config
+    T = idx_BxT.shape[1]
+    if T > cfg.block_size:
+      raise ValueError(f'Sequence length {T} exceeds block_size={cfg.block_size}: '
+                       'raise model.block_size or shorten the input.')
+    steps = inference_steps or self.rung.default_steps(cfg)
+    if not self.rung.tied and steps != cfg.n_layer:
+      raise ValueError(f'{cfg.name} has {cfg.n_layer} distinct blocks; it cannot run '
+                       f'{steps} inference steps. Use a weight-tied rung for step scaling.')
+    x_BxTxC = self.tok_emb(idx_BxT) + self.pos_emb[:T]
+    trunk = {'none': self._fixed_trunk, 'act': self._act_trunk, 'q': self._q_trunk}[self.rung.halting]
+    h_BxTxC, aux = trunk(x_BxTxC, steps, deterministic, full_compute)
+    return self.lm_head(self.ln_f(h_BxTxC)), aux
+
+  # -- one step of each stream kind -------------------------------------------
+
+  def _step_embedding(self, s: jax.Array) -> jax.Array | float:
+    if not self.uses_step_embeddings:
+      return 0.0
+    return self.step_emb[jnp.minimum(s, self.step_emb.shape[0] - 1)]
+
+  def _apply_block(self, h_BxTxC, passes, deterministic):
+    return self.block(h_BxTxC, deterministic), passes + 1
+
+  def _stream_init(self, x_BxTxC):
+    if self.rung.stream == 'single':
+      return (x_BxTxC,)
+    return (jnp.broadcast_to(self.y_init, x_BxTxC.shape), jnp.broadcast_to(self.z_init, x_BxTxC.shape))
+
+  def _step(self, x_BxTxC, stream, s, passes, deterministic):
+    """One step: returns (new stream, passes); the readout state is stream[0]."""
+    e_C = self._step_embedding(s)
+    if self.rung.stream == 'single':
+      h_BxTxC, passes = self._apply_block(stream[0] + e_C, passes, deterministic)
+      return (h_BxTxC,), passes
+    return self._dual_step(x_BxTxC, stream, e_C, passes, deterministic)
+
+  def _dual_step(self, x_BxTxC, stream, e_C, passes, deterministic):
+    H, L = self.cycles
+    y_BxTxC, z_BxTxC = stream
+    if self.rung.nested:
+      y_BxTxC, z_BxTxC = jax.lax.stop_gradient((y_BxTxC, z_BxTxC))
+
+    def z_update(mdl, carry, _):
+      y, z, n = carry
+      z, n = mdl._apply_block(x_BxTxC + y + z + e_C, n, deterministic)
+      return (y, z, n), None
+
+    def cycle(mdl, carry, _):
+      (y, z, n), _ = SCAN(z_update, length=L)(mdl, carry, None)
+      y, n = mdl._apply_block(y + z + e_C, n, deterministic)
+      return (y, z, n), None
+
+    carry = (y_BxTxC, z_BxTxC, passes)
+    if H > 1:  # TRM's rule: the first H-1 cycles refine without gradient
+      carry, _ = SCAN(cycle, length=H - 1)(self, carry, None)
+      carry = (*jax.lax.stop_gradient(carry[:2]), carry[2])
+    (y_BxTxC, z_BxTxC, passes), _ = cycle(self, carry, None)
+    return (y_BxTxC, z_BxTxC), passes
+
+  def _maybe_skip(self, done, step_fn, carry, full_compute):
+    """Runs `step_fn(mdl, carry)` unless `done`; skipping keeps carry as is."""
+    if full_compute or self.is_initializing():
+      return step_fn(self, carry)
+    return nn.cond(done, lambda mdl, c: c, step_fn, self, carry)
+
+  # -- trunks: how steps are looped and read out --------------------------------
+
+  def _fixed_trunk(self, x_BxTxC, steps, deterministic, full_compute):
+    passes = jnp.zeros((), jnp.int32)
+    if not self.rung.tied:
+      (h_BxTxC, passes), _ = self.blocks((x_BxTxC, passes), deterministic)
+      return h_BxTxC, {'block_passes': passes, 'steps_taken': jnp.asarray(steps)}
+
+    def body(mdl, carry, s):
+      stream, n = carry
+      return mdl._step(x_BxTxC, stream, s, n, deterministic), None
+
+    (stream, passes), _ = SCAN(body)(self, (self._stream_init(x_BxTxC), passes), jnp.arange(steps))
+    return stream[0], {'block_passes': passes, 'steps_taken': jnp.asarray(steps)}
+
+  def _act_trunk(self, x_BxTxC, steps, deterministic, full_compute):
+    stream = self._stream_init(x_BxTxC)
+    act0 = act_lib.act_init(x_BxTxC)
+    zero = jnp.zeros((), jnp.int32)
+
+    def step_fn(s, mdl, carry):
+      stream, act, passes, taken = carry
+      stream, passes = mdl._step(x_BxTxC, stream, s, passes, deterministic)
+      p_BxT = jax.nn.sigmoid(mdl.act_halt(stream[0])[..., 0])
+      return stream, act_lib.act_update(act, p_BxT, stream[0]), passes, taken + 1
+
+    def body(mdl, carry, s):
+      done = jnp.all(carry[1].halted_BxT)
+      return mdl._maybe_skip(done, functools.partial(step_fn, s), carry, full_compute), None
+
+    (stream, act, passes, taken), _ = SCAN(body)(self, (stream, act0, zero, zero), jnp.arange(steps))
+    out_BxTxC, ponder = act_lib.act_finalize(act, stream[0])
+    return out_BxTxC, {'ponder_cost': ponder, 'block_passes': passes, 'steps_taken': taken}
+
+  def _q_trunk(self, x_BxTxC, steps, deterministic, full_compute):
+    B = x_BxTxC.shape[0]
+    min_steps_B = jnp.zeros((B,), jnp.int32)
+    if not deterministic and self.config.halt_exploration_prob > 0:
+      explore_key, steps_key = jax.random.split(self.make_rng('dropout'))
+      explore_B = jax.random.bernoulli(explore_key, self.config.halt_exploration_prob, (B,))
+      min_steps_B = jnp.where(explore_B, jax.random.randint(steps_key, (B,), 1, steps + 1), 0)
+    zero = jnp.zeros((), jnp.int32)
+
+    def step_fn(s, mdl, carry):
+      stream, halted_B, passes, taken = carry
+      stream, passes = mdl._step(x_BxTxC, stream, s, passes, deterministic)
+      q_B = mdl.q_halt(stream[0][:, 0])[:, 0]
+      halts_B = ((q_B > 0) & (s + 1 >= min_steps_B)) | (s == steps - 1)
+      return stream, halted_B | halts_B, passes, taken + 1
+
+    def body(mdl, carry, s):
+      done = jnp.all(carry[1])
+      return mdl._maybe_skip(done, functools.partial(step_fn, s), carry, full_compute), None
+
+    carry0 = (self._stream_init(x_BxTxC), jnp.zeros((B,), bool), zero, zero)
+    (stream, _, passes, taken), _ = SCAN(body)(self, carry0, jnp.arange(steps))
+    return stream[0], {'block_passes': passes, 'steps_taken': taken}
+
+
+RUNGS: dict[str, Rung] = {
+    'gpt': Rung('Dense Transformer', tied=False),
+    'gpt_level1': Rung('Iterative Transformer'),
+    'gpt_level2': Rung('Iterative Step Transformer', step_embeddings=True),
+    'ut': Rung('Universal Transformer (ACT)', step_embeddings=True, halting='act'),
+    'ut_level1': Rung('Dual UT', stream='dual', step_embeddings=True, halting='act'),
+    'ut_level2': Rung('Dual Nested UT', stream='dual', step_embeddings=True, halting='act', nested=True),
+    'trm': Rung('Autoregressive TRM', stream='dual', step_embeddings=True, halting='q', nested=True),
+}
+
+
+def get_rung(name: str) -> Rung:
+  if name not in RUNGS:
+    raise ValueError(f'Unknown model {name!r}; choose one of {list(RUNGS)}.')
+  return RUNGS[name]
+
+
+def build_model(config: ModelConfig | Any) -> RecursiveLM:
+  """The registry's one entry point: a ModelConfig (or mapping) to its module."""
+  if not isinstance(config, ModelConfig):
+    config = ModelConfig.from_mapping(config)
+  return RecursiveLM(config, get_rung(config.name))
