@@ -4,9 +4,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from artrm.data.vocab import IGNORE_INDEX
 from artrm.models.config import ModelConfig
-
-IGNORE_INDEX = -100
 
 
 def cross_entropy(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Array:

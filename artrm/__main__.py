@@ -1,0 +1,3 @@
+from artrm.cli import main
+
+main()

@@ -1,0 +1,76 @@
+"""The base training config and the `arg` string every config file accepts.
+
+`arg` is comma-separated `key=value` pairs plus bare flags (big_vision style),
+e.g. `model=trm,task=copy,runlocal`. `runlocal` selects a small CPU variant
+of the same experiment: same code path, tiny widths and few steps.
+"""
+
+import ast
+import dataclasses
+
+import ml_collections
+
+from artrm.models import ModelConfig
+
+
+def parse_arg(arg: str | None, **defaults):
+  """Parses `arg` over `defaults`; an unknown key is an error naming the known ones."""
+  out = dict(defaults)
+  for item in filter(None, (arg or '').split(',')):
+    key, _, value = item.partition('=')
+    if key not in out:
+      raise ValueError(f'Unknown config arg {key!r}; known: {sorted(out)}.')
+    if not value:
+      out[key] = True
+    else:
+      try:
+        out[key] = ast.literal_eval(value)
+      except (ValueError, SyntaxError):
+        out[key] = value
+  return ml_collections.ConfigDict(out)
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """The paper's length-generalisation run (paper-spec "The paper's runs")."""
+  c = ml_collections.ConfigDict()
+  c.seed = 1337
+  c.task = 'addition'
+  c.train_length = 10
+  c.batch_size = 64
+  c.max_steps = 5000
+  # Block passes to equalise across rungs (paper-spec "Compute normalisation");
+  # 0 keeps model.n_layer, n_outer_loops and n_inner_loops as given.
+  c.budget = 24
+
+  c.model = ml_collections.ConfigDict(dataclasses.asdict(ModelConfig()))
+  c.model.update(name='gpt', n_embd=384, n_head=6, dropout=0.1, block_size=180,
+                 ponder_cost_weight=0.0)
+
+  # torch.optim.AdamW with the paper's settings: constant lr, decay on every parameter.
+  c.optimizer = ml_collections.ConfigDict(dict(
+      learning_rate=3e-4, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01, grad_clip_norm=0.0))
+
+  c.eval = ml_collections.ConfigDict(dict(
+      lengths=(10, 20, 30, 40, 50), every_steps=250, n_samples=100, seed=0, batch_size=100,
+      decoding='greedy', inference_steps=0, full_compute=False))
+
+  c.checkpoint = ml_collections.ConfigDict(dict(
+      every_steps=0,          # 0: max_steps / 10
+      max_to_keep=0,          # periodic checkpoints kept; 0 keeps all
+      best_metric='seq_acc',  # at the training length
+  ))
+  c.log = ml_collections.ConfigDict(dict(
+      every_steps=50, progress_bar=True, tensorboard=False, wandb_project=''))
+  return c
+
+
+def make_runlocal(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Shrinks a config to a CPU-sized run of the same experiment."""
+  c.model.update(n_embd=64, n_head=4, dropout=0.0)
+  c.budget = 6
+  c.batch_size = 32
+  c.max_steps = 400
+  c.eval.update(every_steps=200, n_samples=64, batch_size=64,
+                lengths=tuple(sorted({c.train_length, c.train_length + 2})))
+  c.log.every_steps = 50
+  return c

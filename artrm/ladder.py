@@ -1,0 +1,62 @@
+"""The main job: all seven rungs trained at one small budget, compared side by side.
+
+A CPU-sized version of the paper's comparison: each rung is trained with the
+`runlocal` length-generalisation config on one task at train length L, and
+evaluated at L and at a longer length. Runs resume like any training run, so
+re-running the command after an interruption finishes only what is missing.
+"""
+
+import csv
+import os
+import time
+
+from artrm import train
+from artrm.configs import length_gen
+from artrm.models import RUNGS, block_passes
+from artrm.tables import markdown_table
+
+TRAIN_LENGTH = 8
+LONGER_LENGTH = 12
+
+
+def ladder_config(name: str, task: str, max_steps: int | None = None):
+  c = length_gen.get_config(f'model={name},task={task},runlocal')
+  c.train_length = TRAIN_LENGTH
+  c.eval.lengths = (TRAIN_LENGTH, LONGER_LENGTH)
+  c.log.progress_bar = False
+  if max_steps:
+    c.max_steps = max_steps
+    c.eval.every_steps = max_steps
+  return c
+
+
+def run_ladder(workdir: str, task: str = 'copy', max_steps: int | None = None) -> list[dict]:
+  rows = []
+  for name, rung in RUNGS.items():
+    config = ladder_config(name, task, max_steps)
+    start = time.perf_counter()
+    out = train.train_and_evaluate(config, os.path.join(workdir, name))
+    mc = out['model'].config
+    row = dict(rung=name, model=rung.title, passes=block_passes(mc),
+               shape=f'{mc.n_layer}x{mc.n_outer_loops}x{mc.n_inner_loops}' if rung.nested
+               else str(mc.n_layer), minutes=(time.perf_counter() - start) / 60)
+    for L in (TRAIN_LENGTH, LONGER_LENGTH):
+      row[f'seq_acc@{L}'] = out['eval'][L]['seq_acc']
+      row[f'char_acc@{L}'] = out['eval'][L]['char_acc']
+    rows.append(row)
+    print(f'{name:12s} seq_acc@{TRAIN_LENGTH}={row[f"seq_acc@{TRAIN_LENGTH}"]:.3f} '
+          f'({row["minutes"]:.1f} min)', flush=True)
+
+  config = ladder_config('gpt', task, max_steps)
+  header = (f'Seven rungs on {task}, trained at L={TRAIN_LENGTH} for {config.max_steps} steps '
+            f'(budget {config.budget} block passes, n_embd {config.model.n_embd}, batch '
+            f'{config.batch_size}), greedy decoding on {config.eval.n_samples} fixed prompts.')
+  table = markdown_table(rows)
+  print('\n' + header + '\n\n' + table)
+  with open(os.path.join(workdir, 'ladder.md'), 'w') as f:
+    f.write(header + '\n\n' + table + '\n')
+  with open(os.path.join(workdir, 'ladder.csv'), 'w', newline='') as f:
+    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+  return rows

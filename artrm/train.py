@@ -1,0 +1,228 @@
+"""One training loop for every rung: rungs differ only in the model they build.
+
+`train_step` is a module-level pure function of the state; the loop jits it
+once (batch sharded over a data mesh, state replicated and donated). Batches
+are sampled inside the step from `fold_in(run key, step)`, so a run is a pure
+function of (config, step): resuming from a checkpoint replays the exact
+same batches and dropout masks, and the result is bitwise identical to an
+uninterrupted run.
+"""
+
+import functools
+import json
+import math
+import os
+import sys
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import tqdm
+
+from artrm import checkpointing, parallel
+from artrm.data import get_task, sample_batch
+from artrm.evaluators import LengthEvaluator
+from artrm.models import ModelConfig, build_model, init_params, lm_loss, normalize_budget
+from artrm.writers import MetricWriter
+
+
+FINAL_EVAL = 'final_eval.json'   # the run's last evaluation; its presence marks a finished run
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  rng: jax.Array   # raw key data (uint32): saved by Orbax like any array
+
+
+def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
+  """The run's ModelConfig, with the compute budget applied (paper-spec rule)."""
+  mc = ModelConfig.from_mapping(config.model.to_dict())
+  return normalize_budget(mc, config.budget) if config.budget else mc
+
+
+def make_optimizer(opt: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """AdamW as torch.optim.AdamW: decoupled decay lr * wd * param on every parameter."""
+  tx = optax.adamw(opt.learning_rate, b1=opt.b1, b2=opt.b2, eps=opt.eps,
+                   weight_decay=opt.weight_decay)
+  if opt.grad_clip_norm > 0:
+    tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), tx)
+  return tx
+
+
+def init_state(model, optimizer: optax.GradientTransformation, seed: int) -> TrainState:
+  init_key, train_key = jax.random.split(jax.random.key(seed))
+  params = init_params(model, init_key)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    opt_state=jax.jit(optimizer.init)(params), rng=jax.random.key_data(train_key))
+
+
+def train_step(state: TrainState, *, model, optimizer, task: str, length: int, batch_size: int,
+               batch_sharding=None) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One AdamW step on a fresh batch; a non-finite loss or gradient leaves params as they were."""
+  step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+  data_key, dropout_key = jax.random.split(step_key)
+  batch = sample_batch(data_key, task, length, batch_size)
+  if batch_sharding is not None:
+    batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+
+  def loss_fn(params):
+    logits_BxTxV, aux = model.apply({'params': params}, batch['inputs'], deterministic=False,
+                                    rngs={'dropout': dropout_key})
+    return lm_loss(model.config, logits_BxTxV, aux, batch['targets']), aux
+
+  (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  grad_norm = optax.global_norm(grads)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  keep_good = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+  new_state = state.replace(step=state.step + 1, params=keep_good(params, state.params),
+                            opt_state=keep_good(opt_state, state.opt_state))
+  metrics = dict(loss=loss, grad_norm=grad_norm, finite=finite,
+                 **{k: jnp.asarray(v, jnp.float32) for k, v in aux.items()})
+  return new_state, metrics
+
+
+def evaluator_for(config: ml_collections.ConfigDict, **overrides) -> LengthEvaluator:
+  e = config.eval
+  lengths = sorted(set(e.lengths) | {config.train_length})   # best is picked at train length
+  kwargs = dict(task=config.task, lengths=lengths, n_samples=e.n_samples, seed=e.seed,
+                batch_size=e.batch_size, decoding=e.decoding,
+                inference_steps=e.inference_steps or None, full_compute=e.full_compute)
+  return LengthEvaluator(**{**kwargs, **overrides})
+
+
+def eval_scalars(results: dict[int, dict]) -> dict[str, float]:
+  """Flat `L{length}/{metric}` scalars (per-position lists go to the eval files)."""
+  return {f'L{L}/{k}': v for L, m in results.items() for k, v in m.items()
+          if not isinstance(v, (list, tuple, np.ndarray))}
+
+
+def config_dict(config: ml_collections.ConfigDict) -> dict:
+  """A JSON round-trip of the config, so saved and current ones compare equal."""
+  return json.loads(config.to_json())
+
+
+class _Window:
+  """Step metrics kept on device until a flush; one host sync per log period."""
+
+  def __init__(self, tokens_per_step: int):
+    self.tokens_per_step = tokens_per_step
+    self.pending: list[dict] = []
+    self.start = time.perf_counter()
+
+  def add(self, metrics: dict):
+    self.pending.append(metrics)
+
+  def flush(self, step: int) -> dict[str, float] | None:
+    if not self.pending:
+      return None
+    host = jax.device_get(self.pending)
+    n, seconds = len(host), time.perf_counter() - self.start
+    self.pending, self.start = [], time.perf_counter()
+    bad = [i for i, m in enumerate(host) if not m['finite']]
+    if bad:
+      raise FloatingPointError(
+          f'Non-finite loss or gradient at step {step - n + 1 + bad[0]} '
+          f'(loss={host[bad[0]]["loss"]}). '
+          'The last good checkpoint in the workdir is kept; lower optimizer.learning_rate or set '
+          'optimizer.grad_clip_norm, and re-run to resume from it.')
+    out = {k: float(np.mean([m[k] for m in host])) for k in host[0] if k != 'finite'}
+    out.update(steps_per_sec=n / seconds, tokens_per_sec=n * self.tokens_per_step / seconds)
+    return out
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains (or resumes) the run of `config` in `workdir`; returns its final state and eval."""
+  mc = model_config(config)
+  model = build_model(mc)
+  task = get_task(config.task)
+  seq_len = task.seq_len(config.train_length)
+  if seq_len > mc.block_size:
+    raise ValueError(f'{config.task} at train_length={config.train_length} needs {seq_len} '
+                     f'positions but model.block_size={mc.block_size}; raise model.block_size.')
+  evaluator = evaluator_for(config)
+  evaluator.check_fits(mc.block_size)
+  mesh = parallel.data_mesh()
+  parallel.check_batch_divisible(config.batch_size, mesh)
+  replicated = parallel.replicated(mesh)
+  optimizer = make_optimizer(config.optimizer)
+  cfg = config_dict(config)
+
+  ckpts = checkpointing.RunCheckpoints(workdir, config.checkpoint.max_to_keep)
+  state = jax.device_put(init_state(model, optimizer, config.seed), replicated)
+  is_main = jax.process_index() == 0
+  writer = MetricWriter(workdir, tensorboard=config.log.tensorboard,
+                        wandb_project=config.log.wandb_project, config=cfg, enabled=is_main)
+  best = -math.inf
+  if ckpts.periodic.latest_step() is not None:
+    _, state = ckpts.restore('latest', checkpointing.abstract_like(state), cfg)
+    writer.truncate_after(int(state.step))
+    best = (ckpts.best_metrics() or {}).get('value', -math.inf)
+  if is_main:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      json.dump(cfg, f, indent=2)
+
+  step_fn = jax.jit(
+      functools.partial(train_step, model=model, optimizer=optimizer, task=config.task,
+                        length=config.train_length, batch_size=config.batch_size,
+                        batch_sharding=parallel.batch_sharding(mesh)),
+      in_shardings=(replicated,), out_shardings=(replicated, replicated), donate_argnums=0)
+  start = int(state.step)
+  t0 = time.perf_counter()
+  step_fn = step_fn.lower(state).compile()
+  writer.write(start, 'setup', dict(compile_seconds=time.perf_counter() - t0, seq_len=seq_len,
+                                    n_params=sum(x.size for x in jax.tree.leaves(state.params)),
+                                    n_layer=mc.n_layer, n_outer_loops=mc.n_outer_loops,
+                                    n_inner_loops=mc.n_inner_loops, devices=mesh.devices.size))
+
+  ckpt_every = config.checkpoint.every_steps or max(1, config.max_steps // 10)
+  window = _Window(config.batch_size * seq_len)
+  results: dict[int, dict] = {}
+  bar = tqdm.tqdm(total=config.max_steps, initial=start, desc=f'{mc.name} {config.task}',
+                  disable=not (is_main and config.log.progress_bar and sys.stderr.isatty()))
+  try:
+    for step in range(start + 1, config.max_steps + 1):
+      state, metrics = step_fn(state)
+      window.add(metrics)
+      bar.update()
+      is_eval = step % config.eval.every_steps == 0 or step == config.max_steps
+      is_ckpt = step % ckpt_every == 0 or step == config.max_steps
+      if step % config.log.every_steps == 0 or is_eval or is_ckpt:
+        logged = window.flush(step)   # before any save: a NaN never reaches a checkpoint
+        writer.write(step, 'train', logged)
+        bar.set_postfix(loss=f'{logged["loss"]:.4f}')
+      if is_eval:
+        results = evaluator.run(model, state.params)
+        writer.write(step, 'eval', eval_scalars(results))
+        if is_main:
+          evaluator.write(results, workdir, step)
+        value = results[config.train_length][config.checkpoint.best_metric]
+        if value > best:
+          best = value
+          ckpts.save(step, state, cfg, best_metrics=dict(
+              step=step, metric=config.checkpoint.best_metric, value=value,
+              length=config.train_length))
+      if is_ckpt:
+        ckpts.save(step, state, cfg)
+  finally:
+    bar.close()
+    ckpts.wait()
+    ckpts.close()
+    writer.close()
+  final_path = os.path.join(workdir, FINAL_EVAL)
+  if results and is_main:
+    with open(final_path, 'w') as f:
+      json.dump(dict(step=config.max_steps, results=results), f, indent=1)
+  elif not results and os.path.exists(final_path):   # finished before: nothing re-run
+    with open(final_path) as f:
+      results = {int(L): m for L, m in json.load(f)['results'].items()}
+  return dict(state=state, eval=results, best=best, model=model)

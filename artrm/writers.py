@@ -1,0 +1,81 @@
+"""Metrics out of a run: JSONL in the workdir always, TensorBoard and W&B when asked.
+
+The JSONL file is the record the results store reads; the others are views.
+"""
+
+import json
+import math
+import os
+from typing import Any, Mapping
+
+
+def _jsonable(value):
+  value = value.item() if hasattr(value, 'item') else value
+  if isinstance(value, float) and not math.isfinite(value):
+    return str(value)   # JSON has no NaN / Inf
+  return value
+
+
+class MetricWriter:
+  """Appends `{'step', 'kind', **scalars}` lines to workdir/metrics.jsonl."""
+
+  def __init__(self, workdir: str, *, tensorboard: bool = False, wandb_project: str = '',
+               config: Mapping[str, Any] | None = None, enabled: bool = True):
+    self.enabled = enabled   # only process 0 writes in a multi-host run
+    self.path = os.path.join(workdir, 'metrics.jsonl')
+    self._tb = self._wandb = None
+    if not enabled:
+      return
+    os.makedirs(workdir, exist_ok=True)
+    if tensorboard:
+      try:
+        from tensorboardX import SummaryWriter
+      except ImportError as e:
+        raise ImportError('log.tensorboard=True needs tensorboardX: '
+                          'pip install -e ".[tensorboard]"') from e
+      self._tb = SummaryWriter(os.path.join(workdir, 'tb'))
+    if wandb_project:
+      try:
+        import wandb
+      except ImportError as e:
+        raise ImportError('log.wandb_project needs wandb: pip install wandb') from e
+      self._wandb = wandb.init(project=wandb_project, dir=workdir, config=dict(config or {}),
+                               name=os.path.basename(os.path.abspath(workdir)), resume='allow')
+
+  def truncate_after(self, step: int):
+    """Drops records past `step`: a resumed run re-logs the steps it repeats."""
+    if not (self.enabled and os.path.exists(self.path)):
+      return
+    kept = [r for r in read_metrics(os.path.dirname(self.path)) if r['step'] <= step]
+    with open(self.path, 'w') as f:
+      f.writelines(json.dumps(r) + '\n' for r in kept)
+
+  def write(self, step: int, kind: str, scalars: Mapping[str, Any]):
+    if not self.enabled:
+      return
+    record = {'step': int(step), 'kind': kind, **{k: _jsonable(v) for k, v in scalars.items()}}
+    with open(self.path, 'a') as f:
+      f.write(json.dumps(record) + '\n')
+    numeric = {k: v for k, v in record.items()
+               if k not in ('step', 'kind') and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if self._tb is not None:
+      for k, v in numeric.items():
+        self._tb.add_scalar(f'{kind}/{k}', v, step)
+    if self._wandb is not None:
+      self._wandb.log({f'{kind}/{k}': v for k, v in numeric.items()}, step=int(step))
+
+  def close(self):
+    if self._tb is not None:
+      self._tb.close()
+    if self._wandb is not None:
+      self._wandb.finish()
+
+
+def read_metrics(workdir: str, kind: str | None = None) -> list[dict]:
+  """The records of workdir/metrics.jsonl, optionally of one kind ('train', 'eval')."""
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    records = [json.loads(line) for line in f if line.strip()]
+  return [r for r in records if kind is None or r['kind'] == kind]
