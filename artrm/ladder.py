@@ -40,9 +40,10 @@ def run_ladder(workdir: str, task: str = 'copy', max_steps: int | None = None) -
     row = dict(rung=name, model=rung.title, passes=block_passes(mc),
                shape=f'{mc.n_layer}x{mc.n_outer_loops}x{mc.n_inner_loops}' if rung.nested
                else str(mc.n_layer), minutes=(time.perf_counter() - start) / 60)
+    (by_length,) = out['eval'].values()   # one seed
     for L in (TRAIN_LENGTH, LONGER_LENGTH):
-      row[f'seq_acc@{L}'] = out['eval'][L]['seq_acc']
-      row[f'char_acc@{L}'] = out['eval'][L]['char_acc']
+      row[f'seq_acc@{L}'] = by_length[L]['seq_acc']
+      row[f'char_acc@{L}'] = by_length[L]['char_acc']
     rows.append(row)
     print(f'{name:12s} seq_acc@{TRAIN_LENGTH}={row[f"seq_acc@{TRAIN_LENGTH}"]:.3f} '
           f'({row["minutes"]:.1f} min)', flush=True)

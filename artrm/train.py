@@ -58,10 +58,42 @@ def make_optimizer(opt: ml_collections.ConfigDict) -> optax.GradientTransformati
 
 
 def init_state(model, optimizer: optax.GradientTransformation, seed: int) -> TrainState:
+  """One seed's state; its params depend on `seed` alone."""
   init_key, train_key = jax.random.split(jax.random.key(seed))
   params = init_params(model, init_key)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     opt_state=jax.jit(optimizer.init)(params), rng=jax.random.key_data(train_key))
+
+
+def seeds_of(config: ml_collections.ConfigDict) -> list[int]:
+  return [config.seed + i for i in range(config.num_seeds)]
+
+
+def init_seeds(model, optimizer: optax.GradientTransformation, seeds: list[int]) -> TrainState:
+  """States of several seeds stacked on a leading axis: the loop vmaps over it.
+
+  Seed i's slice is bitwise the state `init_state(..., seeds[i])` would give.
+  """
+  init = functools.partial(init_state, model, optimizer)
+  return jax.jit(jax.vmap(init))(jnp.asarray(seeds, jnp.int32))
+
+
+def over_seeds(fn, num_seeds: int):
+  """`fn` on a state stacked over seeds.
+
+  Several seeds are vmapped; there, the early stop of ACT / TRM becomes a
+  select (both branches run, results unchanged). One seed is squeezed and
+  run unbatched, so its early stop still skips the work.
+  """
+  if num_seeds > 1:
+    return jax.vmap(fn)
+  expand = lambda tree: jax.tree.map(lambda x: x[None], tree)
+  return lambda state: expand(fn(seed_slice(state, 0)))
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def seed_slice(tree, i: int):
+  return jax.tree.map(lambda x: x[i], tree)
 
 
 def train_step(state: TrainState, *, model, optimizer, task: str, length: int, batch_size: int,
@@ -79,7 +111,7 @@ def train_step(state: TrainState, *, model, optimizer, task: str, length: int, b
     return lm_loss(model.config, logits_BxTxV, aux, batch['targets']), aux
 
   (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  grad_norm = optax.global_norm(grads)
+  grad_norm = optax.tree.norm(grads)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -106,6 +138,11 @@ def eval_scalars(results: dict[int, dict]) -> dict[str, float]:
           if not isinstance(v, (list, tuple, np.ndarray))}
 
 
+def evaluate_seeds(evaluator: LengthEvaluator, model, params, seeds: list[int]) -> dict[int, dict]:
+  """{seed: {length: metrics}} for params stacked over seeds."""
+  return {seed: evaluator.run(model, seed_slice(params, i)) for i, seed in enumerate(seeds)}
+
+
 def config_dict(config: ml_collections.ConfigDict) -> dict:
   """A JSON round-trip of the config, so saved and current ones compare equal."""
   return json.loads(config.to_json())
@@ -122,26 +159,33 @@ class _Window:
   def add(self, metrics: dict):
     self.pending.append(metrics)
 
-  def flush(self, step: int) -> dict[str, float] | None:
+  def flush(self, step: int) -> list[dict[str, float]]:
+    """Per seed, the window's mean metrics and throughput (all seeds' tokens)."""
     if not self.pending:
-      return None
-    host = jax.device_get(self.pending)
+      return []
+    host = jax.device_get(self.pending)   # metrics [S] per step
     n, seconds = len(host), time.perf_counter() - self.start
     self.pending, self.start = [], time.perf_counter()
-    bad = [i for i, m in enumerate(host) if not m['finite']]
+    bad = [i for i, m in enumerate(host) if not np.all(m['finite'])]
     if bad:
       raise FloatingPointError(
           f'Non-finite loss or gradient at step {step - n + 1 + bad[0]} '
-          f'(loss={host[bad[0]]["loss"]}). '
+          f'(loss={host[bad[0]]["loss"].tolist()}). '
           'The last good checkpoint in the workdir is kept; lower optimizer.learning_rate or set '
           'optimizer.grad_clip_norm, and re-run to resume from it.')
-    out = {k: float(np.mean([m[k] for m in host])) for k in host[0] if k != 'finite'}
-    out.update(steps_per_sec=n / seconds, tokens_per_sec=n * self.tokens_per_step / seconds)
-    return out
+    means = {k: np.mean([m[k] for m in host], axis=0) for k in host[0] if k != 'finite'}
+    n_seeds = len(means['loss'])
+    speed = dict(steps_per_sec=n / seconds,
+                 tokens_per_sec=n * n_seeds * self.tokens_per_step / seconds)
+    return [{**{k: float(v[i]) for k, v in means.items()}, **speed} for i in range(n_seeds)]
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains (or resumes) the run of `config` in `workdir`; returns its final state and eval."""
+  """Trains (or resumes) the run of `config` in `workdir`.
+
+  Returns the final state (stacked over seeds), the last evaluation
+  {seed: {length: metrics}}, the best mean metric and the model.
+  """
   mc = model_config(config)
   model = build_model(mc)
   task = get_task(config.task)
@@ -156,33 +200,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   replicated = parallel.replicated(mesh)
   optimizer = make_optimizer(config.optimizer)
   cfg = config_dict(config)
+  seeds = seeds_of(config)
 
   ckpts = checkpointing.RunCheckpoints(workdir, config.checkpoint.max_to_keep)
-  state = jax.device_put(init_state(model, optimizer, config.seed), replicated)
+  state = jax.device_put(init_seeds(model, optimizer, seeds), replicated)
   is_main = jax.process_index() == 0
   writer = MetricWriter(workdir, tensorboard=config.log.tensorboard,
                         wandb_project=config.log.wandb_project, config=cfg, enabled=is_main)
   best = -math.inf
   if ckpts.periodic.latest_step() is not None:
     _, state = ckpts.restore('latest', checkpointing.abstract_like(state), cfg)
-    writer.truncate_after(int(state.step))
+    writer.truncate_after(int(state.step[0]))
     best = (ckpts.best_metrics() or {}).get('value', -math.inf)
   if is_main:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       json.dump(cfg, f, indent=2)
 
   step_fn = jax.jit(
-      functools.partial(train_step, model=model, optimizer=optimizer, task=config.task,
-                        length=config.train_length, batch_size=config.batch_size,
-                        batch_sharding=parallel.batch_sharding(mesh)),
+      over_seeds(functools.partial(
+          train_step, model=model, optimizer=optimizer, task=config.task,
+          length=config.train_length, batch_size=config.batch_size,
+          batch_sharding=parallel.batch_sharding(mesh)), len(seeds)),
       in_shardings=(replicated,), out_shardings=(replicated, replicated), donate_argnums=0)
-  start = int(state.step)
+  start = int(state.step[0])
   t0 = time.perf_counter()
   step_fn = step_fn.lower(state).compile()
-  writer.write(start, 'setup', dict(compile_seconds=time.perf_counter() - t0, seq_len=seq_len,
-                                    n_params=sum(x.size for x in jax.tree.leaves(state.params)),
-                                    n_layer=mc.n_layer, n_outer_loops=mc.n_outer_loops,
-                                    n_inner_loops=mc.n_inner_loops, devices=mesh.devices.size))
+  writer.write(start, 'setup', dict(
+      compile_seconds=time.perf_counter() - t0, seq_len=seq_len, seeds=seeds,
+      n_params=sum(math.prod(x.shape[1:]) for x in jax.tree.leaves(state.params)), n_layer=mc.n_layer,
+      n_outer_loops=mc.n_outer_loops, n_inner_loops=mc.n_inner_loops, devices=mesh.devices.size))
 
   ckpt_every = config.checkpoint.every_steps or max(1, config.max_steps // 10)
   window = _Window(config.batch_size * seq_len)
@@ -198,19 +244,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       is_ckpt = step % ckpt_every == 0 or step == config.max_steps
       if step % config.log.every_steps == 0 or is_eval or is_ckpt:
         logged = window.flush(step)   # before any save: a NaN never reaches a checkpoint
-        writer.write(step, 'train', logged)
-        bar.set_postfix(loss=f'{logged["loss"]:.4f}')
+        for seed, record in zip(seeds, logged):
+          writer.write(step, 'train', dict(seed=seed, **record))
+        bar.set_postfix(loss=f'{np.mean([r["loss"] for r in logged]):.4f}')
       if is_eval:
-        results = evaluator.run(model, state.params)
-        writer.write(step, 'eval', eval_scalars(results))
-        if is_main:
-          evaluator.write(results, workdir, step)
-        value = results[config.train_length][config.checkpoint.best_metric]
+        results = evaluate_seeds(evaluator, model, state.params, seeds)
+        for seed, by_length in results.items():
+          writer.write(step, 'eval', dict(seed=seed, **eval_scalars(by_length)))
+          if is_main:
+            evaluator.write(by_length, workdir, step, name=f'seed{seed}')
+        metric = config.checkpoint.best_metric
+        value = float(np.mean([r[config.train_length][metric] for r in results.values()]))
         if value > best:
           best = value
           ckpts.save(step, state, cfg, best_metrics=dict(
-              step=step, metric=config.checkpoint.best_metric, value=value,
-              length=config.train_length))
+              step=step, metric=metric, value=value, length=config.train_length))
       if is_ckpt:
         ckpts.save(step, state, cfg)
   finally:
@@ -223,6 +271,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     with open(final_path, 'w') as f:
       json.dump(dict(step=config.max_steps, results=results), f, indent=1)
   elif not results and os.path.exists(final_path):   # finished before: nothing re-run
-    with open(final_path) as f:
-      results = {int(L): m for L, m in json.load(f)['results'].items()}
+    results = read_final_eval(workdir)['results']
   return dict(state=state, eval=results, best=best, model=model)
+
+
+def read_final_eval(workdir: str) -> dict | None:
+  """{'step', 'results': {seed: {length: metrics}}} of a finished run, else None."""
+  path = os.path.join(workdir, FINAL_EVAL)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    raw = json.load(f)
+  return dict(step=raw['step'], results={int(seed): {int(L): m for L, m in r.items()}
+                                         for seed, r in raw['results'].items()})

@@ -34,6 +34,9 @@ def base_config() -> ml_collections.ConfigDict:
   """The paper's length-generalisation run (paper-spec "The paper's runs")."""
   c = ml_collections.ConfigDict()
   c.seed = 1337
+  # Seeds seed, seed + 1, ... trained together in one program (vmapped):
+  # small models fill an accelerator, and every number gets its error bar.
+  c.num_seeds = 1
   c.task = 'addition'
   c.train_length = 10
   c.batch_size = 64
@@ -57,7 +60,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint = ml_collections.ConfigDict(dict(
       every_steps=0,          # 0: max_steps / 10
       max_to_keep=0,          # periodic checkpoints kept; 0 keeps all
-      best_metric='seq_acc',  # at the training length
+      best_metric='seq_acc',  # at the training length, mean over seeds
   ))
   c.log = ml_collections.ConfigDict(dict(
       every_steps=50, progress_bar=True, tensorboard=False, wandb_project=''))

@@ -1,0 +1,143 @@
+"""Running a suite: here (a queue over CPU slots or GPUs), on SLURM, on a TPU pod.
+
+Every launcher executes the same `artrm train` line per run (suites.train_command),
+so a run is resumable wherever it is started: re-launching skips finished
+runs and resumes the rest from their checkpoints.
+"""
+
+import os
+import subprocess
+import time
+
+from artrm import suites
+
+
+def pending_runs(spec: str, root: str) -> tuple[list[suites.Run], list[suites.Run]]:
+  """(runs to do, runs already finished)."""
+  todo, done = [], []
+  for run in suites.suite_runs(spec, root):
+    (done if suites.is_finished(run, suites.run_config(spec, run)) else todo).append(run)
+  return todo, done
+
+
+def run_local(spec: str, root: str, *, slots: int = 1, gpus: list[str] | None = None,
+              dry_run: bool = False, log=print) -> list[int]:
+  """Runs the suite's pending runs as a queue of subprocesses; returns exit codes.
+
+  `gpus` (e.g. ['0', '1']): each run sees one GPU (CUDA_VISIBLE_DEVICES) and
+  `slots` runs share a GPU; without GPUs, `slots` CPU runs go side by side.
+  """
+  todo, done = pending_runs(spec, root)
+  log(f'{len(done)} finished, {len(todo)} to run ({len(suites.suite_runs(spec, root))} in suite)')
+  devices = [g for g in (gpus or [None]) for _ in range(slots)]
+  if dry_run:
+    for i, run in enumerate(todo):
+      gpu = devices[i % len(devices)]
+      log((f'CUDA_VISIBLE_DEVICES={gpu} ' if gpu is not None else '')
+          + suites.shell_line(suites.train_command(spec, run)))
+    return []
+  os.makedirs(root, exist_ok=True)
+  free, running, codes = list(devices), {}, []
+  queue = list(todo)
+  while queue or running:
+    while queue and free:
+      run, device = queue.pop(0), free.pop(0)
+      env = dict(os.environ)
+      if device is not None:
+        env['CUDA_VISIBLE_DEVICES'] = device
+      if len(devices) > 1 and device is None:
+        env.setdefault('XLA_FLAGS', '--xla_cpu_multi_thread_eigen=false')  # one core per run
+      os.makedirs(run.workdir, exist_ok=True)
+      out = open(os.path.join(run.workdir, 'stdout.log'), 'a')
+      proc = subprocess.Popen(suites.train_command(spec, run), env=env, stdout=out,
+                              stderr=subprocess.STDOUT)
+      running[proc] = (run, device, out, time.perf_counter())
+      log(f'start {run.name}' + (f' on GPU {device}' if device is not None else ''))
+    time.sleep(0.5)
+    for proc in [p for p in running if p.poll() is not None]:
+      run, device, out, start = running.pop(proc)
+      out.close()
+      free.append(device)
+      codes.append(proc.returncode)
+      status = 'done' if proc.returncode == 0 else f'FAILED ({proc.returncode}); see {run.workdir}/stdout.log'
+      log(f'{status}: {run.name} in {time.perf_counter() - start:.0f}s')
+  return codes
+
+
+SLURM_TEMPLATE = """#!/bin/bash
+#SBATCH --job-name={job_name}
+#SBATCH --array=0-{last}%{max_parallel}
+#SBATCH --gres=gpu:1
+#SBATCH --cpus-per-task={cpus}
+#SBATCH --time={time}
+#SBATCH --requeue
+#SBATCH --output={root}/slurm-%A_%a.out
+{extra}
+# One line of {runs_file} per array task. Each is an `artrm train` command
+# that resumes from its checkpoint, so a requeued or re-submitted task
+# continues where it stopped and a finished one returns at once.
+set -euo pipefail
+cd {repo}
+LINE=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" {runs_file})
+eval "$LINE"
+"""
+
+
+def slurm_submission(spec: str, root: str, *, job_name: str = 'artrm', time_limit: str = '02:00:00',
+                     max_parallel: int = 8, cpus: int = 8, extra: str = '',
+                     python: str = 'python') -> tuple[str, str]:
+  """(sbatch script, runs file) for the suite's pending runs."""
+  todo, _ = pending_runs(spec, root)
+  if not todo:
+    raise ValueError(f'Every run of {spec} in {root} is finished: nothing to submit.')
+  runs_file = os.path.join(root, 'slurm_runs.txt')
+  lines = '\n'.join(suites.shell_line(suites.train_command(spec, r, python=python)) for r in todo)
+  script = SLURM_TEMPLATE.format(job_name=job_name, last=len(todo) - 1, max_parallel=max_parallel,
+                                 cpus=cpus, time=time_limit, root=root, extra=extra,
+                                 runs_file=runs_file, repo=os.getcwd())
+  return script, lines + '\n'
+
+
+def submit_slurm(spec: str, root: str, *, dry_run: bool, log=print, **kwargs) -> str:
+  script, lines = slurm_submission(spec, root, **kwargs)
+  script_path = os.path.join(root, 'slurm_array.sbatch')
+  if dry_run:
+    log(f'# would write {script_path}:\n{script}\n# and {root}/slurm_runs.txt:\n{lines}'
+        f'# and run: sbatch {script_path}')
+    return script
+  os.makedirs(root, exist_ok=True)
+  with open(os.path.join(root, 'slurm_runs.txt'), 'w') as f:
+    f.write(lines)
+  with open(script_path, 'w') as f:
+    f.write(script)
+  out = subprocess.run(['sbatch', script_path], check=True, capture_output=True, text=True).stdout
+  log(out.strip())
+  return script
+
+
+def tpu_command(spec: str, root: str, *, tpu_name: str, zone: str, repo_dir: str = '~/artrm',
+                project: str | None = None) -> list[str]:
+  """gcloud command running the suite on every host of a TPU VM / pod.
+
+  Each host executes the same queue (one run at a time over all chips); runs
+  call jax.distributed.initialize() (ARTRM_MULTIHOST=1). `root` must be a
+  filesystem every host sees (NFS, or a gcsfuse mount of a bucket), so that
+  all hosts agree on which runs are finished.
+  """
+  inner = (f'cd {repo_dir} && ARTRM_MULTIHOST=1 python -m artrm suite '
+           f'--suite={spec} --root={root} --launcher=local')
+  cmd = ['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh', tpu_name, f'--zone={zone}', '--worker=all',
+         f'--command={inner}']
+  if project:
+    cmd.insert(5, f'--project={project}')
+  return cmd
+
+
+def launch_tpu(spec: str, root: str, *, dry_run: bool, log=print, **kwargs):
+  cmd = tpu_command(spec, root, **kwargs)
+  if dry_run:
+    log(suites.shell_line(cmd))
+    return cmd
+  subprocess.run(cmd, check=True)
+  return cmd
+

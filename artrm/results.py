@@ -1,0 +1,94 @@
+"""The results store: run workdirs gathered into one tidy table (CSV / Parquet).
+
+One row per (run, seed, step, eval length, metric), with the config fields a
+report groups by. Sources in each workdir: config.json, final_eval.json
+(kind 'final', with per-position accuracies), metrics.jsonl eval records
+(kind 'curve', the learning curves) and inference_eval.json (kind
+'inference', re-evaluations with more inference steps). No external service.
+"""
+
+import csv
+import glob
+import json
+import os
+
+from artrm import train, writers
+
+CONFIG_COLUMNS = {
+    'model': 'model.name', 'task': 'task', 'train_length': 'train_length', 'budget': 'budget',
+    'n_embd': 'model.n_embd', 'n_head': 'model.n_head', 'n_layer': 'model.n_layer',
+    'n_outer_loops': 'model.n_outer_loops', 'n_inner_loops': 'model.n_inner_loops',
+    'max_steps': 'max_steps',
+}
+COLUMNS = ['suite', 'run', *CONFIG_COLUMNS, 'seed', 'kind', 'step', 'inference_steps',
+           'eval_length', 'metric', 'value']
+INFERENCE_EVAL = 'inference_eval.json'
+
+
+def _get(config: dict, dotted: str):
+  for key in dotted.split('.'):
+    config = config.get(key, {}) if isinstance(config, dict) else {}
+  return None if config == {} else config
+
+
+def _metric_rows(base: dict, by_length: dict, **extra) -> list[dict]:
+  rows = []
+  for L, metrics in by_length.items():
+    for name, value in metrics.items():
+      values = enumerate(value) if isinstance(value, list) else [(None, value)]
+      for i, v in values:
+        rows.append({**base, **extra, 'eval_length': int(L),
+                     'metric': name if i is None else f'pos{i}', 'value': float(v)})
+  return rows
+
+
+def run_rows(workdir: str, suite: str = '') -> list[dict]:
+  with open(os.path.join(workdir, 'config.json')) as f:
+    config = json.load(f)
+  base = dict(suite=suite, run=os.path.basename(os.path.normpath(workdir)),
+              **{col: _get(config, key) for col, key in CONFIG_COLUMNS.items()})
+  rows = []
+  final = train.read_final_eval(workdir)
+  if final is not None:
+    for seed, by_length in final['results'].items():
+      rows += _metric_rows({**base, 'seed': seed}, by_length, kind='final', step=final['step'])
+  for record in writers.read_metrics(workdir, 'eval'):
+    for key, value in record.items():
+      if key.startswith('L') and '/' in key:
+        length, metric = key[1:].split('/', 1)
+        rows.append({**base, 'seed': record['seed'], 'kind': 'curve', 'step': record['step'],
+                     'eval_length': int(length), 'metric': metric, 'value': float(value)})
+  path = os.path.join(workdir, INFERENCE_EVAL)
+  if os.path.exists(path):
+    with open(path) as f:
+      scaling = json.load(f)
+    for steps, by_seed in scaling['results'].items():
+      for seed, by_length in by_seed.items():
+        rows += _metric_rows({**base, 'seed': int(seed)}, by_length, kind='inference',
+                             step=scaling['step'], inference_steps=int(steps))
+  return rows
+
+
+def gather(root: str) -> list[dict]:
+  """Rows of every run under `root` (a suite's directory)."""
+  suite = os.path.basename(os.path.normpath(root))
+  rows = []
+  for config_path in sorted(glob.glob(os.path.join(root, '**', 'config.json'), recursive=True)):
+    rows += run_rows(os.path.dirname(config_path), suite)
+  if not rows:
+    raise FileNotFoundError(f'No runs under {root}: run the suite first (artrm suite ...).')
+  return rows
+
+
+def write_table(rows: list[dict], path: str) -> str:
+  """CSV, or Parquet when `path` ends in .parquet (needs pandas + pyarrow)."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  if path.endswith('.parquet'):
+    import pandas as pd
+    pd.DataFrame(rows, columns=COLUMNS).to_parquet(path)
+    return path
+  with open(path, 'w', newline='') as f:
+    w = csv.DictWriter(f, fieldnames=COLUMNS)
+    w.writeheader()
+    w.writerows(rows)
+  return path

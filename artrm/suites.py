@@ -1,0 +1,99 @@
+"""Suites: a base config plus a sweep of overrides, one workdir per run.
+
+A suite file (experiments/*.py) defines `get_config(arg)` and `get_sweep(arg)`;
+the sweep is a list of flat override dicts (`{'model.name': 'trm', 'task':
+'copy'}`). Seeds are not a sweep axis by default but `num_seeds` in the base
+config: they train together in one vmapped program. The run's name is made
+from its overrides, so re-launching a suite finds the same workdirs, skips
+finished runs and resumes the others.
+"""
+
+import dataclasses
+import importlib.util
+import os
+import shlex
+import sys
+from typing import Any
+
+import ml_collections
+
+from artrm.train import read_final_eval
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  name: str
+  overrides: dict[str, Any]
+  workdir: str
+
+
+def load_suite_module(path: str):
+  spec = importlib.util.spec_from_file_location(f'artrm_suite_{abs(hash(path))}', path)
+  if spec is None:
+    raise FileNotFoundError(f'No suite file {path!r}; suites live in experiments/*.py.')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  for fn in ('get_config', 'get_sweep'):
+    if not hasattr(module, fn):
+      raise ValueError(f'{path} is not a suite file: it has no {fn}(arg).')
+  return module
+
+
+def split_spec(spec: str) -> tuple[str, str]:
+  """'experiments/x.py:runlocal' -> ('experiments/x.py', 'runlocal')."""
+  path, _, arg = spec.partition(':')
+  return path, arg
+
+
+def run_name(overrides: dict[str, Any]) -> str:
+  return ','.join(f'{k.split(".")[-1]}={v}' for k, v in overrides.items()) or 'base'
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any]):
+  for key, value in overrides.items():
+    *parents, leaf = key.split('.')
+    node = config
+    for p in parents:
+      node = node[p]
+    if leaf not in node:
+      raise KeyError(f'Sweep key {key!r} is not a config field.')
+    node[leaf] = value
+  return config
+
+
+def suite_runs(spec: str, root: str) -> list[Run]:
+  path, arg = split_spec(spec)
+  module = load_suite_module(path)
+  runs = [Run(run_name(o), dict(o), os.path.join(root, run_name(o))) for o in module.get_sweep(arg)]
+  names = [r.name for r in runs]
+  if len(set(names)) != len(names):
+    raise ValueError(f'{path}: two sweep points share a name; make the overrides distinct.')
+  return runs
+
+
+def run_config(spec: str, run: Run) -> ml_collections.ConfigDict:
+  path, arg = split_spec(spec)
+  return apply_overrides(load_suite_module(path).get_config(arg), run.overrides)
+
+
+def is_finished(run: Run, config: ml_collections.ConfigDict) -> bool:
+  final = read_final_eval(run.workdir)
+  return final is not None and final['step'] >= config.max_steps
+
+
+def train_command(spec: str, run: Run, python: str | None = None) -> list[str]:
+  """The `artrm train` command line of one run: what every launcher executes."""
+  cmd = [python or sys.executable, '-m', 'artrm', 'train', f'--config={spec}',
+         f'--workdir={run.workdir}', '--config.log.progress_bar=False']
+  cmd += [f'--config.{k}={_flag_value(v)}' for k, v in run.overrides.items()]
+  return cmd
+
+
+def _flag_value(value) -> str:
+  if isinstance(value, (tuple, list)):
+    return '(' + ','.join(map(str, value)) + (',)' if len(value) == 1 else ')')
+  return str(value)
+
+
+def shell_line(cmd: list[str]) -> str:
+  return ' '.join(shlex.quote(c) for c in cmd)

@@ -1,0 +1,28 @@
+"""Length generalisation, the paper's main result: 7 rungs x 3 tasks at budget 24.
+
+Train at L = 10, evaluate at 10..50; 3 seeds per run (vmapped, one program).
+  paper scale: artrm suite --suite=experiments/length_gen.py --root=workdirs/length_gen
+  CPU form:    artrm suite --suite=experiments/length_gen.py:runlocal --root=workdirs/length_gen_cpu
+  report:      artrm report --root=workdirs/length_gen_cpu --out=docs/results/length_gen_cpu
+The CPU form trains a 64-wide model at budget 6 on L = 5 and evaluates at 5 and 10.
+"""
+
+from artrm.configs import common, length_gen
+from artrm.models import RUNGS
+
+TASKS = ('addition', 'copy', 'reverse')
+
+
+def get_config(arg=None):
+  a = common.parse_arg(arg, runlocal=False, seeds=3)
+  c = length_gen.get_config('runlocal' if a.runlocal else None)
+  c.num_seeds = a.seeds
+  if a.runlocal:
+    c.train_length = 5
+    c.eval.lengths = (5, 10)
+  return c
+
+
+def get_sweep(arg=None):
+  del arg
+  return [{'task': task, 'model.name': name} for task in TASKS for name in RUNGS]

@@ -1,0 +1,210 @@
+"""The training loop: learning, exact resume, data parallelism, configs, errors."""
+
+import functools
+import os
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from artrm import checkpointing, eval_checkpoint, parallel, train, writers
+from artrm.configs import length_gen
+
+CONFIG_FILE = os.path.join(os.path.dirname(__file__), '..', 'artrm', 'configs', 'length_gen.py')
+
+
+def tiny_config(name='gpt', task='copy', **overrides):
+  c = length_gen.get_config(f'model={name},task={task},runlocal')
+  c.model.update(n_embd=32, n_head=2, block_size=24)
+  c.budget = 2
+  c.train_length = 3
+  c.batch_size = 16
+  c.max_steps = 8
+  c.eval.update(lengths=(3,), every_steps=4, n_samples=16, batch_size=16)
+  c.checkpoint.every_steps = 4
+  c.log.update(every_steps=2, progress_bar=False)
+  for k, v in overrides.items():
+    c[k] = v
+  return c
+
+
+def params_of(out):
+  return jax.device_get(out['state'].params)
+
+
+def test_learns_copy(tmp_path):
+  """A real run: a tiny model learns copy to >= 0.99 exact-match accuracy."""
+  c = tiny_config('gpt', max_steps=300)
+  c.model.update(n_embd=64, n_head=4)
+  c.optimizer.learning_rate = 3e-3
+  c.eval.update(every_steps=300, n_samples=128, batch_size=128)
+  out = train.train_and_evaluate(c, str(tmp_path))
+  assert out['eval'][c.seed][3]['seq_acc'] >= 0.99, out['eval']
+  records = writers.read_metrics(str(tmp_path), 'train')
+  assert records[-1]['loss'] < records[0]['loss']
+  assert {'loss', 'grad_norm', 'steps_per_sec', 'tokens_per_sec', 'block_passes'} <= set(records[0])
+
+
+def test_resume_is_exact_and_finished_runs_are_not_retrained(tmp_path):
+  """N straight == N/2, stop, re-run the same command to N: bitwise-equal params.
+
+  trm with dropout: the dropout masks and TRM's halting exploration must replay too.
+  """
+  c = tiny_config('trm')
+  c.model.dropout = 0.1
+  straight = train.train_and_evaluate(c, str(tmp_path / 'straight'))
+  half = tiny_config('trm', max_steps=4)
+  half.model.dropout = 0.1
+  train.train_and_evaluate(half, str(tmp_path / 'resumed'))
+  resumed = train.train_and_evaluate(c, str(tmp_path / 'resumed'))
+  chex.assert_trees_all_equal(params_of(straight), params_of(resumed))
+  np.testing.assert_equal(resumed['eval'], straight['eval'])
+  steps = [r['step'] for r in writers.read_metrics(str(tmp_path / 'resumed'), 'train')]
+  assert steps == [2, 4, 6, 8], 'a resumed run logs each step once'
+  again = train.train_and_evaluate(c, str(tmp_path / 'resumed'))   # finished: nothing re-run
+  chex.assert_trees_all_equal(params_of(again), params_of(straight))
+  np.testing.assert_equal(again['eval'], straight['eval'])
+  assert [r['step'] for r in writers.read_metrics(str(tmp_path / 'resumed'), 'train')] == steps
+
+
+def test_checkpoints_latest_periodic_best(tmp_path):
+  c = tiny_config(max_steps=12)
+  train.train_and_evaluate(c, str(tmp_path))
+  ckpts = checkpointing.RunCheckpoints(str(tmp_path))
+  assert ckpts.periodic.all_steps() == [4, 8, 12]
+  best = ckpts.best_metrics()
+  evals = writers.read_metrics(str(tmp_path), 'eval')
+  assert best['value'] == max(r['L3/seq_acc'] for r in evals)
+  ckpts.close()
+
+
+def test_eval_reproduces_logged_metrics(tmp_path):
+  c = tiny_config()
+  train.train_and_evaluate(c, str(tmp_path))
+  logged = writers.read_metrics(str(tmp_path), 'eval')[-1]
+  results = eval_checkpoint.evaluate_checkpoint(str(tmp_path), 'latest')
+  for k in ('seq_acc', 'char_acc', 'first_char_acc', 'last_char_acc'):
+    assert results[c.seed][3][k] == logged[f'L3/{k}'], k
+
+
+def test_other_config_in_same_workdir_is_refused(tmp_path):
+  train.train_and_evaluate(tiny_config(), str(tmp_path))
+  before = sorted(os.listdir(tmp_path / 'checkpoints'))
+  other = tiny_config()
+  other.model.n_embd = 48
+  with pytest.raises(checkpointing.ConfigMismatchError, match=r'model.n_embd: 32 -> 48'):
+    train.train_and_evaluate(other, str(tmp_path))
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == before
+
+
+def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+  c = tiny_config(max_steps=8)
+  train.train_and_evaluate(c, str(tmp_path))
+  c.max_steps = 16
+  monkeypatch.setattr(train, 'lm_loss', lambda *args: jnp.float32(jnp.nan))
+  with pytest.raises(FloatingPointError, match='Non-finite loss or gradient at step 9'):
+    train.train_and_evaluate(c, str(tmp_path))
+  ckpts = checkpointing.RunCheckpoints(str(tmp_path))
+  assert ckpts.periodic.all_steps() == [4, 8]
+  ckpts.close()
+
+
+def test_input_errors(tmp_path):
+  c = tiny_config()
+  c.model.block_size = 6
+  with pytest.raises(ValueError, match='needs 7 positions but model.block_size=6'):
+    train.train_and_evaluate(c, str(tmp_path))
+  c = tiny_config()
+  c.eval.lengths = (3, 20)
+  with pytest.raises(ValueError, match='block_size'):
+    train.train_and_evaluate(c, str(tmp_path))
+  with pytest.raises(ValueError, match='Unknown model'):
+    train.train_and_evaluate(tiny_config('transformer'), str(tmp_path))
+  with pytest.raises(ValueError, match='does not split over 2 devices'):
+    train.train_and_evaluate(tiny_config(batch_size=15), str(tmp_path))
+  assert not os.path.exists(tmp_path / 'checkpoints' / '0')
+
+
+def test_sharded_step_matches_single_device():
+  """The batch split over 2 (fake CPU) devices gives the loss of 1 device."""
+  assert len(jax.devices()) >= 2, 'tests/conftest.py fakes 2 CPU devices'
+  c = tiny_config('gpt_level2')
+  model = train.build_model(train.model_config(c))
+  optimizer = train.make_optimizer(c.optimizer)
+  step = functools.partial(train.train_step, model=model, optimizer=optimizer, task='copy',
+                           length=3, batch_size=16)
+  losses = []
+  for devices in (jax.devices()[:1], jax.devices()[:2]):
+    mesh = parallel.data_mesh(devices)
+    rep = parallel.replicated(mesh)
+    state = jax.device_put(train.init_state(model, optimizer, 0), rep)
+    fn = jax.jit(functools.partial(step, batch_sharding=parallel.batch_sharding(mesh)),
+                 in_shardings=(rep,), out_shardings=(rep, rep))
+    for _ in range(3):
+      state, m = fn(state)
+    losses.append(float(m['loss']))
+  np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
+
+
+@pytest.mark.parametrize('use_jit', [True, False], ids=['jit', 'nojit'])
+def test_train_step_jit_and_eager_agree(use_jit):
+  c = tiny_config('gpt_level2')
+  model = train.build_model(train.model_config(c))
+  optimizer = train.make_optimizer(c.optimizer)
+  state = train.init_state(model, optimizer, 0)
+  step = functools.partial(train.train_step, model=model, optimizer=optimizer, task='copy',
+                           length=3, batch_size=4)
+  reference, m_ref = jax.jit(step)(state)
+  if use_jit:
+    other, m = jax.jit(step)(state)
+  else:
+    with jax.disable_jit():
+      other, m = step(state)
+  chex.assert_trees_all_close(other.params, reference.params, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(m['loss'], m_ref['loss'], rtol=1e-5)
+
+
+def test_vmapped_seed_equals_seed_trained_alone(tmp_path):
+  """Seeds in one program: seed 1338 of a 2-seed group == seed 1338 run by itself."""
+  group = tiny_config('ut', num_seeds=2)    # ACT: its early stop becomes a select under vmap
+  alone = tiny_config('ut', seed=group.seed + 1)
+  out_group = train.train_and_evaluate(group, str(tmp_path / 'group'))
+  out_alone = train.train_and_evaluate(alone, str(tmp_path / 'alone'))
+  chex.assert_trees_all_close(train.seed_slice(params_of(out_group), 1),
+                              train.seed_slice(params_of(out_alone), 0), rtol=1e-5, atol=1e-6)
+  assert sorted(out_group['eval']) == [group.seed, group.seed + 1]
+  seeds = {r['seed'] for r in writers.read_metrics(str(tmp_path / 'group'), 'train')}
+  assert seeds == {group.seed, group.seed + 1}
+
+
+def test_optimizer_is_torch_adamw():
+  """One step from zero moments: p - lr * (g / (|g| + eps) + wd * p), as torch.optim.AdamW."""
+  c = tiny_config()
+  opt = train.make_optimizer(c.optimizer)
+  p = {'w': jnp.array([1.0, -2.0])}
+  g = {'w': jnp.array([0.5, 0.25])}
+  updates, _ = opt.update(g, opt.init(p), p)
+  lr, wd = 3e-4, 0.01
+  expected = p['w'] - lr * (g['w'] / (jnp.abs(g['w']) + 1e-8) + wd * p['w'])
+  np.testing.assert_allclose(p['w'] + updates['w'], expected, rtol=1e-6)
+
+
+def test_config_file_and_overrides():
+  argv = ['prog', f'--config={CONFIG_FILE}:model=trm,task=reverse,runlocal',
+          '--config.model.n_embd=48', '--config.max_steps=7', '--config.eval.lengths=(4,8)']
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', None, 'cfg', flag_values=fv, sys_argv=argv)
+  fv(argv)
+  c = fv.config
+  assert (c.model.name, c.task, c.model.n_embd, c.max_steps) == ('trm', 'reverse', 48, 7)
+  assert tuple(c.eval.lengths) == (4, 8)
+  paper = length_gen.get_config('model=trm')
+  assert (paper.model.n_embd, paper.model.n_head, paper.model.dropout, paper.budget) == (384, 6, 0.1, 24)
+  assert (paper.batch_size, paper.max_steps, paper.seed, paper.model.ponder_cost_weight) == (64, 5000, 1337, 0.0)
+  assert (paper.eval.every_steps, paper.eval.n_samples, tuple(paper.eval.lengths)) == (250, 100, (10, 20, 30, 40, 50))
+  with pytest.raises(ValueError, match="Unknown config arg 'modle'"):
+    length_gen.get_config('modle=trm')
