@@ -3,16 +3,22 @@
   artrm                      the main job: the seven-rung ladder on CPU (= `artrm main`)
   artrm train --config=artrm/configs/length_gen.py:model=trm,runlocal --workdir=runs/x
   artrm eval  --workdir=runs/x [--checkpoint=best] [--lengths=10,20] [--decoding=sample]
+  artrm suite --suite=experiments/length_gen.py:runlocal --root=workdirs/length_gen_cpu
+              [--launcher=local|slurm|tpu] [--slots=2] [--gpus=0,1] [--dry_run]
+  artrm gather --root=workdirs/length_gen_cpu [--out=results.csv]
+  artrm report --root=workdirs/length_gen_cpu --out=docs/results/length_gen_cpu
 
 `python -m artrm ...` is the same.
 """
 
+import functools
+import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
-_COMMANDS = ('main', 'train', 'eval')
+_COMMANDS = ('main', 'train', 'eval', 'suite', 'gather', 'report')
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file[:arg] (train).', lock_config=True)
@@ -25,6 +31,16 @@ flags.DEFINE_integer('inference_steps', None, 'eval: steps to run (weight-tied r
 flags.DEFINE_bool('full_compute', None, 'eval: disable every early stop.')
 flags.DEFINE_string('task', 'copy', 'main: task of the ladder comparison.')
 flags.DEFINE_integer('max_steps', None, 'main: training steps per rung.')
+flags.DEFINE_string('suite', None, 'suite: experiments/<file>.py[:arg].')
+flags.DEFINE_string('root', None, 'suite / gather / report: directory holding the runs of a suite.')
+flags.DEFINE_enum('launcher', 'local', ['local', 'slurm', 'tpu'], 'suite: where to run.')
+flags.DEFINE_integer('slots', 1, 'suite: runs at once (per GPU with --gpus).')
+flags.DEFINE_list('gpus', None, 'suite: GPU ids for a one-run-per-GPU queue.')
+flags.DEFINE_bool('dry_run', False, 'suite: print what would run or be submitted.')
+flags.DEFINE_string('tpu_name', None, 'suite --launcher=tpu: TPU VM name.')
+flags.DEFINE_string('zone', None, 'suite --launcher=tpu: its zone.')
+flags.DEFINE_string('slurm_time', '02:00:00', 'suite --launcher=slurm: time limit per run.')
+flags.DEFINE_string('out', None, 'gather: table path (.csv or .parquet); report: output directory.')
 
 
 def _train(argv):
@@ -48,6 +64,43 @@ def _eval(argv):
   eval_checkpoint.evaluate_checkpoint(FLAGS.workdir, FLAGS.checkpoint, overrides, verbose=True)
 
 
+def _suite(argv):
+  del argv
+  if not (FLAGS.suite and FLAGS.root):
+    raise app.UsageError('artrm suite needs --suite=experiments/<file>.py[:arg] and --root=<dir>.')
+  from artrm import launch
+  if FLAGS.launcher == 'local':
+    codes = launch.run_local(FLAGS.suite, FLAGS.root, slots=FLAGS.slots, gpus=FLAGS.gpus,
+                             dry_run=FLAGS.dry_run)
+    if any(codes):
+      sys.exit(f'{sum(c != 0 for c in codes)} run(s) failed; re-run the command to retry them.')
+  elif FLAGS.launcher == 'slurm':
+    launch.submit_slurm(FLAGS.suite, FLAGS.root, dry_run=FLAGS.dry_run, time_limit=FLAGS.slurm_time)
+  else:
+    if not (FLAGS.tpu_name and FLAGS.zone):
+      raise app.UsageError('--launcher=tpu needs --tpu_name and --zone.')
+    launch.launch_tpu(FLAGS.suite, FLAGS.root, dry_run=FLAGS.dry_run, tpu_name=FLAGS.tpu_name,
+                      zone=FLAGS.zone)
+
+
+def _gather(argv):
+  del argv
+  if not FLAGS.root:
+    raise app.UsageError('artrm gather needs --root=<dir of a suite>.')
+  from artrm import results
+  path = results.write_table(results.gather(FLAGS.root),
+                             FLAGS.out or os.path.join(FLAGS.root, 'results.csv'))
+  print(f'wrote {path}')
+
+
+def _report(argv):
+  del argv
+  if not (FLAGS.root and FLAGS.out):
+    raise app.UsageError('artrm report needs --root=<dir of a suite> and --out=<dir>.')
+  from artrm import report
+  print(f'wrote {report.make_report(FLAGS.root, FLAGS.out)}')
+
+
 def _main(argv):
   del argv
   from artrm import ladder
@@ -59,4 +112,13 @@ def main():
   command = argv.pop(1) if len(argv) > 1 and argv[1] in _COMMANDS else 'main'
   if len(argv) > 1 and not argv[1].startswith('-'):
     sys.exit(f'Unknown command {argv[1]!r}; choose one of {list(_COMMANDS)}.')
-  app.run({'main': _main, 'train': _train, 'eval': _eval}[command], argv=argv)
+  commands = {'main': _main, 'train': _train, 'eval': _eval, 'suite': _suite, 'gather': _gather,
+              'report': _report}
+  app.run(functools.partial(_quiet, commands[command]), argv=argv)
+
+
+def _quiet(fn, argv):
+  """Orbax logs every save at INFO; keep the terminal to progress and results."""
+  if not FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
+  fn(argv)

@@ -17,7 +17,7 @@ CSV_NAME = 'metrics.csv'
 
 
 def metric_rows(results: dict[int, dict], **base) -> list[dict]:
-  """{length: metrics} as tidy rows `{**base, 'L', 'metric', 'value'}` for CSV / tables.
+  """{length: metrics} as tidy rows `{**base, 'eval_length', 'metric', 'value'}`.
 
   A per-position list becomes one row per position, named `pos{i}`.
   """
@@ -26,7 +26,7 @@ def metric_rows(results: dict[int, dict], **base) -> list[dict]:
     for name, value in metrics.items():
       named = ([(f'pos{i}', v) for i, v in enumerate(value)] if isinstance(value, list)
                else [(name, value)])
-      rows += [{**base, 'L': int(L), 'metric': n, 'value': float(v)} for n, v in named]
+      rows += [{**base, 'eval_length': int(L), 'metric': n, 'value': float(v)} for n, v in named]
   return rows
 
 
@@ -92,7 +92,7 @@ class LengthEvaluator:
     """Writes eval/{name}_step_{step:06d}.json and updates eval/metrics.csv.
 
     The CSV holds tidy rows (`metric_rows`) of every evaluation in the
-    workdir; rows of the same (name, step, settings, L, metric) are replaced,
+    workdir; rows of the same (name, step, settings, eval_length, metric) are replaced,
     so a resumed run that repeats an evaluation does not duplicate it.
     Returns the two paths.
     """

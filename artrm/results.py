@@ -13,6 +13,7 @@ import json
 import os
 
 from artrm import train, writers
+from artrm.evaluators import metric_rows
 
 CONFIG_COLUMNS = {
     'model': 'model.name', 'task': 'task', 'train_length': 'train_length', 'budget': 'budget',
@@ -31,17 +32,6 @@ def _get(config: dict, dotted: str):
   return None if config == {} else config
 
 
-def _metric_rows(base: dict, by_length: dict, **extra) -> list[dict]:
-  rows = []
-  for L, metrics in by_length.items():
-    for name, value in metrics.items():
-      values = enumerate(value) if isinstance(value, list) else [(None, value)]
-      for i, v in values:
-        rows.append({**base, **extra, 'eval_length': int(L),
-                     'metric': name if i is None else f'pos{i}', 'value': float(v)})
-  return rows
-
-
 def run_rows(workdir: str, suite: str = '') -> list[dict]:
   with open(os.path.join(workdir, 'config.json')) as f:
     config = json.load(f)
@@ -51,7 +41,7 @@ def run_rows(workdir: str, suite: str = '') -> list[dict]:
   final = train.read_final_eval(workdir)
   if final is not None:
     for seed, by_length in final['results'].items():
-      rows += _metric_rows({**base, 'seed': seed}, by_length, kind='final', step=final['step'])
+      rows += metric_rows(by_length, **base, seed=seed, kind='final', step=final['step'])
   for record in writers.read_metrics(workdir, 'eval'):
     for key, value in record.items():
       if key.startswith('L') and '/' in key:
@@ -64,8 +54,8 @@ def run_rows(workdir: str, suite: str = '') -> list[dict]:
       scaling = json.load(f)
     for steps, by_seed in scaling['results'].items():
       for seed, by_length in by_seed.items():
-        rows += _metric_rows({**base, 'seed': int(seed)}, by_length, kind='inference',
-                             step=scaling['step'], inference_steps=int(steps))
+        rows += metric_rows(by_length, **base, seed=int(seed), kind='inference',
+                            step=scaling['step'], inference_steps=int(steps))
   return rows
 
 

@@ -266,12 +266,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     ckpts.wait()
     ckpts.close()
     writer.close()
-  final_path = os.path.join(workdir, FINAL_EVAL)
-  if results and is_main:
-    with open(final_path, 'w') as f:
-      json.dump(dict(step=config.max_steps, results=results), f, indent=1)
-  elif not results and os.path.exists(final_path):   # finished before: nothing re-run
-    results = read_final_eval(workdir)['results']
+  if not results:   # nothing trained now: reuse the final evaluation, or make it
+    final = read_final_eval(workdir)
+    done = final is not None and final['step'] == int(state.step[0])
+    results = final['results'] if done else evaluate_seeds(evaluator, model, state.params, seeds)
+  if is_main:
+    with open(os.path.join(workdir, FINAL_EVAL), 'w') as f:
+      json.dump(dict(step=int(state.step[0]), results=results), f, indent=1)
   return dict(state=state, eval=results, best=best, model=model)
 
 

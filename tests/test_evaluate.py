@@ -97,9 +97,9 @@ def test_answer_metrics_short_answer_and_errors():
 
 def test_metric_rows():
   rows = metric_rows({3: dict(seq_acc=0.5, per_position=[1.0, 0.0])}, task='copy')
-  assert rows == [dict(task='copy', L=3, metric='seq_acc', value=0.5),
-                  dict(task='copy', L=3, metric='pos0', value=1.0),
-                  dict(task='copy', L=3, metric='pos1', value=0.0)]
+  assert rows == [dict(task='copy', eval_length=3, metric='seq_acc', value=0.5),
+                  dict(task='copy', eval_length=3, metric='pos0', value=1.0),
+                  dict(task='copy', eval_length=3, metric='pos1', value=0.0)]
 
 
 # -- decoding -----------------------------------------------------------------

@@ -118,7 +118,12 @@ def test_block_passes_executed(name, budget, start, monkeypatch):
 
 
 def test_early_stop_skips_block_work(monkeypatch):
-  """ACT / TRM skip the steps after everything halted: fewer passes, same output."""
+  """ACT / TRM skip the steps after everything halted: fewer passes.
+
+  For ACT the output is that of running every step (halted positions add
+  nothing); for TRM the readout is y after the last executed step, so full
+  compute changes it, as in the paper's code.
+  """
   monkeypatch.setattr('artrm.models.rungs.Block', CountingBlock)
   for name, head in [('ut', 'act_halt'), ('trm', 'q_halt')]:
     model, params, idx = init(small_config(name, n_layer=4))
@@ -126,11 +131,16 @@ def test_early_stop_skips_block_work(monkeypatch):
     params[head]['bias'] = jnp.array([30.0])   # sigmoid rounds to 1: halt at step one
     jax.effects_barrier()
     CountingBlock.calls[0] = 0
-    _, aux = model.apply({'params': params}, idx)
+    logits, aux = model.apply({'params': params}, idx)
     jax.effects_barrier()
     per_step = block_passes(model.config) // model.config.n_layer
     assert CountingBlock.calls[0] == int(aux['block_passes']) == per_step, name
     assert int(aux['steps_taken']) == 1
+    full_logits, _ = model.apply({'params': params}, idx, full_compute=True)
+    if name == 'ut':
+      chex.assert_trees_all_close(logits, full_logits, rtol=1e-6, atol=1e-6)
+    else:
+      assert not np.allclose(logits, full_logits)
 
 
 NESTED_TABLE = {
@@ -164,6 +174,8 @@ def test_normalize_budget_spec_example_and_errors():
     normalize_budget(ModelConfig(name='ut_level1'), 1)
   with pytest.raises(ValueError, match='Unknown model'):
     normalize_budget(ModelConfig(name='transformer'), 8)
+  with pytest.raises(ValueError, match='max_act_steps=4 is set'):
+    normalize_budget(ModelConfig(name='ut', max_act_steps=4), 24)
 
 
 def test_bad_configs_have_clear_errors():

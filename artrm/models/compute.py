@@ -7,6 +7,7 @@ normalisation").
 """
 
 import dataclasses
+import logging
 
 from artrm.models.config import ModelConfig
 from artrm.models.rungs import get_rung
@@ -39,6 +40,9 @@ def normalize_budget(config: ModelConfig, budget: int) -> ModelConfig:
   rung = get_rung(config.name)
   if budget < 1:
     raise ValueError(f'compute budget must be a positive number of block passes, got {budget}.')
+  if config.max_act_steps and rung.halting != 'none':
+    raise ValueError(f'max_act_steps={config.max_act_steps} is set, so the budget rule (which sets '
+                     'n_layer = steps) would not hold: set max_act_steps=0 or budget=0.')
   if rung.stream == 'single':
     out = dataclasses.replace(config, n_layer=budget)
   elif not rung.nested:
@@ -56,6 +60,10 @@ def normalize_budget(config: ModelConfig, budget: int) -> ModelConfig:
       if fallback is None:
         fallback = (H, L, max(1, budget // per_step))
     H, L, n_layer = fallback
+    if L == 0:
+      logging.warning('Budget %d resolves %s to L = 0 z-updates: x never enters the model, whose '
+                      'output then ignores the tokens (the paper\'s rule, kept as is). Pick a '
+                      'budget divisible by 2 or 3.', budget, config.name)
     out = dataclasses.replace(config, n_layer=n_layer, n_outer_loops=H, n_inner_loops=L)
   if block_passes(out) > budget:
     raise ValueError(

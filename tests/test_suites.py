@@ -1,0 +1,110 @@
+"""Suites, launchers and the results store."""
+
+import os
+import textwrap
+
+import pytest
+
+from artrm import launch, results, suites
+
+TINY_SUITE = textwrap.dedent('''
+    from artrm.configs import common, length_gen
+
+    def get_config(arg=None):
+      a = common.parse_arg(arg, seeds=2)
+      c = length_gen.get_config('model=gpt,task=copy,runlocal')
+      c.model.update(n_embd=32, n_head=2, block_size=24)
+      c.update(budget=2, train_length=3, batch_size=16, max_steps=4, num_seeds=a.seeds)
+      c.eval.update(lengths=(3, 4), every_steps=2, n_samples=8, batch_size=8)
+      c.log.every_steps = 2
+      return c
+
+    def get_sweep(arg=None):
+      return [{'model.name': name, 'task': 'copy'} for name in ('gpt', 'ut')]
+    ''')
+
+
+@pytest.fixture
+def suite_file(tmp_path):
+  path = tmp_path / 'tiny_suite.py'
+  path.write_text(TINY_SUITE)
+  return str(path)
+
+
+def test_suite_runs_names_and_commands(suite_file, tmp_path):
+  runs = suites.suite_runs(suite_file, str(tmp_path / 'root'))
+  assert [r.name for r in runs] == ['name=gpt,task=copy', 'name=ut,task=copy']
+  cmd = suites.train_command(suite_file, runs[1])
+  assert cmd[1:4] == ['-m', 'artrm', 'train']
+  assert '--config.model.name=ut' in cmd and f'--workdir={runs[1].workdir}' in cmd
+  config = suites.run_config(suite_file, runs[1])
+  assert (config.model.name, config.num_seeds) == ('ut', 2)
+  with pytest.raises(KeyError, match='not a config field'):
+    suites.apply_overrides(config, {'model.n_layers': 3})
+
+
+def test_local_queue_runs_skips_and_resumes(suite_file, tmp_path):
+  """(a)/(b): a queue over two slots; a re-launch skips finished runs, finishes the rest."""
+  root = str(tmp_path / 'root')
+  logs = []
+  codes = launch.run_local(suite_file, root, gpus=['a', 'b'], log=logs.append)
+  assert codes == [0, 0], open(os.path.join(root, 'name=gpt,task=copy', 'stdout.log')).read()
+  assert any('on GPU a' in m for m in logs) and any('on GPU b' in m for m in logs)
+  todo, done = launch.pending_runs(suite_file, root)
+  assert not todo and len(done) == 2
+
+  # An interrupted run (its final evaluation missing) is resumed, the finished one skipped.
+  os.remove(os.path.join(root, 'name=ut,task=copy', 'final_eval.json'))
+  logs.clear()
+  assert launch.run_local(suite_file, root, log=logs.append) == [0]
+  assert logs[0].startswith('1 finished, 1 to run')
+
+  rows = results.gather(root)
+  final = [r for r in rows if r['kind'] == 'final' and r['metric'] == 'seq_acc']
+  assert {(r['model'], r['seed'], r['eval_length']) for r in final} == {
+      (m, s, L) for m in ('gpt', 'ut') for s in (1337, 1338) for L in (3, 4)}
+  assert any(r['kind'] == 'curve' and r['step'] == 2 for r in rows)
+  path = results.write_table(rows, str(tmp_path / 'table.csv'))
+  assert open(path).readline().strip().split(',') == results.COLUMNS
+
+
+def test_local_dry_run_prints_commands(suite_file, tmp_path):
+  lines = []
+  assert launch.run_local(suite_file, str(tmp_path), gpus=['0', '1'], dry_run=True,
+                          log=lines.append) == []
+  assert lines[1].startswith('CUDA_VISIBLE_DEVICES=0 ') and lines[2].startswith('CUDA_VISIBLE_DEVICES=1 ')
+  assert not os.path.exists(tmp_path / 'name=gpt,task=copy')
+
+
+def test_slurm_dry_run(suite_file, tmp_path):
+  out = []
+  script = launch.submit_slurm(suite_file, str(tmp_path), dry_run=True, log=out.append,
+                               time_limit='00:30:00')
+  assert '#SBATCH --array=0-1%8' in script and '#SBATCH --requeue' in script
+  assert '#SBATCH --time=00:30:00' in script
+  assert 'sed -n "$((SLURM_ARRAY_TASK_ID + 1))p"' in script
+  text = out[0]
+  assert text.count('-m artrm train') == 2 and '--config.model.name=ut' in text
+  assert not os.path.exists(tmp_path / 'slurm_array.sbatch'), 'dry run writes nothing'
+
+
+def test_tpu_dry_run(suite_file, tmp_path):
+  out = []
+  cmd = launch.launch_tpu(suite_file, str(tmp_path), dry_run=True, log=out.append,
+                          tpu_name='v4-32', zone='us-central2-b')
+  assert cmd[:6] == ['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh', 'v4-32']
+  assert '--worker=all' in cmd
+  assert 'ARTRM_MULTIHOST=1' in out[0] and f'--suite={suite_file}' in out[0]
+
+
+def test_suite_files_load():
+  """Every suite under experiments/ builds its configs (paper and CPU forms)."""
+  root = os.path.join(os.path.dirname(__file__), '..', 'experiments')
+  for name in ('length_gen', 'compute_optimal', 'hl_structure', 'scaling', 'train_length'):
+    for arg in ('', ':runlocal'):
+      spec = os.path.join(root, f'{name}.py') + arg
+      runs = suites.suite_runs(spec, '/tmp/unused')
+      configs = [suites.run_config(spec, r) for r in runs]
+      assert configs and all(c.num_seeds == 3 for c in configs), spec
+  paper = suites.suite_runs(os.path.join(root, 'length_gen.py'), '/tmp/unused')
+  assert len(paper) == 21
