@@ -123,6 +123,20 @@ def train_step(state: TrainState, *, model, optimizer, task: str, length: int, b
   return new_state, metrics
 
 
+def make_step_fn(config: ml_collections.ConfigDict, model, optimizer: optax.GradientTransformation,
+                 mesh: jax.sharding.Mesh):
+  """The run's jitted step on a state stacked over its seeds (the loop's and the benchmark's).
+
+  The batch is sharded over `mesh`, the state replicated and donated.
+  """
+  replicated = parallel.replicated(mesh)
+  step = functools.partial(train_step, model=model, optimizer=optimizer, task=config.task,
+                           length=config.train_length, batch_size=config.batch_size,
+                           batch_sharding=parallel.batch_sharding(mesh))
+  return jax.jit(over_seeds(step, config.num_seeds), in_shardings=(replicated,),
+                 out_shardings=(replicated, replicated), donate_argnums=0)
+
+
 def evaluator_for(config: ml_collections.ConfigDict, **overrides) -> LengthEvaluator:
   e = config.eval
   lengths = sorted(set(e.lengths) | {config.train_length})   # best is picked at train length
@@ -216,12 +230,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       json.dump(cfg, f, indent=2)
 
-  step_fn = jax.jit(
-      over_seeds(functools.partial(
-          train_step, model=model, optimizer=optimizer, task=config.task,
-          length=config.train_length, batch_size=config.batch_size,
-          batch_sharding=parallel.batch_sharding(mesh)), len(seeds)),
-      in_shardings=(replicated,), out_shardings=(replicated, replicated), donate_argnums=0)
+  step_fn = make_step_fn(config, model, optimizer, mesh)
   start = int(state.step[0])
   t0 = time.perf_counter()
   step_fn = step_fn.lower(state).compile()
