@@ -4,14 +4,12 @@
   artrm suite --suite=experiments/compute_optimal.py:runlocal --root=workdirs/compute_optimal_cpu
 """
 
-from artrm.configs import common, length_gen
+from artrm.configs import length_gen
 from artrm.models import RUNGS
 
 
 def get_config(arg=None):
-  a = common.parse_arg(arg, runlocal=False, seeds=3)
-  c = length_gen.get_config('task=addition' + (',runlocal' if a.runlocal else ''))
-  c.num_seeds = a.seeds
+  c, a = length_gen.suite_config(arg)
   c.model.update(n_outer_loops=1, n_inner_loops=2, block_size=120)
   c.eval.lengths = (10, 11, 15, 20)
   c.max_steps = 400 if a.runlocal else 15000

@@ -5,16 +5,14 @@ n_layer 4 fixed (no budget rule), n_embd 128, 4 heads, 2000 steps, eval at 1x..3
   artrm suite --suite=experiments/hl_structure.py:runlocal --root=workdirs/hl_structure_cpu
 """
 
-from artrm.configs import common, length_gen
+from artrm.configs import length_gen
 
 HL = ((1, 1), (2, 2), (2, 1), (4, 2), (6, 2), (8, 2), (8, 4))
 TRAIN_LENGTHS = (2, 5, 10, 20)
 
 
 def get_config(arg=None):
-  a = common.parse_arg(arg, runlocal=False, seeds=3)
-  c = length_gen.get_config('task=addition' + (',runlocal' if a.runlocal else ''))
-  c.num_seeds = a.seeds
+  c, a = length_gen.suite_config(arg)
   c.budget = 0
   c.model.update(n_layer=1 if a.runlocal else 4, block_size=200)
   if not a.runlocal:

@@ -8,16 +8,14 @@ The CPU form trains a 64-wide model at budget 6 for 400 steps (batch 32) on L = 
 and evaluates at 5 and 10; everything else is the paper's.
 """
 
-from artrm.configs import common, length_gen
+from artrm.configs import length_gen
 from artrm.models import RUNGS
 
 TASKS = ('addition', 'copy', 'reverse')
 
 
 def get_config(arg=None):
-  a = common.parse_arg(arg, runlocal=False, seeds=3)
-  c = length_gen.get_config('runlocal' if a.runlocal else None)
-  c.num_seeds = a.seeds
+  c, a = length_gen.suite_config(arg)
   if a.runlocal:
     c.model.dropout = 0.1   # the paper's; only size, budget and steps shrink
     c.train_length = 5

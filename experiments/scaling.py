@@ -6,14 +6,12 @@ rungs are re-evaluated with more inference steps (`artrm suite --inference_steps
   artrm suite --suite=experiments/scaling.py:runlocal --root=workdirs/scaling_cpu
 """
 
-from artrm.configs import common, length_gen
+from artrm.configs import length_gen
 from artrm.models import RUNGS
 
 
 def get_config(arg=None):
-  a = common.parse_arg(arg, runlocal=False, seeds=3)
-  c = length_gen.get_config('task=addition' + (',runlocal' if a.runlocal else ''))
-  c.num_seeds = a.seeds
+  c, a = length_gen.suite_config(arg)
   c.eval.lengths = (10, 20, 30)
   c.max_steps = 400 if a.runlocal else 4000
   return c

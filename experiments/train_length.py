@@ -4,15 +4,12 @@
   artrm suite --suite=experiments/train_length.py:runlocal --root=workdirs/train_length_cpu
 """
 
-from artrm.configs import common, length_gen
+from artrm.configs import length_gen
 from artrm.models import RUNGS
 
 
 def get_config(arg=None):
-  a = common.parse_arg(arg, runlocal=False, seeds=3)
-  c = length_gen.get_config('task=addition' + (',runlocal' if a.runlocal else ''))
-  c.num_seeds = a.seeds
-  return c
+  return length_gen.suite_config(arg)[0]
 
 
 def get_sweep(arg=None):

@@ -16,3 +16,11 @@ def get_config(arg: str | None = None):
   c.model.name = a.model
   c.task = a.task
   return common.make_runlocal(c) if a.runlocal else c
+
+
+def suite_config(arg: str | None, task: str = 'addition'):
+  """(config, parsed arg) for a suite in experiments/: `runlocal` and `seeds=N` (default 3)."""
+  a = common.parse_arg(arg, runlocal=False, seeds=3)
+  c = get_config(f'task={task}' + (',runlocal' if a.runlocal else ''))
+  c.num_seeds = a.seeds
+  return c, a

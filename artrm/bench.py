@@ -1,0 +1,326 @@
+"""Speed of the seven rungs: compile time, step time, tokens/s, FLOPs, MFU, memory, decoding.
+
+The timed step is the training loop's own (`train.make_step_fn`) for one seed
+on one device, so the numbers are those `artrm train` runs at. The setups are
+the paper-comparison table's: `small` and `paper` train on addition at L = 10
+(rows of the examples' 34 tokens; the paper's code pads rows to block_size,
+so both token counts are kept), `eval` decodes at L = 10 and 50 with
+`decoding.generate` and, where it exists, `decoding.generate_cached`.
+
+Model FLOPs are counted analytically (`step_flops`), not read from XLA, whose
+cost analysis counts a scan body once however many steps it runs.
+"""
+
+import dataclasses
+import json
+import os
+import re
+import resource
+import statistics
+import time
+from typing import Any, Sequence
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from artrm import decoding, parallel, train
+from artrm.configs import common
+from artrm.data import eval_set, get_task
+from artrm.models import RUNGS, ModelConfig, get_rung, init_params
+from artrm.tables import markdown_table
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """One benchmark setting; `train=False` measures decoding only."""
+
+  name: str
+  n_embd: int
+  n_head: int
+  budget: int
+  batch_size: int
+  block_size: int
+  train: bool = True
+  eval_lengths: tuple[int, ...] = ()
+  eval_batch: int = 100
+  task: str = 'addition'
+  train_length: int = 10
+  dropout: float = 0.1
+
+  def replace(self, **overrides) -> 'Setup':
+    """A copy with the overrides that are not None (unset CLI flags)."""
+    return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+SETUPS = {
+    'small': Setup('small', n_embd=128, n_head=4, budget=12, batch_size=32, block_size=34),
+    'paper': Setup('paper', n_embd=384, n_head=6, budget=24, batch_size=64, block_size=180),
+    'eval': Setup('eval', n_embd=128, n_head=4, budget=12, batch_size=32, block_size=180,
+                  train=False, eval_lengths=(10, 50)),
+}
+
+# Dense peak FLOP/s per device by matmul input type. JAX's default precision
+# runs float32 matmuls as TF32 on Hopper, so that is the basis of f32 models.
+_PEAKS = {
+    'H100 PCIe': dict(bf16=756e12, tf32=378e12, fp32=51.2e12),
+    'H100': dict(bf16=989e12, tf32=494.7e12, fp32=66.9e12),
+    'H200': dict(bf16=989e12, tf32=494.7e12, fp32=66.9e12),
+}
+
+
+def get_setup(name: str) -> Setup:
+  if name not in SETUPS:
+    raise ValueError(f'Unknown benchmark setup {name!r}; choose one of {list(SETUPS)}.')
+  return SETUPS[name]
+
+
+def run_config(setup: Setup, rung: str):
+  """The training config of `rung` under `setup`: the paper's base config, one seed."""
+  c = common.base_config()
+  c.model.update(name=rung, n_embd=setup.n_embd, n_head=setup.n_head,
+                 block_size=setup.block_size, dropout=setup.dropout)
+  c.update(task=setup.task, train_length=setup.train_length, batch_size=setup.batch_size,
+           budget=setup.budget, num_seeds=1)
+  return c
+
+
+# ------------------------------------------------------------------ FLOPs ---
+
+def pass_flops(batch: int, seq_len: int, n_embd: int) -> int:
+  """Matmul FLOPs of one block pass forward, 2 per multiply-add.
+
+  2*B*T*12*C^2 for q, k, v, out (4 C^2) and the MLP (8 C^2), plus 2*2*B*T^2*C
+  for q k^T and weights @ v over the full T x T (the causal mask saves no work).
+  """
+  B, T, C = batch, seq_len, n_embd
+  return 2 * B * T * 12 * C * C + 2 * 2 * B * T * T * C
+
+
+def head_flops(batch: int, seq_len: int, n_embd: int, vocab_size: int) -> int:
+  """The LM head's forward FLOPs, once per forward whatever the rung."""
+  return 2 * batch * seq_len * n_embd * vocab_size
+
+
+def backprop_passes(config: ModelConfig, fwd_passes: float) -> float:
+  """Passes of a forward that gradients flow through.
+
+  Nested rungs (ut_level2, trm) run H cycles per step but back-propagate only
+  the last (the first H - 1 run under stop_gradient); the others, all passes.
+  """
+  return fwd_passes / config.n_outer_loops if get_rung(config.name).nested else fwd_passes
+
+
+def step_flops(config: ModelConfig, batch: int, seq_len: int, fwd_passes: float) -> float:
+  """Model FLOPs of one training step: forward of every executed pass, backward (2x) of
+  back-propagated ones, and the head's forward + backward.
+
+    pass_flops * (fwd + 2 * bwd) + 3 * head_flops
+
+  Without early stop and no-grad cycles this is the usual 6 * N * D, with N the
+  12 C^2 matmul weights of a pass and D the tokens. Layer norms, embeddings, the
+  halting heads and the optimizer are left out (all O(B*T*C) or O(params)).
+  """
+  per_pass = pass_flops(batch, seq_len, config.n_embd)
+  bwd = backprop_passes(config, fwd_passes)
+  return per_pass * (fwd_passes + 2 * bwd) + 3 * head_flops(batch, seq_len, config.n_embd,
+                                                            config.vocab_size)
+
+
+def peak_flops(device_kind: str, dtype: str = 'tf32') -> float | None:
+  """Dense peak FLOP/s of a known accelerator, else None (no MFU)."""
+  for kind, peaks in _PEAKS.items():   # 'H100 PCIe' before 'H100'
+    if kind.lower() in device_kind.lower():
+      return peaks[dtype]
+  return None
+
+
+# ------------------------------------------------------------ measurement ---
+
+def device_info() -> dict[str, Any]:
+  d = jax.devices()[0]
+  return dict(device_kind=d.device_kind, platform=d.platform, device_count=jax.device_count(),
+              jax=jax.__version__, flax=flax.__version__, cpu_count=os.cpu_count())
+
+
+def peak_memory() -> dict[str, Any]:
+  """The process's peak so far: device bytes where the backend reports them, else max RSS."""
+  stats = jax.devices()[0].memory_stats() or {}
+  if 'peak_bytes_in_use' in stats:
+    return dict(peak_memory_bytes=int(stats['peak_bytes_in_use']),
+                peak_memory_source='device peak_bytes_in_use')
+  rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss   # KiB on Linux
+  return dict(peak_memory_bytes=int(rss_kib) * 1024, peak_memory_source='process max RSS')
+
+
+def _timed(fn, n: int, warmup: int) -> tuple[list[float], list[Any]]:
+  """Seconds and outputs of `n` calls of `fn()` after `warmup` calls, each synchronised."""
+  times, outs = [], []
+  for i in range(warmup + n):
+    start = time.perf_counter()
+    out = jax.block_until_ready(fn())
+    if i >= warmup:
+      times.append(time.perf_counter() - start)
+      outs.append(out)
+  return times, outs
+
+
+def bench_train(config, model, steps: int, warmup: int) -> tuple[dict, Any]:
+  """Compile and time the jitted training step; returns (numbers, params after training)."""
+  mesh = parallel.data_mesh(jax.devices()[:1])
+  optimizer = train.make_optimizer(config.optimizer)
+  state = jax.device_put(train.init_seeds(model, optimizer, train.seeds_of(config)),
+                         parallel.replicated(mesh))
+  start = time.perf_counter()
+  step_fn = train.make_step_fn(config, model, optimizer, mesh).lower(state).compile()
+  compile_seconds = time.perf_counter() - start
+  memory = step_fn.memory_analysis()
+
+  def step():
+    nonlocal state
+    state, metrics = step_fn(state)
+    return metrics
+
+  times, metrics = _timed(step, steps, warmup)
+  metrics = jax.device_get(metrics)
+  mc = model.config
+  seq_len = get_task(config.task).seq_len(config.train_length)
+  fwd = float(np.mean([m['block_passes'] for m in metrics]))
+  seconds = statistics.median(times)
+  flops = step_flops(mc, config.batch_size, seq_len, fwd)
+  tokens = config.batch_size * seq_len
+  padded = config.batch_size * mc.block_size
+  out = dict(
+      compile_seconds=compile_seconds, step_seconds=seconds, step_seconds_all=times,
+      seq_len=seq_len, tokens_per_step=tokens, padded_tokens_per_step=padded,
+      tokens_per_sec=tokens / seconds, padded_tokens_per_sec=padded / seconds,
+      fwd_passes=fwd, bwd_passes=backprop_passes(mc, fwd),
+      steps_taken=float(np.mean([m['steps_taken'] for m in metrics])),
+      flops_per_step=flops, flops_per_sec=flops / seconds,
+      loss=float(metrics[-1]['loss'][0]))
+  if memory is not None:
+    out['step_program_bytes'] = int(memory.argument_size_in_bytes + memory.output_size_in_bytes
+                                    + memory.temp_size_in_bytes - memory.alias_size_in_bytes)
+  return out, train.seed_slice(state.params, 0)
+
+
+def bench_decode(fn, model, params, prompts_NxP, answer_len: int, repeats: int,
+                 full_compute: bool) -> dict:
+  """Greedy answers of one batch: first call (compile + run) and the median of `repeats`."""
+  call = lambda: fn(model, params, prompts_NxP, answer_len, decoding='greedy',
+                    full_compute=full_compute)
+  start = time.perf_counter()
+  first = jax.block_until_ready(call())
+  first_seconds = time.perf_counter() - start
+  times, _ = _timed(call, repeats, warmup=0)
+  seconds = statistics.median(times)
+  return dict(first_call_seconds=first_seconds, seconds=seconds, seconds_all=times,
+              sequences_per_sec=len(prompts_NxP) / seconds, answers=first)
+
+
+def bench_eval(setup: Setup, model, params, repeats: int, full_compute: bool) -> dict:
+  """{L: {'generate': ..., 'generate_cached': ...}} at each eval length."""
+  cached = getattr(decoding, 'generate_cached', None)   # optional: a KV-cache decoder
+  out = {}
+  for L in setup.eval_lengths:
+    prompts_NxP, answers_NxA = eval_set(setup.task, L, setup.eval_batch, 0)
+    prompts_NxP = jnp.asarray(prompts_NxP)
+    _, aux = jax.jit(lambda p, x: model.apply({'params': p}, x, full_compute=full_compute))(
+        params, prompts_NxP)
+    by_fn = {'prompt_block_passes': int(aux['block_passes'])}
+    reference = bench_decode(decoding.generate, model, params, prompts_NxP,
+                             answers_NxA.shape[1], repeats, full_compute)
+    by_fn['generate'] = reference
+    if cached is not None:
+      by_fn['generate_cached'] = bench_decode(cached, model, params, prompts_NxP,
+                                              answers_NxA.shape[1], repeats, full_compute)
+      by_fn['generate_cached']['matches_generate'] = bool(np.array_equal(
+          by_fn['generate_cached']['answers'], reference['answers']))
+    for entry in by_fn.values():
+      if isinstance(entry, dict):
+        del entry['answers']
+    out[L] = by_fn
+  return out
+
+
+def run_benchmark(setup: Setup, rungs: Sequence[str] = tuple(RUNGS), steps: int = 20,
+                  warmup: int = 3, eval_repeats: int = 5, full_compute: bool = False,
+                  peak: float | None = None, verbose: bool = False) -> dict:
+  """Measures each rung under `setup`; returns a JSON-ready dict (see `write_results`).
+
+  `peak` (FLOP/s) overrides the table of known devices; without either, MFU is omitted.
+  """
+  if steps < 1 or warmup < 0 or eval_repeats < 1:
+    raise ValueError(f'Need steps >= 1, warmup >= 0 and eval_repeats >= 1; got {steps}, '
+                     f'{warmup}, {eval_repeats}.')
+  device = device_info()
+  peak = peak or peak_flops(device['device_kind'])
+  result = dict(device=device, setup=dataclasses.asdict(setup),
+                settings=dict(steps=steps, warmup=warmup, eval_repeats=eval_repeats,
+                              full_compute=full_compute, peak_flops=peak,
+                              eval_params='after the timed steps' if setup.train else 'initial'),
+                rungs={})
+  for rung in rungs:
+    config = run_config(setup, rung)
+    mc = train.model_config(config)
+    model = train.build_model(mc)
+    row = dict(title=get_rung(rung).title, n_layer=mc.n_layer,
+               n_outer_loops=mc.n_outer_loops, n_inner_loops=mc.n_inner_loops)
+    if setup.train:
+      row['train'], params = bench_train(config, model, steps, warmup)
+      if peak:
+        row['train']['mfu'] = row['train']['flops_per_sec'] / peak
+    else:
+      params = init_params(model, jax.random.key(config.seed))
+    row['n_params'] = sum(x.size for x in jax.tree.leaves(params))
+    row['eval'] = bench_eval(setup, model, params, eval_repeats, full_compute)
+    row.update(peak_memory())
+    result['rungs'][rung] = row
+    if verbose:
+      print(f'{rung}: {summary_row(rung, row)}', flush=True)
+  return result
+
+
+# ----------------------------------------------------------------- output ---
+
+def summary_row(rung: str, row: dict) -> dict[str, str]:
+  """One table row of formatted cells."""
+  cells = {'rung': rung, 'params': f'{row["n_params"]:,}'}
+  t = row.get('train')
+  if t:
+    cells.update({'passes fwd/bwd': f'{t["fwd_passes"]:g}/{t["bwd_passes"]:g}',
+                  'compile s': f'{t["compile_seconds"]:.1f}',
+                  'step ms': f'{1e3 * t["step_seconds"]:.2f}',
+                  'tokens/s': f'{t["tokens_per_sec"]:,.0f}',
+                  'padded tokens/s': f'{t["padded_tokens_per_sec"]:,.0f}',
+                  'TFLOP/s': f'{t["flops_per_sec"] / 1e12:.3f}',
+                  'MFU': f'{100 * t["mfu"]:.1f}%' if 'mfu' in t else '-'})
+  for L, by_fn in row['eval'].items():
+    for fn in ('generate', 'generate_cached'):
+      if fn in by_fn:
+        cells[f'{fn} seq/s L={L}'] = f'{by_fn[fn]["sequences_per_sec"]:,.1f}'
+  cells['peak MiB'] = f'{row["peak_memory_bytes"] / 2**20:,.0f}'
+  return cells
+
+
+def markdown(result: dict) -> str:
+  s, d = result['setup'], result['device']
+  header = (f'{s["name"]}: n_embd {s["n_embd"]}, {s["n_head"]} heads, budget {s["budget"]}, '
+            f'batch {s["batch_size"]}, {s["task"]} L={s["train_length"]}, block_size '
+            f'{s["block_size"]} on {d["device_kind"]} ({d["platform"]}, jax {d["jax"]}).')
+  rows = [summary_row(rung, row) for rung, row in result['rungs'].items()]
+  return header + '\n\n' + markdown_table(rows)
+
+
+def default_path(result: dict) -> str:
+  device = re.sub(r'[^a-z0-9]+', '_', result['device']['device_kind'].lower()).strip('_')
+  return os.path.join('benchmarks', 'results', f'{device}_{result["setup"]["name"]}.json')
+
+
+def write_results(result: dict, path: str | None = None) -> str:
+  path = path or default_path(result)
+  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+  with open(path, 'w') as f:
+    json.dump(result, f, indent=1)
+  return path
