@@ -28,7 +28,7 @@ import numpy as np
 from artrm import decoding, parallel, train
 from artrm.configs import common
 from artrm.data import eval_set, get_task
-from artrm.models import RUNGS, ModelConfig, get_rung, init_params
+from artrm.models import RUNGS, ModelConfig, build_model, get_rung, init_params
 from artrm.tables import markdown_table
 
 
@@ -206,40 +206,38 @@ def bench_train(config, model, steps: int, warmup: int) -> tuple[dict, Any]:
 
 
 def bench_decode(fn, model, params, prompts_NxP, answer_len: int, repeats: int,
-                 full_compute: bool) -> dict:
-  """Greedy answers of one batch: first call (compile + run) and the median of `repeats`."""
-  call = lambda: fn(model, params, prompts_NxP, answer_len, decoding='greedy',
-                    full_compute=full_compute)
+                 full_compute: bool) -> tuple[dict, np.ndarray]:
+  """Greedy answers of one batch: first call (compile + run), the median of `repeats`, answers."""
+  kwargs = dict(full_compute=True) if full_compute else {}   # the cached decoder may lack it
+  call = lambda: fn(model, params, prompts_NxP, answer_len, decoding='greedy', **kwargs)
   start = time.perf_counter()
-  first = jax.block_until_ready(call())
+  answers = jax.block_until_ready(call())
   first_seconds = time.perf_counter() - start
   times, _ = _timed(call, repeats, warmup=0)
   seconds = statistics.median(times)
   return dict(first_call_seconds=first_seconds, seconds=seconds, seconds_all=times,
-              sequences_per_sec=len(prompts_NxP) / seconds, answers=first)
+              sequences_per_sec=len(prompts_NxP) / seconds), np.asarray(answers)
 
 
 def bench_eval(setup: Setup, model, params, repeats: int, full_compute: bool) -> dict:
-  """{L: {'generate': ..., 'generate_cached': ...}} at each eval length."""
+  """{L: numbers of `generate` and, where it exists, `generate_cached`} at each eval length.
+
+  `prompt_block_passes` is what one forward over the batch of prompts executed:
+  with early stop (ACT, TRM) decoding cost depends on the params' halting.
+  """
   cached = getattr(decoding, 'generate_cached', None)   # optional: a KV-cache decoder
+  forward = jax.jit(lambda p, x: model.apply({'params': p}, x, full_compute=full_compute)[1])
   out = {}
   for L in setup.eval_lengths:
     prompts_NxP, answers_NxA = eval_set(setup.task, L, setup.eval_batch, 0)
-    prompts_NxP = jnp.asarray(prompts_NxP)
-    _, aux = jax.jit(lambda p, x: model.apply({'params': p}, x, full_compute=full_compute))(
-        params, prompts_NxP)
-    by_fn = {'prompt_block_passes': int(aux['block_passes'])}
-    reference = bench_decode(decoding.generate, model, params, prompts_NxP,
-                             answers_NxA.shape[1], repeats, full_compute)
-    by_fn['generate'] = reference
+    prompts_NxP, answer_len = jnp.asarray(prompts_NxP), answers_NxA.shape[1]
+    by_fn = dict(prompt_block_passes=int(forward(params, prompts_NxP)['block_passes']))
+    by_fn['generate'], reference = bench_decode(decoding.generate, model, params, prompts_NxP,
+                                                answer_len, repeats, full_compute)
     if cached is not None:
-      by_fn['generate_cached'] = bench_decode(cached, model, params, prompts_NxP,
-                                              answers_NxA.shape[1], repeats, full_compute)
-      by_fn['generate_cached']['matches_generate'] = bool(np.array_equal(
-          by_fn['generate_cached']['answers'], reference['answers']))
-    for entry in by_fn.values():
-      if isinstance(entry, dict):
-        del entry['answers']
+      by_fn['generate_cached'], answers = bench_decode(cached, model, params, prompts_NxP,
+                                                       answer_len, repeats, full_compute)
+      by_fn['generate_cached']['matches_generate'] = bool(np.array_equal(answers, reference))
     out[L] = by_fn
   return out
 
@@ -254,6 +252,10 @@ def run_benchmark(setup: Setup, rungs: Sequence[str] = tuple(RUNGS), steps: int 
   if steps < 1 or warmup < 0 or eval_repeats < 1:
     raise ValueError(f'Need steps >= 1, warmup >= 0 and eval_repeats >= 1; got {steps}, '
                      f'{warmup}, {eval_repeats}.')
+  task = get_task(setup.task)
+  for L in setup.eval_lengths:   # fail before any work
+    decoding.check_fits(setup.block_size, task.prompt_len(L), task.answer_len(L),
+                        what=f'{setup.task} at length {L}')
   device = device_info()
   peak = peak or peak_flops(device['device_kind'])
   result = dict(device=device, setup=dataclasses.asdict(setup),
@@ -264,7 +266,7 @@ def run_benchmark(setup: Setup, rungs: Sequence[str] = tuple(RUNGS), steps: int 
   for rung in rungs:
     config = run_config(setup, rung)
     mc = train.model_config(config)
-    model = train.build_model(mc)
+    model = build_model(mc)
     row = dict(title=get_rung(rung).title, n_layer=mc.n_layer,
                n_outer_loops=mc.n_outer_loops, n_inner_loops=mc.n_inner_loops)
     if setup.train:

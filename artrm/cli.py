@@ -7,6 +7,7 @@
               [--launcher=local|slurm|tpu] [--slots=2] [--gpus=0,1] [--dry_run]
   artrm gather --root=workdirs/length_gen_cpu [--out=results.csv]
   artrm report --root=workdirs/length_gen_cpu --out=docs/results/length_gen_cpu
+  artrm bench  --setup=small|paper|eval [--rungs=gpt,trm] [--steps=20] [--out=x.json]
 
 `python -m artrm ...` is the same.
 """
@@ -18,7 +19,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-_COMMANDS = ('main', 'train', 'eval', 'suite', 'gather', 'report')
+_COMMANDS = ('main', 'train', 'eval', 'suite', 'gather', 'report', 'bench')
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file[:arg] (train).', lock_config=True)
@@ -37,10 +38,22 @@ flags.DEFINE_enum('launcher', 'local', ['local', 'slurm', 'tpu'], 'suite: where 
 flags.DEFINE_integer('slots', 1, 'suite: runs at once (per GPU with --gpus).')
 flags.DEFINE_list('gpus', None, 'suite: GPU ids for a one-run-per-GPU queue.')
 flags.DEFINE_bool('dry_run', False, 'suite: print what would run or be submitted.')
+flags.DEFINE_list('inference_sweep', None,
+                  'suite: instead of training, re-evaluate finished weight-tied runs with '
+                  'these numbers of inference steps (the inference-scaling study).')
 flags.DEFINE_string('tpu_name', None, 'suite --launcher=tpu: TPU VM name.')
 flags.DEFINE_string('zone', None, 'suite --launcher=tpu: its zone.')
 flags.DEFINE_string('slurm_time', '02:00:00', 'suite --launcher=slurm: time limit per run.')
 flags.DEFINE_string('out', None, 'gather: table path (.csv or .parquet); report: output directory.')
+flags.DEFINE_string('setup', 'small', 'bench: small, paper or eval (--out: its JSON path, default '
+                    'benchmarks/results/<device>_<setup>.json; --full_compute: no early stop).')
+flags.DEFINE_list('rungs', None, 'bench: rungs to measure (default: all seven).')
+flags.DEFINE_integer('steps', 20, 'bench: timed training steps (median reported).')
+flags.DEFINE_integer('warmup', 3, 'bench: untimed steps after compilation.')
+flags.DEFINE_integer('eval_repeats', 5, 'bench: timed decoding calls per length.')
+flags.DEFINE_list('eval_lengths', None, 'bench: decoding lengths (default: the setup\'s).')
+flags.DEFINE_integer('eval_batch', None, 'bench: prompts per decoded batch (default 100).')
+flags.DEFINE_float('peak_flops', None, 'bench: device peak FLOP/s for MFU (default: known GPUs).')
 
 
 def _train(argv):
@@ -69,7 +82,9 @@ def _suite(argv):
   if not (FLAGS.suite and FLAGS.root):
     raise app.UsageError('artrm suite needs --suite=experiments/<file>.py[:arg] and --root=<dir>.')
   from artrm import launch
-  if FLAGS.launcher == 'local':
+  if FLAGS.inference_sweep:
+    launch.inference_sweep(FLAGS.suite, FLAGS.root, [int(n) for n in FLAGS.inference_sweep])
+  elif FLAGS.launcher == 'local':
     codes = launch.run_local(FLAGS.suite, FLAGS.root, slots=FLAGS.slots, gpus=FLAGS.gpus,
                              dry_run=FLAGS.dry_run)
     if any(codes):
@@ -101,6 +116,20 @@ def _report(argv):
   print(f'wrote {report.make_report(FLAGS.root, FLAGS.out)}')
 
 
+def _bench(argv):
+  del argv
+  from artrm import bench
+  setup = bench.get_setup(FLAGS.setup).replace(
+      eval_lengths=FLAGS.eval_lengths and tuple(int(L) for L in FLAGS.eval_lengths),
+      eval_batch=FLAGS.eval_batch)
+  result = bench.run_benchmark(setup, FLAGS.rungs or tuple(bench.RUNGS), steps=FLAGS.steps,
+                               warmup=FLAGS.warmup, eval_repeats=FLAGS.eval_repeats,
+                               full_compute=bool(FLAGS.full_compute), peak=FLAGS.peak_flops,
+                               verbose=True)
+  print('\n' + bench.markdown(result))
+  print(f'wrote {bench.write_results(result, FLAGS.out)}')
+
+
 def _main(argv):
   del argv
   from artrm import ladder
@@ -113,7 +142,7 @@ def main():
   if len(argv) > 1 and not argv[1].startswith('-'):
     sys.exit(f'Unknown command {argv[1]!r}; choose one of {list(_COMMANDS)}.')
   commands = {'main': _main, 'train': _train, 'eval': _eval, 'suite': _suite, 'gather': _gather,
-              'report': _report}
+              'report': _report, 'bench': _bench}
   app.run(functools.partial(_quiet, commands[command]), argv=argv)
 
 

@@ -11,14 +11,25 @@ must match.
 
 TRM halts per batch (the loop runs until every element has halted), so its
 results depend on what else is in the batch; the reference evaluates one
-sequence at a time, and so does this decoder for batch-coupled rungs, by
+sequence at a time, and so do these decoders for batch-coupled rungs, by
 vmapping over batches of one.
+
+`generate_cached` gives the same tokens with a KV cache per block pass: the
+prompt runs once, then each answer token once, at its own position. That is
+exact because a position's states at pass p depend only on earlier positions'
+states at passes <= p. ACT rungs run every step for each new token (halted
+positions keep evolving, and later positions attend to them; the readout is
+unchanged, see `artrm.models.act`). TRM's step count is fixed by position 0
+alone, so it is read off at prefill and each new token runs exactly as many.
 """
 
 import functools
 
 import jax
 import jax.numpy as jnp
+
+from artrm.models.compute import block_passes
+from artrm.models.rungs import KVCache
 
 DECODINGS = ('greedy', 'sample')
 
@@ -35,8 +46,37 @@ def check_fits(block_size: int, prompt_len: int, answer_len: int, what: str = 't
                      f'{block_size}: lower the eval length or raise model.block_size.')
 
 
-@functools.partial(jax.jit, static_argnames=('model', 'answer_len', 'decoding', 'inference_steps',
-                                             'full_compute'))
+def next_token(logits_NxV: jax.Array, decoding: str, key: jax.Array | None, i) -> jax.Array:
+  """Argmax, or a draw from the softmax with `fold_in(key, i)` at answer position i."""
+  if decoding == 'greedy':
+    return jnp.argmax(logits_NxV, axis=-1)
+  return jax.random.categorical(jax.random.fold_in(key, i), logits_NxV.astype(jnp.float32))
+
+
+def check_args(model, prompts_NxP: jax.Array, answer_len: int, decoding: str, key):
+  check_decoding(decoding)
+  if decoding == 'sample' and key is None:
+    raise ValueError("decoding='sample' needs a PRNG key.")
+  check_fits(model.config.block_size, prompts_NxP.shape[1], answer_len)
+
+
+def per_sequence(model, fn):
+  """`fn(idx_BxT, *state) -> (logits, state)` on the whole batch or, for batch-coupled
+  rungs, on each sequence as a batch of one (`state` then has one entry per sequence)."""
+  if not model.rung.batch_coupled:
+    return fn
+
+  def alone(idx_T, *state):
+    logits_1xX, state = fn(idx_T[None], *state)
+    return logits_1xX[0], state
+  return jax.vmap(alone)
+
+
+JIT = functools.partial(jax.jit, static_argnames=('model', 'answer_len', 'decoding', 'inference_steps',
+                                                  'full_compute'))
+
+
+@JIT
 def generate(model, params, prompts_NxP: jax.Array, answer_len: int, *, decoding: str = 'greedy',
              key: jax.Array | None = None, inference_steps: int | None = None,
              full_compute: bool = False) -> jax.Array:
@@ -45,33 +85,59 @@ def generate(model, params, prompts_NxP: jax.Array, answer_len: int, *, decoding
   'greedy' takes the argmax; 'sample' draws from the softmax (the reference's
   multinomial) with `fold_in(key, i)` at answer position i.
   """
-  check_decoding(decoding)
-  if decoding == 'sample' and key is None:
-    raise ValueError("decoding='sample' needs a PRNG key.")
+  check_args(model, prompts_NxP, answer_len, decoding, key)
   N, P = prompts_NxP.shape
-  check_fits(model.config.block_size, P, answer_len)
-
-  def apply(idx_BxT):
-    return model.apply({'params': params}, idx_BxT, inference_steps=inference_steps,
-                       full_compute=full_compute)[0]
-
-  def forward(buf_NxT):
-    if model.rung.batch_coupled:
-      return jax.vmap(lambda idx_T: apply(idx_T[None])[0])(buf_NxT)
-    return apply(buf_NxT)
+  forward = per_sequence(model, lambda idx_BxT: (model.apply(
+      {'params': params}, idx_BxT, inference_steps=inference_steps, full_compute=full_compute)[0], None))
 
   def step(buf_NxS, i):
     # The model sees the first P + A - 1 slots; the spare last slot only
     # receives the final token, which is never fed back.
-    logits_NxTxV = forward(buf_NxS[:, :-1])
+    logits_NxTxV, _ = forward(buf_NxS[:, :-1])
     logits_NxV = jax.lax.dynamic_index_in_dim(logits_NxTxV, P - 1 + i, axis=1, keepdims=False)
-    if decoding == 'greedy':
-      token_N = jnp.argmax(logits_NxV, axis=-1)
-    else:
-      token_N = jax.random.categorical(jax.random.fold_in(key, i), logits_NxV.astype(jnp.float32))
-    token_N = token_N.astype(buf_NxS.dtype)
+    token_N = next_token(logits_NxV, decoding, key, i).astype(buf_NxS.dtype)
     return jax.lax.dynamic_update_index_in_dim(buf_NxS, token_N, P + i, axis=1), token_N
 
   buf_NxS = jnp.concatenate([prompts_NxP, jnp.zeros((N, answer_len), prompts_NxP.dtype)], axis=1)
   _, tokens_AxN = jax.lax.scan(step, buf_NxS, jnp.arange(answer_len))
   return tokens_AxN.T
+
+
+def init_cache(model, batch: int, length: int, inference_steps: int | None = None) -> KVCache:
+  """An empty cache of `length` positions for every block pass of a forward that runs all steps."""
+  cfg = model.config
+  steps = inference_steps or model.rung.default_steps(cfg)
+  shape = (block_passes(cfg, steps), batch, length, cfg.n_head, cfg.n_embd // cfg.n_head)
+  return KVCache(jnp.zeros(shape), jnp.zeros(shape), jnp.zeros((), jnp.int32),
+                 jnp.asarray(steps, jnp.int32))
+
+
+@JIT
+def generate_cached(model, params, prompts_NxP: jax.Array, answer_len: int, *,
+                    decoding: str = 'greedy', key: jax.Array | None = None,
+                    inference_steps: int | None = None, full_compute: bool = False) -> jax.Array:
+  """`generate` with a KV cache: the same tokens, one position of work per answer token."""
+  check_args(model, prompts_NxP, answer_len, decoding, key)
+  N, P = prompts_NxP.shape
+
+  def apply(idx_BxT, cache):
+    logits_BxTxV, aux = model.apply({'params': params}, idx_BxT, inference_steps=inference_steps,
+                                    full_compute=full_compute, cache=cache)
+    return logits_BxTxV[:, -1], aux['cache']
+
+  forward = per_sequence(model, apply)
+  batch = 1 if model.rung.batch_coupled else N
+  cache = init_cache(model, batch, P + answer_len - 1, inference_steps)
+  if model.rung.batch_coupled:
+    cache = jax.tree.map(lambda a: jnp.broadcast_to(a, (N, *a.shape)), cache)
+  logits_NxV, cache = forward(prompts_NxP, cache)
+
+  def step(carry, i):
+    logits_NxV, cache = carry
+    token_N = next_token(logits_NxV, decoding, key, i).astype(prompts_NxP.dtype)
+    return forward(token_N[:, None], cache), token_N
+
+  # The last answer token is never fed back.
+  (logits_NxV, _), tokens_AxN = jax.lax.scan(step, (logits_NxV, cache), jnp.arange(answer_len - 1))
+  last_N = next_token(logits_NxV, decoding, key, answer_len - 1).astype(prompts_NxP.dtype)
+  return jnp.concatenate([tokens_AxN.T, last_N[:, None]], axis=1)

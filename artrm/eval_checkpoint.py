@@ -9,17 +9,12 @@ import ml_collections
 
 from artrm import checkpointing, parallel, train
 from artrm.models import build_model
+from artrm.results import INFERENCE_EVAL
 from artrm.tables import markdown_table
 
 
-def evaluate_checkpoint(workdir: str, which: str | int = 'latest',
-                        overrides: dict[str, Any] | None = None, verbose: bool = False
-                        ) -> dict[int, dict[int, dict]]:
-  """{seed: {length: metrics}} of checkpoint `which` ('latest', 'best' or a step).
-
-  The model comes from the checkpoint's own config; `overrides` change only
-  how it is evaluated (lengths, n_samples, decoding, inference_steps, ...).
-  """
+def load_checkpoint(workdir: str, which: str | int = 'latest'):
+  """(config, model, state stacked over seeds, step) of checkpoint `which`."""
   ckpts = checkpointing.RunCheckpoints(workdir)
   try:
     saved = ckpts.saved_config(which)
@@ -28,23 +23,54 @@ def evaluate_checkpoint(workdir: str, which: str | int = 'latest',
                               '(artrm train --workdir=...).')
     config = ml_collections.ConfigDict(saved)
     model = build_model(train.model_config(config))
-    evaluator = train.evaluator_for(config, **(overrides or {}))
-    evaluator.check_fits(model.config.block_size)
     replicated = parallel.replicated(parallel.data_mesh())
-    seeds = train.seeds_of(config)
-    abstract = jax.eval_shape(
-        lambda: train.init_seeds(model, train.make_optimizer(config.optimizer), seeds))
+    abstract = jax.eval_shape(lambda: train.init_seeds(
+        model, train.make_optimizer(config.optimizer), train.seeds_of(config)))
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
                             abstract)
     step, state = ckpts.restore(which, abstract, saved)
   finally:
     ckpts.close()
-  results = train.evaluate_seeds(evaluator, model, state.params, seeds)
+  return config, model, state, step
+
+
+def evaluate_loaded(config, model, state, step: int, workdir: str, name: str,
+                    overrides: dict[str, Any] | None = None) -> dict[int, dict[int, dict]]:
+  """{seed: {length: metrics}}; `overrides` change only how it is evaluated."""
+  evaluator = train.evaluator_for(config, **(overrides or {}))
+  evaluator.check_fits(model.config.block_size)
+  results = train.evaluate_seeds(evaluator, model, state.params, train.seeds_of(config))
   for seed, by_length in results.items():
-    evaluator.write(by_length, workdir, step, name=f'checkpoint_{which}_seed{seed}')
+    evaluator.write(by_length, workdir, step, name=f'{name}_seed{seed}')
+  return results
+
+
+def evaluate_checkpoint(workdir: str, which: str | int = 'latest',
+                        overrides: dict[str, Any] | None = None, verbose: bool = False
+                        ) -> dict[int, dict[int, dict]]:
+  """{seed: {length: metrics}} of checkpoint `which` ('latest', 'best' or a step)."""
+  config, model, state, step = load_checkpoint(workdir, which)
+  results = evaluate_loaded(config, model, state, step, workdir, f'checkpoint_{which}', overrides)
   if verbose:
     rows = [dict(seed=seed, L=L, **{k: v for k, v in m.items() if not isinstance(v, list)})
             for seed, by_length in results.items() for L, m in by_length.items()]
     print(f'{config.model.name} on {config.task}, checkpoint {which} (step {step}):')
     print(markdown_table(rows))
   return results
+
+
+def inference_scaling(workdir: str, steps: list[int], which: str | int = 'latest') -> dict:
+  """Re-evaluates a weight-tied run with each number of inference steps.
+
+  Writes {'step', 'results': {steps: {seed: {length: metrics}}}} to
+  inference_eval.json, which the results store reads as kind 'inference'.
+  """
+  config, model, state, step = load_checkpoint(workdir, which)
+  if not model.rung.tied:
+    raise ValueError(f'{config.model.name} has distinct blocks: it has no inference-step axis.')
+  results = {n: evaluate_loaded(config, model, state, step, workdir, f'inference{n}',
+                                {'inference_steps': n}) for n in steps}
+  out = dict(step=step, results=results)
+  with open(os.path.join(workdir, INFERENCE_EVAL), 'w') as f:
+    json.dump(out, f, indent=1)
+  return out

@@ -141,3 +141,15 @@ def launch_tpu(spec: str, root: str, *, dry_run: bool, log=print, **kwargs):
   subprocess.run(cmd, check=True)
   return cmd
 
+def inference_sweep(spec: str, root: str, steps: list[int], log=print) -> list[str]:
+  """Re-evaluates every finished weight-tied run with each number of inference steps."""
+  from artrm import eval_checkpoint
+  from artrm.models import get_rung
+  _, done = pending_runs(spec, root)
+  evaluated = []
+  for run in done:
+    if get_rung(suites.run_config(spec, run).model.name).tied:
+      eval_checkpoint.inference_scaling(run.workdir, steps)
+      evaluated.append(run.name)
+      log(f'inference steps {steps}: {run.name}')
+  return evaluated

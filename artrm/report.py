@@ -17,6 +17,7 @@ import pandas as pd
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
 from artrm import results
 from artrm.models import RUNGS
@@ -57,7 +58,8 @@ def make_report(root: str, out_dir: str) -> str:
   md += ['## Headline: accuracy at the training length', '']
   stats = _stats(final, [*cols, 'model', 'task', 'metric'])
   for metric in ACCURACY:
-    md += [f'### {metric}', '', _table(stats[stats['metric'] == metric], [*cols, 'model'], 'task', tasks), '']
+    table = _table(stats[stats['metric'] == metric], [*cols, 'model'], 'task', tasks)
+    md += [f'### {metric}', '', table, '']
 
   def section(title, name, drawn):
     """Saves the figure of `drawn` = (figure or None, markdown) and returns its markdown."""
@@ -135,9 +137,9 @@ def _stream_group(model: str) -> str:
 
 
 def _where(df: pd.DataFrame) -> str:
-  """' (n_embd=32)': names the setting in the title of a per-setting figure."""
+  """Names the setting, on a line of its own, in the title of a per-setting figure."""
   setting = df['setting'].iloc[0]
-  return f' ({setting})' if setting else ''
+  return f'\n{setting}' if setting else ''
 
 
 def _at_train(df: pd.DataFrame, kind: str) -> pd.DataFrame:
@@ -211,10 +213,13 @@ def _fig_task_rung(final: pd.DataFrame, models: list[str]):
   stats = _stats(final[final['metric'].isin(ACCURACY)], ['task', 'setting', 'model', 'metric'])
   if stats.empty:
     return None, "no 'final' evaluation at the training length"
-  stats['group'] = stats['task'] + np.where(stats['setting'] != '', '\n' + stats['setting'].astype(str), '')
+  settings = stats['setting'].astype(str)
+  stats['group'] = stats['task'] + np.where(
+      settings != '', '\n' + settings.str.replace(', ', '\n'), '')
   groups = list(dict.fromkeys(stats['group']))
   drawn = [m for m in models if m in set(stats['model'])]
-  fig = Figure(figsize=(max(9.0, 0.28 * len(groups) * len(drawn) + 2), 7), layout='constrained')
+  group_width = max(0.28 * len(drawn), 1.3 if (settings != '').any() else 0)   # room for labels
+  fig = Figure(figsize=(max(9.0, group_width * len(groups) + 2), 7), layout='constrained')
   axes = fig.subplots(2, 1, sharex=True)
   width = 0.8 / len(drawn)
   for ax, metric in zip(axes, ACCURACY):
@@ -239,7 +244,7 @@ def _fig_groups(df: pd.DataFrame, models: list[str], tasks: list[str]):
     return None, "no 'final' addition evaluation at the training length"
   drawn = [m for m in models if m in set(stats['model'])]
   groups = [g for g in (*STREAM_GROUPS, 'other') if any(_stream_group(m) == g for m in drawn)]
-  colors = {g: colormaps['Set2'](i) for i, g in enumerate(groups)}
+  colors = {g: colormaps['Set2'](i) for i, g in enumerate((*STREAM_GROUPS, 'other'))}
   fig = Figure(figsize=(max(6.5, 1.0 * len(drawn) + 2), 5), layout='constrained')
   ax = fig.subplots()
   x, ticks, rows = 0.0, [], []
@@ -292,6 +297,7 @@ def _fig_positions(df: pd.DataFrame, models: list[str], tasks: list[str]):
     top.set(title=f'{task}: by answer quarter', xlabel='quarter of the answer (first to last)')
     _lines(bottom, positions[positions['task'] == task], 'position', models, band=True)
     bottom.set(title=f'{task}: by answer position', xlabel='answer position (0 = first)')
+    bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
     _accuracy_axis(top, 'char accuracy')
     _accuracy_axis(bottom, 'char accuracy')
   fig.suptitle('Accuracy by output position at the training length' + _where(df))
@@ -326,7 +332,8 @@ def _fig_length(df: pd.DataFrame, models: list[str], tasks: list[str]):
   for i, metric in enumerate(ACCURACY):
     for j, task in enumerate(tasks):
       ax = axes[i, j]
-      _lines(ax, stats[(stats['task'] == task) & (stats['metric'] == metric)], 'eval_length', models)
+      _lines(ax, stats[(stats['task'] == task) & (stats['metric'] == metric)], 'eval_length',
+             models)
       for length in final.loc[final['task'] == task, 'train_length'].unique():
         ax.axvline(length, color='grey', ls='--', lw=1)
       ax.set_xticks(sorted(stats['eval_length'].unique()))
@@ -342,7 +349,7 @@ def _fig_length(df: pd.DataFrame, models: list[str], tasks: list[str]):
 def _fig_inference(df: pd.DataFrame, models: list[str], tasks: list[str]):
   rows = df[(df['kind'] == 'inference') & (df['metric'] == 'char_acc')]
   if rows.empty:
-    return None, "no 'inference' rows (re-evaluations with more inference steps, inference_eval.json)"
+    return None, "no 'inference' rows (re-evaluations with more steps, inference_eval.json)"
   stats = _stats(rows, ['task', 'eval_length', 'model', 'inference_steps'])
   lengths = sorted(stats['eval_length'].unique())
   fig, axes = _grid(len(lengths), len(tasks))

@@ -1,8 +1,9 @@
 """Parameter and inference scaling: every rung on addition at widths 192/384 and budgets 12/24.
 
 Trained 4000 steps at L = 10, evaluated at 10, 20, 30; then the weight-tied
-rungs are re-evaluated with more inference steps (`artrm suite --inference_steps=...`).
+rungs are re-evaluated with more inference steps:
   artrm suite --suite=experiments/scaling.py --root=workdirs/scaling
+  artrm suite --suite=experiments/scaling.py --root=workdirs/scaling --inference_sweep=12,24,48
   artrm suite --suite=experiments/scaling.py:runlocal --root=workdirs/scaling_cpu
 """
 

@@ -66,8 +66,8 @@ def write_run(root, model: str, task: str, seeds=(0, 1), n_embd=64, lengths=(5, 
           f.write(json.dumps(dict(step=step, kind='eval', seed=s, **scalars)) + '\n')
   if inference:
     with open(os.path.join(workdir, 'inference_eval.json'), 'w') as f:
-      json.dump(dict(step=STEPS, results={str(k): {str(s): by_length(s, min(1, k / 6)) for s in seeds}
-                                          for k in (2, 4, 6, 8)}), f)
+      scaling = {str(k): {str(s): by_length(s, min(1, k / 6)) for s in seeds} for k in (2, 4, 6, 8)}
+      json.dump(dict(step=STEPS, results=scaling), f)
 
 
 def check_images(out_dir, md):

@@ -59,7 +59,11 @@ def test_local_queue_runs_skips_and_resumes(suite_file, tmp_path):
   assert launch.run_local(suite_file, root, log=logs.append) == [0]
   assert logs[0].startswith('1 finished, 1 to run')
 
+  assert launch.inference_sweep(suite_file, root, [1, 3], log=logs.append) == ['name=ut,task=copy']
+
   rows = results.gather(root)
+  scaling = {(r['inference_steps'], r['seed']) for r in rows if r['kind'] == 'inference'}
+  assert scaling == {(n, s) for n in (1, 3) for s in (1337, 1338)}
   final = [r for r in rows if r['kind'] == 'final' and r['metric'] == 'seq_acc']
   assert {(r['model'], r['seed'], r['eval_length']) for r in final} == {
       (m, s, L) for m in ('gpt', 'ut') for s in (1337, 1338) for L in (3, 4)}

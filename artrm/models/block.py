@@ -23,13 +23,18 @@ def dense(features: int, name: str) -> nn.Dense:
 
 
 class CausalSelfAttention(nn.Module):
-  """Per-head q/k/v without bias, causal softmax, dropout on weights and output."""
+  """Per-head q/k/v without bias, causal softmax, dropout on weights and output.
+
+  With `kv = (keys [B, S, H, D], values, start)`, x holds positions start..start+T-1
+  of a sequence whose earlier keys/values are cached: they are written into the
+  cache and attended to. Returns the output and x's own keys and values.
+  """
 
   n_head: int
   dropout: float
 
   @nn.compact
-  def __call__(self, x_BxTxC: jax.Array, deterministic: bool) -> jax.Array:
+  def __call__(self, x_BxTxC: jax.Array, deterministic: bool, kv=None):
     C = x_BxTxC.shape[-1]
     if C % self.n_head:
       raise ValueError(f'n_embd={C} is not divisible by n_head={self.n_head}: '
@@ -39,15 +44,21 @@ class CausalSelfAttention(nn.Module):
     q_BxTxHxD = jnp.einsum('btc,hcd->bthd', x_BxTxC, proj('query'))
     k_BxTxHxD = jnp.einsum('btc,hcd->bthd', x_BxTxC, proj('key'))
     v_BxTxHxD = jnp.einsum('btc,hcd->bthd', x_BxTxC, proj('value'))
-    T = x_BxTxC.shape[1]
-    logits_BxHxTxT = jnp.einsum('bqhd,bkhd->bhqk', q_BxTxHxD, k_BxTxHxD) / jnp.sqrt(D).astype(x_BxTxC.dtype)
-    causal_TxT = jnp.tril(jnp.ones((T, T), dtype=bool))
-    logits_BxHxTxT = jnp.where(causal_TxT, logits_BxHxTxT, jnp.finfo(logits_BxHxTxT.dtype).min)
-    weights_BxHxTxT = jax.nn.softmax(logits_BxHxTxT, axis=-1)
-    weights_BxHxTxT = nn.Dropout(self.dropout)(weights_BxHxTxT, deterministic=deterministic)
-    y_BxTxHxD = jnp.einsum('bhqk,bkhd->bqhd', weights_BxHxTxT, v_BxTxHxD)
+    k_BxSxHxD, v_BxSxHxD, start = k_BxTxHxD, v_BxTxHxD, 0
+    if kv is not None:
+      past_k_BxSxHxD, past_v_BxSxHxD, start = kv
+      k_BxSxHxD = jax.lax.dynamic_update_slice_in_dim(past_k_BxSxHxD, k_BxTxHxD, start, axis=1)
+      v_BxSxHxD = jax.lax.dynamic_update_slice_in_dim(past_v_BxSxHxD, v_BxTxHxD, start, axis=1)
+    T, S = x_BxTxC.shape[1], k_BxSxHxD.shape[1]
+    logits_BxHxTxS = jnp.einsum('bqhd,bkhd->bhqk', q_BxTxHxD, k_BxSxHxD) / jnp.sqrt(D).astype(x_BxTxC.dtype)
+    causal_TxS = jnp.arange(S)[None, :] <= start + jnp.arange(T)[:, None]
+    logits_BxHxTxS = jnp.where(causal_TxS, logits_BxHxTxS, jnp.finfo(logits_BxHxTxS.dtype).min)
+    weights_BxHxTxS = jax.nn.softmax(logits_BxHxTxS, axis=-1)
+    weights_BxHxTxS = nn.Dropout(self.dropout)(weights_BxHxTxS, deterministic=deterministic)
+    y_BxTxHxD = jnp.einsum('bhqk,bkhd->bqhd', weights_BxHxTxS, v_BxSxHxD)
     y_BxTxC = dense(C, 'out')(y_BxTxHxD.reshape(x_BxTxC.shape))
-    return nn.Dropout(self.dropout)(y_BxTxC, deterministic=deterministic)
+    y_BxTxC = nn.Dropout(self.dropout)(y_BxTxC, deterministic=deterministic)
+    return y_BxTxC, (k_BxTxHxD, v_BxTxHxD)
 
 
 class MLP(nn.Module):
@@ -61,13 +72,18 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-  """x + Attn(LN1(x)), then + MLP(LN2(.)): pre-norm, as the paper's code."""
+  """x + Attn(LN1(x)), then + MLP(LN2(.)): pre-norm, as the paper's code.
+
+  With `kv` (see `CausalSelfAttention`) it also returns x's keys and values.
+  """
 
   n_head: int
   dropout: float = 0.0
 
   @nn.compact
-  def __call__(self, x_BxTxC: jax.Array, deterministic: bool = True) -> jax.Array:
-    h_BxTxC = x_BxTxC + CausalSelfAttention(self.n_head, self.dropout, name='attn')(
-        layer_norm('ln1')(x_BxTxC), deterministic)
-    return h_BxTxC + MLP(self.dropout, name='mlp')(layer_norm('ln2')(h_BxTxC), deterministic)
+  def __call__(self, x_BxTxC: jax.Array, deterministic: bool = True, kv=None):
+    attn_BxTxC, new_kv = CausalSelfAttention(self.n_head, self.dropout, name='attn')(
+        layer_norm('ln1')(x_BxTxC), deterministic, kv)
+    h_BxTxC = x_BxTxC + attn_BxTxC
+    out_BxTxC = h_BxTxC + MLP(self.dropout, name='mlp')(layer_norm('ln2')(h_BxTxC), deterministic)
+    return out_BxTxC if kv is None else (out_BxTxC, new_kv)

@@ -15,11 +15,17 @@ All loops are `nn.scan` (compile time does not grow with steps); the early
 stop of ACT and TRM is an `nn.cond` inside the scan that skips the block work.
 Each trunk also returns the number of block passes it executed, threaded
 through the loops as a counter, so tests can check the compute accounting.
+
+KV-cached decoding rides on that counter: in a forward that runs every step,
+the count is the index of the block pass, and each pass (a `gpt` layer, a
+tied step, a z- or y-update) attends to the cached keys/values of the earlier
+positions at the same pass index. The cache travels with the counter
+(`Passes`), so the rung logic is the same with or without it.
 """
 
 import dataclasses
 import functools
-from typing import Any, Callable
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -29,7 +35,37 @@ from artrm.models import act as act_lib
 from artrm.models.block import INIT, Block, dense, layer_norm
 from artrm.models.config import ModelConfig
 
-Aux = dict[str, jax.Array]
+Aux = dict[str, Any]
+
+
+class KVCache(NamedTuple):
+  """Keys and values of every block pass (axis P) for the positions decoded so far."""
+
+  key_PxBxSxHxD: jax.Array
+  value_PxBxSxHxD: jax.Array
+  index: jax.Array   # int32: positions cached, i.e. the position of the next token
+  steps: jax.Array   # int32: TRM's step count, fixed by the Q-head at prefill
+
+
+class Passes(NamedTuple):
+  """Block passes executed so far and, when decoding, the KV cache they index."""
+
+  count: jax.Array
+  kv: KVCache | None = None
+
+
+def apply_block(block: nn.Module, h_BxTxC, passes: Passes, deterministic):
+  """One block pass; when decoding, it reads and extends this pass's slice of the cache."""
+  count, kv = passes
+  if kv is None:
+    return block(h_BxTxC, deterministic), Passes(count + 1)
+  take = lambda a: jax.lax.dynamic_index_in_dim(a, count, keepdims=False)
+  out_BxTxC, (k_BxTxHxD, v_BxTxHxD) = block(
+      h_BxTxC, deterministic, (take(kv.key_PxBxSxHxD), take(kv.value_PxBxSxHxD), kv.index))
+  put = lambda a, new: jax.lax.dynamic_update_slice(a, new[None], (count, 0, kv.index, 0, 0))
+  kv = kv._replace(key_PxBxSxHxD=put(kv.key_PxBxSxHxD, k_BxTxHxD),
+                   value_PxBxSxHxD=put(kv.value_PxBxSxHxD, v_BxTxHxD))
+  return out_BxTxC, Passes(count + 1, kv)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +99,7 @@ class _LayerStep(nn.Module):
   @nn.compact
   def __call__(self, carry, deterministic: bool):
     h_BxTxC, passes = carry
-    return (Block(self.n_head, self.dropout, name='block')(h_BxTxC, deterministic), passes + 1), None
+    return apply_block(Block(self.n_head, self.dropout, name='block'), h_BxTxC, passes, deterministic), None
 
 
 class RecursiveLM(nn.Module):
@@ -104,12 +140,14 @@ class RecursiveLM(nn.Module):
     return (self.config.n_outer_loops, self.config.n_inner_loops) if self.rung.nested else (1, 1)
 
   def __call__(self, idx_BxT: jax.Array, *, deterministic: bool = True,
-               inference_steps: int | None = None, full_compute: bool = False
-               ) -> tuple[jax.Array, Aux]:
+               inference_steps: int | None = None, full_compute: bool = False,
+               cache: KVCache | None = None) -> tuple[jax.Array, Aux]:
     """Returns next-token logits [B, T, V] and aux metrics of the trunk.
 
     `inference_steps` runs more (or fewer) steps than trained, reusing the last
     step embedding past the table; `full_compute` disables every early stop.
+    With `cache` (`artrm.decoding.init_cache`), idx holds the tokens at positions
+    cache.index.., the earlier ones being cached; aux['cache'] then has them added.
     """
     cfg = self.config
     T = idx_BxT.shape[1]
@@ -120,9 +158,18 @@ class RecursiveLM(nn.Module):
     if not self.rung.tied and steps != cfg.n_layer:
       raise ValueError(f'{cfg.name} has {cfg.n_layer} distinct blocks; it cannot run '
                        f'{steps} inference steps. Use a weight-tied rung for step scaling.')
-    x_BxTxC = self.tok_emb(idx_BxT) + self.pos_emb[:T]
+    start = 0 if cache is None else cache.index
+    x_BxTxC = self.tok_emb(idx_BxT) + jax.lax.dynamic_slice_in_dim(self.pos_emb, start, T)
+    if cache is not None and self.rung.halting == 'act':
+      # Halted positions keep evolving and later positions attend to every
+      # pass of theirs: a new token must fill the cache at all steps.
+      full_compute = True
     trunk = {'none': self._fixed_trunk, 'act': self._act_trunk, 'q': self._q_trunk}[self.rung.halting]
-    h_BxTxC, aux = trunk(x_BxTxC, steps, deterministic, full_compute)
+    h_BxTxC, passes, aux = trunk(x_BxTxC, Passes(jnp.zeros((), jnp.int32), cache), steps,
+                                 deterministic, full_compute)
+    aux['block_passes'] = passes.count
+    if cache is not None:
+      aux['cache'] = passes.kv._replace(index=start + T)
     return self.lm_head(self.ln_f(h_BxTxC)), aux
 
   # -- one step of each stream kind -------------------------------------------
@@ -133,7 +180,7 @@ class RecursiveLM(nn.Module):
     return self.step_emb[jnp.minimum(s, self.step_emb.shape[0] - 1)]
 
   def _apply_block(self, h_BxTxC, passes, deterministic):
-    return self.block(h_BxTxC, deterministic), passes + 1
+    return apply_block(self.block, h_BxTxC, passes, deterministic)
 
   def _stream_init(self, x_BxTxC):
     if self.rung.stream == 'single':
@@ -181,20 +228,19 @@ class RecursiveLM(nn.Module):
 
   # -- trunks: how steps are looped and read out --------------------------------
 
-  def _fixed_trunk(self, x_BxTxC, steps, deterministic, full_compute):
-    passes = jnp.zeros((), jnp.int32)
+  def _fixed_trunk(self, x_BxTxC, passes, steps, deterministic, full_compute):
     if not self.rung.tied:
       (h_BxTxC, passes), _ = self.blocks((x_BxTxC, passes), deterministic)
-      return h_BxTxC, {'block_passes': passes, 'steps_taken': jnp.asarray(steps)}
+      return h_BxTxC, passes, {'steps_taken': jnp.asarray(steps)}
 
     def body(mdl, carry, s):
       stream, n = carry
       return mdl._step(x_BxTxC, stream, s, n, deterministic), None
 
     (stream, passes), _ = SCAN(body)(self, (self._stream_init(x_BxTxC), passes), jnp.arange(steps))
-    return stream[0], {'block_passes': passes, 'steps_taken': jnp.asarray(steps)}
+    return stream[0], passes, {'steps_taken': jnp.asarray(steps)}
 
-  def _act_trunk(self, x_BxTxC, steps, deterministic, full_compute):
+  def _act_trunk(self, x_BxTxC, passes, steps, deterministic, full_compute):
     stream = self._stream_init(x_BxTxC)
     act0 = act_lib.act_init(x_BxTxC)
     zero = jnp.zeros((), jnp.int32)
@@ -209,11 +255,11 @@ class RecursiveLM(nn.Module):
       done = jnp.all(carry[1].halted_BxT)
       return mdl._maybe_skip(done, functools.partial(step_fn, s), carry, full_compute), None
 
-    (stream, act, passes, taken), _ = SCAN(body)(self, (stream, act0, zero, zero), jnp.arange(steps))
+    (stream, act, passes, taken), _ = SCAN(body)(self, (stream, act0, passes, zero), jnp.arange(steps))
     out_BxTxC, ponder = act_lib.act_finalize(act, stream[0])
-    return out_BxTxC, {'ponder_cost': ponder, 'block_passes': passes, 'steps_taken': taken}
+    return out_BxTxC, passes, {'ponder_cost': ponder, 'steps_taken': taken}
 
-  def _q_trunk(self, x_BxTxC, steps, deterministic, full_compute):
+  def _q_trunk(self, x_BxTxC, passes, steps, deterministic, full_compute):
     B = x_BxTxC.shape[0]
     min_steps_B = jnp.zeros((B,), jnp.int32)
     if not deterministic and self.config.halt_exploration_prob > 0:
@@ -221,21 +267,26 @@ class RecursiveLM(nn.Module):
       explore_B = jax.random.bernoulli(explore_key, self.config.halt_exploration_prob, (B,))
       min_steps_B = jnp.where(explore_B, jax.random.randint(steps_key, (B,), 1, steps + 1), 0)
     zero = jnp.zeros((), jnp.int32)
+    # The Q-head reads position 0. Decoding a later token, position 0 is only
+    # in the cache: the step count the head fixed at prefill stops instead.
+    reads_q, last_step = (True, steps) if passes.kv is None else (passes.kv.index == 0, passes.kv.steps)
 
     def step_fn(s, mdl, carry):
       stream, halted_B, passes, taken = carry
       stream, passes = mdl._step(x_BxTxC, stream, s, passes, deterministic)
       q_B = mdl.q_halt(stream[0][:, 0])[:, 0]
-      halts_B = ((q_B > 0) & (s + 1 >= min_steps_B)) | (s == steps - 1)
+      halts_B = (reads_q & (q_B > 0) & (s + 1 >= min_steps_B)) | (s + 1 >= last_step)
       return stream, halted_B | halts_B, passes, taken + 1
 
     def body(mdl, carry, s):
       done = jnp.all(carry[1])
       return mdl._maybe_skip(done, functools.partial(step_fn, s), carry, full_compute), None
 
-    carry0 = (self._stream_init(x_BxTxC), jnp.zeros((B,), bool), zero, zero)
+    carry0 = (self._stream_init(x_BxTxC), jnp.zeros((B,), bool), passes, zero)
     (stream, _, passes, taken), _ = SCAN(body)(self, carry0, jnp.arange(steps))
-    return stream[0], {'block_passes': passes, 'steps_taken': taken}
+    if passes.kv is not None:
+      passes = passes._replace(kv=passes.kv._replace(steps=taken))
+    return stream[0], passes, {'steps_taken': taken}
 
 
 RUNGS: dict[str, Rung] = {

@@ -1,0 +1,63 @@
+"""The benchmark harness: a micro run end to end, and the FLOP count by hand."""
+
+import json
+import math
+
+import pytest
+
+from artrm import bench
+from artrm.models import ModelConfig
+
+MICRO = bench.Setup('micro', n_embd=16, n_head=2, budget=6, batch_size=4, block_size=9,
+                    train_length=2, eval_lengths=(2,), eval_batch=4)
+
+
+def _numbers(tree):
+  if isinstance(tree, dict):
+    return [x for v in tree.values() for x in _numbers(v)]
+  if isinstance(tree, list):
+    return [x for v in tree for x in _numbers(v)]
+  return [tree] if isinstance(tree, (int, float)) and not isinstance(tree, bool) else []
+
+
+def test_micro_run_writes_json(tmp_path):
+  result = bench.run_benchmark(MICRO, rungs=('gpt', 'trm'), steps=2, warmup=1, eval_repeats=1,
+                               peak=1e12)
+  path = bench.write_results(result, str(tmp_path / 'micro.json'))
+  with open(path) as f:
+    saved = json.load(f)
+  assert {'device_kind', 'platform', 'jax', 'cpu_count'} <= set(saved['device'])
+  assert saved['setup']['name'] == 'micro' and saved['settings']['steps'] == 2
+  assert list(saved['rungs']) == ['gpt', 'trm']
+  for rung, row in saved['rungs'].items():
+    t = row['train']
+    assert t['seq_len'] == 9 and t['tokens_per_step'] == 4 * 9 and len(t['step_seconds_all']) == 2
+    assert t['fwd_passes'] == 6, 'no early stop at init: the whole budget runs'
+    assert t['bwd_passes'] == (3 if rung == 'trm' else 6), 'trm: the last of H = 2 cycles'
+    assert 0 < t['mfu'] and t['step_program_bytes'] > 0 and row['peak_memory_bytes'] > 0
+    assert row['eval']['2']['generate']['sequences_per_sec'] > 0
+    numbers = _numbers(row)
+    assert numbers and all(math.isfinite(x) and x >= 0 for x in numbers)
+  assert '| gpt ' in bench.markdown(result)
+  assert bench.default_path(result).startswith('benchmarks/results/')
+
+
+def test_flops_by_hand():
+  """trm, H = 2, L = 2, one step: 6 passes forward, the last cycle's 3 backward."""
+  mc = ModelConfig(name='trm', n_embd=4, n_head=2, n_layer=1, n_outer_loops=2, n_inner_loops=2)
+  B, T, C, V = 2, 3, 4, 14
+  per_pass = 2 * B * T * 12 * C * C + 4 * B * T * T * C   # 2304 + 288
+  assert bench.pass_flops(B, T, C) == per_pass == 2592
+  assert bench.step_flops(mc, B, T, fwd_passes=6) == 2592 * (6 + 2 * 3) + 3 * 2 * B * T * C * V == 33120
+  gpt = ModelConfig(name='gpt', n_embd=4, n_head=2, n_layer=6)
+  assert bench.step_flops(gpt, B, T, fwd_passes=6) == 2592 * 18 + 2016
+
+
+def test_errors():
+  with pytest.raises(ValueError, match='Unknown benchmark setup'):
+    bench.get_setup('huge')
+  with pytest.raises(ValueError, match='needs 152 positions'):
+    bench.run_benchmark(bench.SETUPS['small'].replace(eval_lengths=(50,)))
+  assert bench.peak_flops('NVIDIA H100 PCIe') == 378e12
+  assert bench.peak_flops('NVIDIA H100 80GB HBM3', 'bf16') == 989e12
+  assert bench.peak_flops('cpu') is None
