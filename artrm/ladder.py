@@ -30,9 +30,11 @@ def ladder_config(name: str, task: str, max_steps: int | None = None):
   return c
 
 
-def run_ladder(workdir: str, task: str = 'copy', max_steps: int | None = None) -> list[dict]:
+def run_ladder(workdir: str, task: str = 'copy', max_steps: int | None = None,
+               rungs: tuple[str, ...] = tuple(RUNGS)) -> list[dict]:
   rows = []
-  for name, rung in RUNGS.items():
+  for name in rungs:
+    rung = RUNGS[name]
     config = ladder_config(name, task, max_steps)
     start = time.perf_counter()
     out = train.train_and_evaluate(config, os.path.join(workdir, name))

@@ -8,8 +8,9 @@ import pytest
 from artrm import bench
 from artrm.models import ModelConfig
 
-MICRO = bench.Setup('micro', n_embd=16, n_head=2, budget=6, batch_size=4, block_size=9,
-                    train_length=2, eval_lengths=(2,), eval_batch=4)
+# trm at budget 4: H = 2 cycles of L = 1 z-update and a y-update, one step.
+MICRO = bench.Setup('micro', n_embd=16, n_head=2, budget=4, batch_size=4, block_size=7,
+                    task='copy', train_length=3, eval_lengths=(3,), eval_batch=4)
 
 
 def _numbers(tree):
@@ -21,24 +22,24 @@ def _numbers(tree):
 
 
 def test_micro_run_writes_json(tmp_path):
-  result = bench.run_benchmark(MICRO, rungs=('gpt', 'trm'), steps=2, warmup=1, eval_repeats=1,
+  result = bench.run_benchmark(MICRO, rungs=('gpt_level1', 'trm'), steps=2, warmup=1, eval_repeats=1,
                                peak=1e12)
   path = bench.write_results(result, str(tmp_path / 'micro.json'))
   with open(path) as f:
     saved = json.load(f)
   assert {'device_kind', 'platform', 'jax', 'cpu_count'} <= set(saved['device'])
   assert saved['setup']['name'] == 'micro' and saved['settings']['steps'] == 2
-  assert list(saved['rungs']) == ['gpt', 'trm']
+  assert list(saved['rungs']) == ['gpt_level1', 'trm']
   for rung, row in saved['rungs'].items():
     t = row['train']
-    assert t['seq_len'] == 9 and t['tokens_per_step'] == 4 * 9 and len(t['step_seconds_all']) == 2
-    assert t['fwd_passes'] == 6, 'no early stop at init: the whole budget runs'
-    assert t['bwd_passes'] == (3 if rung == 'trm' else 6), 'trm: the last of H = 2 cycles'
+    assert t['seq_len'] == 7 and t['tokens_per_step'] == 4 * 7 and len(t['step_seconds_all']) == 2
+    assert t['fwd_passes'] == 4, 'no early stop at init: the whole budget runs'
+    assert t['bwd_passes'] == (2 if rung == 'trm' else 4), 'trm: the last of H = 2 cycles'
     assert 0 < t['mfu'] and t['step_program_bytes'] > 0 and row['peak_memory_bytes'] > 0
-    assert row['eval']['2']['generate']['sequences_per_sec'] > 0
+    assert row['eval']['3']['generate']['sequences_per_sec'] > 0
     numbers = _numbers(row)
     assert numbers and all(math.isfinite(x) and x >= 0 for x in numbers)
-  assert '| gpt ' in bench.markdown(result)
+  assert '| gpt_level1 ' in bench.markdown(result)
   assert bench.default_path(result).startswith('benchmarks/results/')
 
 

@@ -11,7 +11,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from artrm import checkpointing, eval_checkpoint, parallel, train, writers
+from artrm import checkpointing, eval_checkpoint, ladder, parallel, train, writers
 from artrm.configs import length_gen
 
 CONFIG_FILE = os.path.join(os.path.dirname(__file__), '..', 'artrm', 'configs', 'length_gen.py')
@@ -208,3 +208,23 @@ def test_config_file_and_overrides():
   assert (paper.eval.every_steps, paper.eval.n_samples, tuple(paper.eval.lengths)) == (250, 100, (10, 20, 30, 40, 50))
   with pytest.raises(ValueError, match="Unknown config arg 'modle'"):
     length_gen.get_config('modle=trm')
+
+
+def test_metric_writer(tmp_path):
+  w = writers.MetricWriter(str(tmp_path), tensorboard=True)
+  for step in (1, 2, 3):
+    w.write(step, 'train', dict(loss=float(step), grad_norm=jnp.float32(float('nan'))))
+  w.truncate_after(2)
+  w.close()
+  records = writers.read_metrics(str(tmp_path), 'train')
+  assert [r['step'] for r in records] == [1, 2] and records[0]['grad_norm'] == 'nan'
+  assert any(f.startswith('events.out.tfevents') for f in os.listdir(tmp_path / 'tb'))
+
+
+def test_main_job_table(tmp_path, capsys):
+  rows = ladder.run_ladder(str(tmp_path), max_steps=2, rungs=('trm',))
+  assert [r['rung'] for r in rows] == ['trm']
+  assert rows[0]['shape'] == '1x2x2' and rows[0]['passes'] == 6
+  table = (tmp_path / 'ladder.md').read_text()
+  assert '| trm ' in table and f'seq_acc@{ladder.LONGER_LENGTH}' in table
+  assert 'Autoregressive TRM' in capsys.readouterr().out
