@@ -1,11 +1,14 @@
 """Speed of the seven rungs: compile time, step time, tokens/s, FLOPs, MFU, memory, decoding.
 
 The timed step is the training loop's own (`train.make_step_fn`) for one seed
-on one device, so the numbers are those `artrm train` runs at. The setups are
-the paper-comparison table's: `small` and `paper` train on addition at L = 10
-(rows of the examples' 34 tokens; the paper's code pads rows to block_size,
-so both token counts are kept), `eval` decodes at L = 10 and 50 with
-`decoding.generate` and, where it exists, `decoding.generate_cached`.
+(run unvmapped, so early stops skip work) on one device: the numbers are those
+`artrm train` runs at. Step times are medians of steps synchronised one by one;
+`pipelined_step_seconds` is the mean without syncs, as the loop dispatches.
+
+The setups are the paper-comparison table's: `small` and `paper` train on
+addition at L = 10 (rows of the examples' 34 tokens; the paper's code pads rows
+to block_size, so both token counts are kept), `eval` decodes at L = 10 and 50
+with `decoding.generate` and, where it exists, `decoding.generate_cached`.
 
 Model FLOPs are counted analytically (`step_flops`), not read from XLA, whose
 cost analysis counts a scan body once however many steps it runs.
@@ -149,9 +152,9 @@ def peak_memory() -> dict[str, Any]:
   stats = jax.devices()[0].memory_stats() or {}
   if 'peak_bytes_in_use' in stats:
     return dict(peak_memory_bytes=int(stats['peak_bytes_in_use']),
-                peak_memory_source='device peak_bytes_in_use')
+                peak_memory_source='device peak_bytes_in_use, process so far')
   rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss   # KiB on Linux
-  return dict(peak_memory_bytes=int(rss_kib) * 1024, peak_memory_source='process max RSS')
+  return dict(peak_memory_bytes=int(rss_kib) * 1024, peak_memory_source='max RSS, process so far')
 
 
 def _timed(fn, n: int, warmup: int) -> tuple[list[float], list[Any]]:
@@ -184,6 +187,9 @@ def bench_train(config, model, steps: int, warmup: int) -> tuple[dict, Any]:
 
   times, metrics = _timed(step, steps, warmup)
   metrics = jax.device_get(metrics)
+  start = time.perf_counter()   # as the training loop runs: no sync between steps
+  jax.block_until_ready([step() for _ in range(steps)])
+  pipelined = (time.perf_counter() - start) / steps
   mc = model.config
   seq_len = get_task(config.task).seq_len(config.train_length)
   fwd = float(np.mean([m['block_passes'] for m in metrics]))
@@ -193,6 +199,7 @@ def bench_train(config, model, steps: int, warmup: int) -> tuple[dict, Any]:
   padded = config.batch_size * mc.block_size
   out = dict(
       compile_seconds=compile_seconds, step_seconds=seconds, step_seconds_all=times,
+      pipelined_step_seconds=pipelined,
       seq_len=seq_len, tokens_per_step=tokens, padded_tokens_per_step=padded,
       tokens_per_sec=tokens / seconds, padded_tokens_per_sec=padded / seconds,
       fwd_passes=fwd, bwd_passes=backprop_passes(mc, fwd),
@@ -252,23 +259,27 @@ def run_benchmark(setup: Setup, rungs: Sequence[str] = tuple(RUNGS), steps: int 
   if steps < 1 or warmup < 0 or eval_repeats < 1:
     raise ValueError(f'Need steps >= 1, warmup >= 0 and eval_repeats >= 1; got {steps}, '
                      f'{warmup}, {eval_repeats}.')
+  for rung in rungs:   # fail before any work
+    get_rung(rung)
   task = get_task(setup.task)
-  for L in setup.eval_lengths:   # fail before any work
+  for L in setup.eval_lengths:
     decoding.check_fits(setup.block_size, task.prompt_len(L), task.answer_len(L),
                         what=f'{setup.task} at length {L}')
   device = device_info()
+  basis = 'given' if peak else 'tf32 dense (f32 matmuls at JAX\'s default precision)'
   peak = peak or peak_flops(device['device_kind'])
   result = dict(device=device, setup=dataclasses.asdict(setup),
                 settings=dict(steps=steps, warmup=warmup, eval_repeats=eval_repeats,
                               full_compute=full_compute, peak_flops=peak,
+                              peak_flops_basis=basis if peak else None,
                               eval_params='after the timed steps' if setup.train else 'initial'),
                 rungs={})
   for rung in rungs:
     config = run_config(setup, rung)
     mc = train.model_config(config)
     model = build_model(mc)
-    row = dict(title=get_rung(rung).title, n_layer=mc.n_layer,
-               n_outer_loops=mc.n_outer_loops, n_inner_loops=mc.n_inner_loops)
+    H, L = model.cycles   # (1, 1) unless nested
+    row = dict(title=get_rung(rung).title, n_layer=mc.n_layer, n_outer_loops=H, n_inner_loops=L)
     if setup.train:
       row['train'], params = bench_train(config, model, steps, warmup)
       if peak:
@@ -280,7 +291,7 @@ def run_benchmark(setup: Setup, rungs: Sequence[str] = tuple(RUNGS), steps: int 
     row.update(peak_memory())
     result['rungs'][rung] = row
     if verbose:
-      print(f'{rung}: {summary_row(rung, row)}', flush=True)
+      print(', '.join(f'{k} {v}' for k, v in summary_row(rung, row).items()), flush=True)
   return result
 
 
