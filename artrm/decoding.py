@@ -126,10 +126,11 @@ def generate_cached(model, params, prompts_NxP: jax.Array, answer_len: int, *,
     return logits_BxTxV[:, -1], aux['cache']
 
   forward = per_sequence(model, apply)
-  batch = 1 if model.rung.batch_coupled else N
-  cache = init_cache(model, batch, P + answer_len - 1, inference_steps)
   if model.rung.batch_coupled:
+    cache = init_cache(model, 1, P + answer_len - 1, inference_steps)
     cache = jax.tree.map(lambda a: jnp.broadcast_to(a, (N, *a.shape)), cache)
+  else:
+    cache = init_cache(model, N, P + answer_len - 1, inference_steps)
   logits_NxV, cache = forward(prompts_NxP, cache)
 
   def step(carry, i):

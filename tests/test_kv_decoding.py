@@ -26,23 +26,33 @@ def examples():
   return jnp.asarray(prompts_NxP), jnp.asarray(answers_NxA)
 
 
-def act_updates(model, params, idx_BxT):
+@functools.cache
+def act_updates(model):
   """Steps each position ran before halting (ACT's n), read off `act_finalize`."""
   finalize = act.act_finalize
-  with mock.patch.object(act, 'act_finalize', lambda a, h: (finalize(a, h)[0], a.updates_BxT)):
-    return np.asarray(model.apply({'params': params}, idx_BxT)[1]['ponder_cost'])
+
+  def updates_BxT(params, idx_BxT):
+    with mock.patch.object(act, 'act_finalize', lambda a, h: (finalize(a, h)[0], a.updates_BxT)):
+      return model.apply({'params': params}, idx_BxT)[1]['ponder_cost']
+  return jax.jit(updates_BxT)
 
 
-def trm_steps(model, params, idx_BxT):
+@functools.cache
+def trm_steps(model):
   """Steps TRM runs for each sequence decoded alone."""
-  alone = jax.vmap(lambda idx_T: model.apply({'params': params}, idx_T[None])[1]['steps_taken'])
-  return np.asarray(alone(idx_BxT))
+  return jax.jit(jax.vmap(lambda params, idx_T: model.apply({'params': params}, idx_T[None])[1]['steps_taken'],
+                          in_axes=(None, 0)))
+
+
+# ut_level2's y is large: a smaller kernel keeps its halting probabilities moderate.
+KERNEL_SCALE = {'ut_level2': 0.3}
 
 
 @functools.cache
 def tiny(name, **overrides):
   """A random tiny model; halting heads get a random kernel and the bias, from a
-  sweep, that spreads the halting steps on the eval sequences most evenly."""
+  sweep, that spreads the halting steps on the eval sequences most evenly (for
+  ACT at moderate halting probabilities: every step's state weighs in)."""
   model = build_model(ModelConfig(name=name, n_embd=32, n_head=4, n_layer=2, block_size=40,
                                   **overrides))
   params = init_params(model, jax.random.key(0))
@@ -50,11 +60,11 @@ def tiny(name, **overrides):
       model.rung.halting, (None, None))
   if head is None:
     return model, params
-  kernel = 50.0 * jax.random.normal(jax.random.key(1), params[head]['kernel'].shape)
+  kernel = KERNEL_SCALE.get(name, 1.0) * jax.random.normal(jax.random.key(1), params[head]['kernel'].shape)
   seqs_BxT = jnp.concatenate(examples(), axis=1)
   candidates = [{**params, head: {'kernel': kernel, 'bias': jnp.array([b])}}
-                for b in np.linspace(-10.0, 20.0, 31)]
-  return model, max(candidates, key=lambda c: spread(halting_steps(model, c, seqs_BxT)))
+                for b in np.linspace(-20.0, 20.0, 161)]
+  return model, max(candidates, key=lambda c: spread(halting_steps(model)(c, seqs_BxT)))
 
 
 def spread(steps):
@@ -68,13 +78,18 @@ def halting_varies(model, params, prompts_NxP, answers_NxA):
   P = prompts_NxP.shape[1]
   seqs_NxT = jnp.concatenate([prompts_NxP, answers_NxA[:, :-1]], axis=1)
   if model.rung.halting == 'act':
-    return len(np.unique(act_updates(model, params, seqs_NxT)[:, P - 1:])) > 1
-  return len(np.unique(trm_steps(model, params, seqs_NxT))) > 1
+    return len(np.unique(act_updates(model)(params, seqs_NxT)[:, P - 1:])) > 1
+  return len(np.unique(trm_steps(model)(params, seqs_NxT))) > 1
+
+
+def act_steps(name):
+  """ACT rungs run three steps: room for positions to halt at different ones."""
+  return {'max_act_steps': 3} if RUNGS[name].halting == 'act' else {}
 
 
 @pytest.mark.parametrize('name', list(RUNGS))
 def test_greedy_matches_generate(name):
-  model, params = tiny(name, **({'max_act_steps': 3} if RUNGS[name].halting == 'act' else {}))
+  model, params = tiny(name, **act_steps(name))
   prompts_NxP, answers_NxA = examples()
   expected_NxA = decoding.generate(model, params, prompts_NxP, answers_NxA.shape[1])
   got_NxA = decoding.generate_cached(model, params, prompts_NxP, answers_NxA.shape[1])
@@ -104,19 +119,35 @@ def test_trm_options_match_generate(options):
   np.testing.assert_array_equal(got_NxA, expected_NxA)
 
 
-@pytest.mark.parametrize('name', ['gpt', 'ut_level1', 'trm'])
+@pytest.mark.parametrize('name', list(RUNGS))
 def test_cached_logits_match_one_forward(name):
-  """The prompt at once, then token by token through the cache: the logits of one forward."""
-  model, params = tiny(name)
-  prompts_NxP, answers_NxA = examples()
-  seqs_NxT = jnp.concatenate([prompts_NxP, answers_NxA], axis=1)
-  (N, T), P = seqs_NxT.shape, prompts_NxP.shape[1]
-  apply = jax.jit(lambda idx_NxT, cache: model.apply({'params': params}, idx_NxT, cache=cache))
-  logits, aux = apply(seqs_NxT[:, :P], decoding.init_cache(model, N, T))
-  chunks = [logits]
-  for t in range(P, T):
-    logits, aux = apply(seqs_NxT[:, t:t + 1], aux['cache'])
-    chunks.append(logits)
-  expected_NxTxV = model.apply({'params': params}, seqs_NxT)[0]
-  np.testing.assert_allclose(jnp.concatenate(chunks, axis=1), expected_NxTxV, atol=1e-5, rtol=1e-5)
-  assert int(aux['cache'].index) == T
+  """Two tokens at once, then one at a time through the cache: the logits of one
+  forward at every position. Each sequence runs alone, so that no other one in
+  the batch keeps a halted step loop going."""
+  model, params = tiny(name, **act_steps(name))
+  seqs_NxT = jnp.concatenate(examples(), axis=1)
+  T, P = seqs_NxT.shape[1], 2
+
+  def apply(idx_1xT, cache):
+    logits_1xTxV, aux = model.apply({'params': params}, idx_1xT, cache=cache)
+    return aux['cache'], logits_1xTxV[0]
+
+  @jax.jit
+  @jax.vmap
+  def cached(seq_T):
+    cache, logits_PxV = apply(seq_T[None, :P], decoding.init_cache(model, 1, T))
+    cache, logits_Sx1xV = jax.lax.scan(lambda c, token: apply(token[None, None], c), cache, seq_T[P:])
+    return jnp.concatenate([logits_PxV, logits_Sx1xV[:, 0]]), cache.index
+
+  got_NxTxV, index_N = cached(seqs_NxT)
+  expected_NxTxV = jax.vmap(lambda seq_T: model.apply({'params': params}, seq_T[None])[0][0])(seqs_NxT)
+  np.testing.assert_allclose(got_NxTxV, expected_NxTxV, atol=1e-5, rtol=1e-5)
+  np.testing.assert_array_equal(index_N, T)
+  if model.rung.halting == 'act':
+    # A position halting before a later one is what a cache filled only up to
+    # each position's own halting step would get wrong.
+    n_NxS = act_updates(model)(params, seqs_NxT)[:, P:]
+    later_max_NxS = np.maximum.accumulate(n_NxS[:, ::-1], axis=1)[:, ::-1]
+    assert np.any(n_NxS[:, :-1] < later_max_NxS[:, 1:]), 'need a position halting before a later one'
+  if model.rung.halting == 'q':
+    assert spread(trm_steps(model)(params, seqs_NxT)), 'need sequences halting at different steps'

@@ -14,7 +14,7 @@ import pytest
 from artrm.models import (RUNGS, ModelConfig, block_passes, build_model, init_params, load_neutral,
                           lm_loss, normalize_budget)
 from artrm.models import block as block_lib
-from artrm.models.rungs import RecursiveLM
+from artrm.models.rungs import Passes, RecursiveLM
 
 GOLDEN_DIR = pathlib.Path(os.environ.get(
     'ARTRM_GOLDEN_DIR', pathlib.Path(__file__).resolve().parents[2] / 'shared' / 'golden'))
@@ -227,7 +227,8 @@ def test_first_cycles_carry_no_gradient(name):
   y0, z0 = jax.random.normal(jax.random.key(4), (2, 2, 8, 32))
 
   def step(model, p, y, z):
-    (y, z), _ = model.apply({'params': p}, x, (y, z), 0.0, 0, True, method=RecursiveLM._dual_step)
+    (y, z), _ = model.apply({'params': p}, x, (y, z), 0.0, Passes(jnp.zeros((), jnp.int32)), True,
+                            method=RecursiveLM._dual_step)
     return y, z
 
   y1, z1 = step(model1, params, y0, z0)          # the first cycle, as constants
