@@ -51,6 +51,7 @@ class Setup:
   task: str = 'addition'
   train_length: int = 10
   dropout: float = 0.1
+  remat: str | None = None   # model.remat; None: the training config's
 
   def replace(self, **overrides) -> 'Setup':
     """A copy with the overrides that are not None (unset CLI flags)."""
@@ -84,6 +85,8 @@ def run_config(setup: Setup, rung: str):
   c = common.base_config()
   c.model.update(name=rung, n_embd=setup.n_embd, n_head=setup.n_head,
                  block_size=setup.block_size, dropout=setup.dropout)
+  if setup.remat is not None:
+    c.model.remat = setup.remat
   c.update(task=setup.task, train_length=setup.train_length, batch_size=setup.batch_size,
            budget=setup.budget, num_seeds=1)
   return c

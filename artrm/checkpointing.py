@@ -16,9 +16,10 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-# Config fields that may change between a run and its resumption (or its
-# evaluation): they decide how long and how it is watched, not what is trained.
-MUTABLE_FIELDS = ('max_steps', 'eval', 'log', 'checkpoint')
+# Config fields (sections or dotted keys) that may change between a run and its
+# resumption (or its evaluation): they decide how long, how fast and how it is
+# watched, not what is trained.
+MUTABLE_FIELDS = ('max_steps', 'eval', 'log', 'checkpoint', 'model.remat')
 
 
 class ConfigMismatchError(ValueError):
@@ -37,7 +38,7 @@ def _flatten(d: dict, prefix: str = '') -> dict[str, Any]:
 
 def config_differences(saved: dict, current: dict, ignore=MUTABLE_FIELDS) -> list[str]:
   """'key: saved -> current' for every identity field that differs."""
-  keep = lambda k: k.split('.')[0] not in ignore
+  keep = lambda k: k not in ignore and k.split('.')[0] not in ignore
   a, b = _flatten(saved), _flatten(current)
   return [f'{k}: {a.get(k)!r} -> {b.get(k)!r}'
           for k in sorted(set(a) | set(b)) if keep(k) and a.get(k) != b.get(k)]

@@ -53,6 +53,8 @@ flags.DEFINE_integer('warmup', 3, 'bench: untimed steps after compilation.')
 flags.DEFINE_integer('eval_repeats', 5, 'bench: timed decoding calls per length.')
 flags.DEFINE_list('eval_lengths', None, 'bench: decoding lengths (default: the setup\'s).')
 flags.DEFINE_integer('eval_batch', None, 'bench: prompts per decoded batch (default 100).')
+flags.DEFINE_enum('remat', None, ['none', 'full', 'dots'],
+                  'bench: model.remat (default: the training config\'s).')
 flags.DEFINE_float('peak_flops', None, 'bench: device peak FLOP/s for MFU (default: known GPUs).')
 
 
@@ -121,7 +123,7 @@ def _bench(argv):
   from artrm import bench
   setup = bench.get_setup(FLAGS.setup).replace(
       eval_lengths=FLAGS.eval_lengths and tuple(int(L) for L in FLAGS.eval_lengths),
-      eval_batch=FLAGS.eval_batch)
+      eval_batch=FLAGS.eval_batch, remat=FLAGS.remat)
   result = bench.run_benchmark(setup, FLAGS.rungs or tuple(bench.RUNGS), steps=FLAGS.steps,
                                warmup=FLAGS.warmup, eval_repeats=FLAGS.eval_repeats,
                                full_compute=bool(FLAGS.full_compute), peak=FLAGS.peak_flops,

@@ -105,7 +105,7 @@ PASS_CASES = ([(name, b, (2, 2)) for name in RUNGS for b in (6, 12)]
 
 @pytest.mark.parametrize('name,budget,start', PASS_CASES)
 def test_block_passes_executed(name, budget, start, monkeypatch):
-  monkeypatch.setattr('artrm.models.rungs.Block', CountingBlock)
+  monkeypatch.setattr(block_lib, 'Block', CountingBlock)
   cfg = normalize_budget(small_config(name, n_outer_loops=start[0], n_inner_loops=start[1]), budget)
   model, params, idx = init(cfg, T=6)
   jax.effects_barrier()   # let init's callbacks land before counting
@@ -124,7 +124,7 @@ def test_early_stop_skips_block_work(monkeypatch):
   nothing); for TRM the readout is y after the last executed step, so full
   compute changes it, as in the paper's code.
   """
-  monkeypatch.setattr('artrm.models.rungs.Block', CountingBlock)
+  monkeypatch.setattr(block_lib, 'Block', CountingBlock)
   for name, head in [('ut', 'act_halt'), ('trm', 'q_halt')]:
     model, params, idx = init(small_config(name, n_layer=4))
     params = jax.tree.map(lambda x: x, params)
@@ -188,6 +188,8 @@ def test_bad_configs_have_clear_errors():
     model.apply({'params': params}, idx, inference_steps=5)
   with pytest.raises(ValueError, match='Unknown model config keys'):
     build_model({'name': 'gpt', 'n_layers': 3})
+  with pytest.raises(ValueError, match=r"Unknown model.remat 'all'; choose one of"):
+    init(small_config('ut', remat='all'))
 
 
 def _grads(cfg, seed=0):
@@ -240,6 +242,25 @@ def test_first_cycles_carry_no_gradient(name):
   # and the carry entering a step gets none:
   gy = jax.jit(jax.grad(lambda y: jnp.sum(step(model2, params, y, z0)[0] ** 2)))(y0)
   assert float(jnp.abs(gy).max()) == 0.0
+
+
+@pytest.mark.parametrize('remat', ['full', 'dots'])
+@pytest.mark.parametrize('name', list(RUNGS))
+def test_remat_keeps_loss_and_gradients(name, remat):
+  """model.remat changes what the backward pass stores, never the numbers (dropout on)."""
+  cfg = small_config(name, dropout=0.2, n_inner_loops=2, halt_exploration_prob=0.5)
+  model, params, idx = init(cfg, T=8)
+  def value_and_grad(cfg):
+    def loss_fn(p):
+      logits, aux = build_model(cfg).apply({'params': p}, idx, deterministic=False,
+                                           rngs={'dropout': jax.random.key(7)})
+      return lm_loss(cfg, logits, aux, jnp.roll(idx, -1, axis=1))
+    assert ('remat2[' in str(jax.make_jaxpr(loss_fn)(params))) == (cfg.remat != 'none')
+    return jax.jit(jax.value_and_grad(loss_fn))(params)
+  (l0, g0), (l1, g1) = value_and_grad(cfg), value_and_grad(dataclasses.replace(cfg, remat=remat))
+  chex.assert_trees_all_close(l1, l0, rtol=1e-6)
+  chex.assert_trees_all_close(g1, g0, rtol=1e-5, atol=1e-7)
+  assert float(jnp.abs(g1['lm_head']['kernel']).max()) > 0
 
 
 @pytest.mark.parametrize('name', ['gpt', 'ut_level1', 'trm'])   # distinct, scanned, nested + exploration

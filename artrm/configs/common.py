@@ -48,6 +48,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(dataclasses.asdict(ModelConfig()))
   c.model.update(name='gpt', n_embd=384, n_head=6, dropout=0.1, block_size=180,
                  ponder_cost_weight=0.0)
+  # Recompute each block pass in the backward pass: same gradients, and on CPU
+  # faster than keeping the scans' stacked activations (ACT rungs 1.8x, the
+  # others about even; docs/performance.md). `none` keeps them all.
+  c.model.remat = 'full'
 
   # torch.optim.AdamW with the paper's settings: constant lr, decay on every parameter.
   c.optimizer = ml_collections.ConfigDict(dict(

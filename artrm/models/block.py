@@ -87,3 +87,25 @@ class Block(nn.Module):
     h_BxTxC = x_BxTxC + attn_BxTxC
     out_BxTxC = h_BxTxC + MLP(self.dropout, name='mlp')(layer_norm('ln2')(h_BxTxC), deterministic)
     return out_BxTxC if kv is None else (out_BxTxC, new_kv)
+
+
+# What the backward pass keeps of each block pass (`ModelConfig.remat`). Every
+# pass runs inside a scan, which stacks the kept activations of all its steps
+# (for ACT and TRM even of the steps an early stop skips); on CPU writing and
+# reading those stacks costs more than recomputing the block. Gradients are the
+# same either way: remat changes what is stored, not what is computed.
+REMAT_POLICIES = {
+    'none': None,                                                # keep everything
+    'full': jax.checkpoint_policies.nothing_saveable,            # keep the block's input
+    'dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # keep matmul outputs
+}
+
+
+def block_class(remat: str) -> type[Block]:
+  """`Block`, or `Block` under `nn.remat` with the named policy."""
+  if remat not in REMAT_POLICIES:
+    raise ValueError(f'Unknown model.remat {remat!r}; choose one of {list(REMAT_POLICIES)}.')
+  if remat == 'none':
+    return Block
+  # deterministic (argument 2, counting self) selects dropout: static.
+  return nn.remat(Block, static_argnums=(2,), policy=REMAT_POLICIES[remat], prevent_cse=False)

@@ -19,6 +19,7 @@ class ModelConfig:
   use_step_embeddings: bool = True
   ponder_cost_weight: float = 0.01
   halt_exploration_prob: float = 0.25
+  remat: str = 'none'             # activations kept for backward: block.REMAT_POLICIES
 
   @property
   def act_steps(self) -> int:

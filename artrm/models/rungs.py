@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from artrm.models import act as act_lib
-from artrm.models.block import INIT, Block, dense, layer_norm
+from artrm.models.block import INIT, block_class, dense, layer_norm
 from artrm.models.config import ModelConfig
 
 Aux = dict[str, Any]
@@ -95,11 +95,13 @@ class _LayerStep(nn.Module):
 
   n_head: int
   dropout: float
+  remat: str
 
   @nn.compact
   def __call__(self, carry, deterministic: bool):
     h_BxTxC, passes = carry
-    return apply_block(Block(self.n_head, self.dropout, name='block'), h_BxTxC, passes, deterministic), None
+    block = block_class(self.remat)(self.n_head, self.dropout, name='block')
+    return apply_block(block, h_BxTxC, passes, deterministic), None
 
 
 class RecursiveLM(nn.Module):
@@ -115,11 +117,11 @@ class RecursiveLM(nn.Module):
     if self.uses_step_embeddings:
       self.step_emb = self.param('step_emb', INIT, (rung.default_steps(cfg), cfg.n_embd))
     if rung.tied:
-      self.block = Block(cfg.n_head, cfg.dropout)
+      self.block = block_class(cfg.remat)(cfg.n_head, cfg.dropout)
     else:
       self.blocks = nn.scan(_LayerStep, variable_axes={'params': 0}, in_axes=nn.broadcast,
                             split_rngs={'params': True, 'dropout': True},
-                            length=cfg.n_layer)(cfg.n_head, cfg.dropout)
+                            length=cfg.n_layer)(cfg.n_head, cfg.dropout, cfg.remat)
     if rung.stream == 'dual':
       self.y_init = self.param('y_init', INIT, (cfg.n_embd,))
       self.z_init = self.param('z_init', INIT, (cfg.n_embd,))
