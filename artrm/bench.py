@@ -320,13 +320,55 @@ def summary_row(rung: str, row: dict) -> dict[str, str]:
   return cells
 
 
-def markdown(result: dict) -> str:
+def markdown(result: dict, rows: list[dict] | None = None) -> str:
+  """The setup in a line, then the table of `rows` (default: `summary_row` of each rung)."""
   s, d = result['setup'], result['device']
   header = (f'{s["name"]}: n_embd {s["n_embd"]}, {s["n_head"]} heads, budget {s["budget"]}, '
             f'batch {s["batch_size"]}, {s["task"]} L={s["train_length"]}, block_size '
             f'{s["block_size"]} on {d["device_kind"]} ({d["platform"]}, jax {d["jax"]}).')
-  rows = [summary_row(rung, row) for rung, row in result['rungs'].items()]
+  rows = rows or [summary_row(rung, row) for rung, row in result['rungs'].items()]
   return header + '\n\n' + markdown_table(rows)
+
+
+# The paper's PyTorch code on a 2-core CPU like this one (torch, 2 threads,
+# untrained weights, addition L = 10, dropout 0.1): median ms per training step
+# in `small` and `paper` (rows padded to block_size), ms per sequence of its
+# evaluator (one sequence at a time, sampled, full forward per token) in `eval`.
+PAPER_CPU_MS = {
+    'small': dict(gpt=291, gpt_level1=250, gpt_level2=255, ut=71, ut_level1=129, ut_level2=200,
+                  trm=177),
+    'paper': dict(gpt=23649, gpt_level1=21825, gpt_level2=24171, ut=3044, ut_level1=6006,
+                  ut_level2=21148, trm=11581),
+    'eval': {10: dict(gpt=128, gpt_level1=108, gpt_level2=86, ut=29, ut_level1=46, ut_level2=116,
+                      trm=124),
+             50: dict(gpt=1023, gpt_level1=1170, gpt_level2=1055, ut=250, ut_level1=476,
+                      ut_level2=1016, trm=1102)},
+}
+
+
+def versus_paper(result: dict) -> list[dict[str, str]]:
+  """Rows of ms (ours, the paper's code's) and speedup, per rung, for a CPU result."""
+  name, rows = result['setup']['name'], []
+  for rung, row in result['rungs'].items():
+    cells = {'rung': rung}
+    if 'train' in row and name in ('small', 'paper'):
+      ours, theirs = 1e3 * row['train']['step_seconds'], PAPER_CPU_MS[name][rung]
+      cells.update({'passes fwd/bwd': f'{row["train"]["fwd_passes"]:g}/{row["train"]["bwd_passes"]:g}',
+                    'ms/step': f'{ours:,.1f}', 'paper ms/step': f'{theirs:,}',
+                    'speedup': f'{theirs / ours:.2f}x'})
+    for L, by_fn in row['eval'].items():
+      theirs = PAPER_CPU_MS['eval'].get(int(L), {}).get(rung)
+      for fn in [fn for fn in ('generate', 'generate_cached') if fn in by_fn]:
+        ours = 1e3 / by_fn[fn]['sequences_per_sec']
+        cells[f'{fn} ms/seq L={L}'] = f'{ours:.3f}'
+        if theirs:
+          cells[f'{fn} speedup L={L}'] = f'{theirs / ours:,.0f}x'
+      if theirs:
+        cells[f'paper ms/seq L={L}'] = f'{theirs:,}'
+      if 'generate_cached' in by_fn:
+        cells[f'cached = full L={L}'] = str(by_fn['generate_cached']['matches_generate'])
+    rows.append(cells)
+  return rows
 
 
 def default_path(result: dict) -> str:

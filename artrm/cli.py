@@ -13,6 +13,7 @@
 """
 
 import functools
+import json
 import os
 import sys
 
@@ -30,6 +31,7 @@ flags.DEFINE_integer('n_samples', None, 'eval: prompts per length.')
 flags.DEFINE_enum('decoding', None, ['greedy', 'sample'], 'eval: decoding rule.')
 flags.DEFINE_integer('inference_steps', None, 'eval: steps to run (weight-tied rungs).')
 flags.DEFINE_bool('full_compute', None, 'eval: disable every early stop.')
+flags.DEFINE_bool('kv_cache', None, 'eval: KV-cached decoding (--nokv_cache: full recompute).')
 flags.DEFINE_string('task', 'copy', 'main: task of the ladder comparison.')
 flags.DEFINE_integer('max_steps', None, 'main: training steps per rung.')
 flags.DEFINE_string('suite', None, 'suite: experiments/<file>.py[:arg].')
@@ -55,6 +57,8 @@ flags.DEFINE_list('eval_lengths', None, 'bench: decoding lengths (default: the s
 flags.DEFINE_integer('eval_batch', None, 'bench: prompts per decoded batch (default 100).')
 flags.DEFINE_enum('remat', None, ['none', 'full', 'dots'],
                   'bench: model.remat (default: the training config\'s).')
+flags.DEFINE_list('versus_paper', None,
+                  'bench: only print saved CPU results (JSON paths) against the paper\'s code.')
 flags.DEFINE_float('peak_flops', None, 'bench: device peak FLOP/s for MFU (default: known GPUs).')
 
 
@@ -73,7 +77,7 @@ def _eval(argv):
     raise app.UsageError('artrm eval needs --workdir=<dir of a training run>.')
   from artrm import eval_checkpoint
   overrides = {k: getattr(FLAGS, k) for k in ('n_samples', 'decoding', 'inference_steps',
-                                              'full_compute') if getattr(FLAGS, k) is not None}
+                                              'full_compute', 'kv_cache') if getattr(FLAGS, k) is not None}
   if FLAGS.lengths:
     overrides['lengths'] = [int(L) for L in FLAGS.lengths]
   eval_checkpoint.evaluate_checkpoint(FLAGS.workdir, FLAGS.checkpoint, overrides, verbose=True)
@@ -121,6 +125,12 @@ def _report(argv):
 def _bench(argv):
   del argv
   from artrm import bench
+  if FLAGS.versus_paper:
+    for path in FLAGS.versus_paper:
+      with open(path) as f:
+        result = json.load(f)
+      print(f'{path}\n{bench.markdown(result, bench.versus_paper(result))}\n')
+    return
   setup = bench.get_setup(FLAGS.setup).replace(
       eval_lengths=FLAGS.eval_lengths and tuple(int(L) for L in FLAGS.eval_lengths),
       eval_batch=FLAGS.eval_batch, remat=FLAGS.remat)

@@ -49,6 +49,9 @@ class LengthEvaluator:
   inference_steps: int | None = None
   full_compute: bool = False
   sample_seed: int = 0
+  # Decode with a KV cache (`decoding.generate_cached`): the same tokens as the
+  # reference's full recompute, at one position of work per answer token.
+  kv_cache: bool = False
 
   def __post_init__(self):
     object.__setattr__(self, 'lengths', tuple(int(L) for L in self.lengths))
@@ -71,7 +74,8 @@ class LengthEvaluator:
     for chunk, start in enumerate(range(0, self.n_samples, B)):
       prompts_BxP = prompts_NxP[start:start + B]
       padded_BxP = np.pad(prompts_BxP, ((0, B - len(prompts_BxP)), (0, 0)), mode='edge')
-      pred_BxA = decoding.generate(
+      generate = decoding.generate_cached if self.kv_cache else decoding.generate
+      pred_BxA = generate(
           model, params, jnp.asarray(padded_BxP), answers_NxA.shape[1], decoding=self.decoding,
           key=jax.random.fold_in(length_key, chunk), inference_steps=self.inference_steps,
           full_compute=self.full_compute)

@@ -142,7 +142,8 @@ def evaluator_for(config: ml_collections.ConfigDict, **overrides) -> LengthEvalu
   lengths = sorted(set(e.lengths) | {config.train_length})   # best is picked at train length
   kwargs = dict(task=config.task, lengths=lengths, n_samples=e.n_samples, seed=e.seed,
                 batch_size=e.batch_size, decoding=e.decoding,
-                inference_steps=e.inference_steps or None, full_compute=e.full_compute)
+                inference_steps=e.inference_steps or None, full_compute=e.full_compute,
+                kv_cache=e.get('kv_cache', False))   # absent from configs saved before it
   return LengthEvaluator(**{**kwargs, **overrides})
 
 

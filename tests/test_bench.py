@@ -66,3 +66,18 @@ def test_errors():
   assert bench.peak_flops('NVIDIA H100 PCIe') == 378e12
   assert bench.peak_flops('NVIDIA H100 80GB HBM3', 'bf16') == 989e12
   assert bench.peak_flops('cpu') is None
+
+
+def test_versus_paper_rows():
+  """Speedups divide the paper code's ms by ours; JSON's string length keys work."""
+  result = dict(setup=dict(name='small', n_embd=128, n_head=4, budget=12, batch_size=32,
+                           task='addition', train_length=10, block_size=34),
+                device=dict(device_kind='cpu', platform='cpu', jax='x'),
+                rungs={'trm': dict(train=dict(step_seconds=0.0885, fwd_passes=12, bwd_passes=6),
+                                   eval={'10': dict(generate_cached=dict(
+                                       sequences_per_sec=1000.0, matches_generate=True))})})
+  [row] = bench.versus_paper(result)
+  assert row['paper ms/step'] == '177' and row['speedup'] == '2.00x'
+  assert row['generate_cached ms/seq L=10'] == '1.000'
+  assert row['generate_cached speedup L=10'] == '124x' and row['cached = full L=10'] == 'True'
+  assert '| trm ' in bench.markdown(result, [row])

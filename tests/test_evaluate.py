@@ -183,3 +183,13 @@ def test_evaluator_batches_compile_once_and_write(tmp_path):
   assert len(rows) == 2 * n_rows
   assert {r['step'] for r in rows} == {'10', '20'}
   assert rows[0]['inference_steps'] == '' and rows[0]['task'] == 'copy'
+
+
+@pytest.mark.parametrize('name', ['gpt', 'ut', 'trm'])   # distinct layers, ACT, halting TRM
+def test_evaluator_kv_cache_gives_the_same_metrics(name):
+  model, params = params_for(name)
+  run = lambda kv_cache: LengthEvaluator('copy', [3, 5], n_samples=6, seed=0, batch_size=4,
+                                         kv_cache=kv_cache).run(model, params)
+  cached, reference = run(True), run(False)
+  assert cached == reference
+  assert any(m['char_acc'] not in (0.0, 1.0) for m in reference.values()), 'a trivial case'

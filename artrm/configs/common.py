@@ -59,7 +59,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.eval = ml_collections.ConfigDict(dict(
       lengths=(10, 20, 30, 40, 50), every_steps=250, n_samples=100, seed=0, batch_size=100,
-      decoding='greedy', inference_steps=0, full_compute=False))
+      decoding='greedy', inference_steps=0, full_compute=False, kv_cache=True))
 
   c.checkpoint = ml_collections.ConfigDict(dict(
       every_steps=0,          # 0: max_steps / 10
