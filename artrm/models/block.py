@@ -25,9 +25,12 @@ def dense(features: int, name: str) -> nn.Dense:
 class CausalSelfAttention(nn.Module):
   """Per-head q/k/v without bias, causal softmax, dropout on weights and output.
 
-  With `kv = (keys [B, S, H, D], values, start)`, x holds positions start..start+T-1
-  of a sequence whose earlier keys/values are cached: they are written into the
-  cache and attended to. Returns the output and x's own keys and values.
+  With `kv = (keys [P, B, H, S, D], values, pass_index, start)`, x holds
+  positions start..start+T-1 of a sequence whose earlier keys/values are cached
+  at block pass `pass_index`: x's are written there, then that pass's slice is
+  attended to. Returns the output and the updated caches. Writing before
+  reading lets XLA update the (loop-carried) caches in place; reading a slice
+  first and writing it back after made it copy every cache at every pass.
   """
 
   n_head: int
@@ -42,23 +45,27 @@ class CausalSelfAttention(nn.Module):
     D = C // self.n_head
     proj = lambda name: self.param(name, INIT, (self.n_head, C, D))
     q_BxTxHxD = jnp.einsum('btc,hcd->bthd', x_BxTxC, proj('query'))
-    k_BxTxHxD = jnp.einsum('btc,hcd->bthd', x_BxTxC, proj('key'))
-    v_BxTxHxD = jnp.einsum('btc,hcd->bthd', x_BxTxC, proj('value'))
-    k_BxSxHxD, v_BxSxHxD, start = k_BxTxHxD, v_BxTxHxD, 0
+    # Keys and values head-major: cached slices then feed the attention
+    # matmuls without a transpose per pass.
+    k_BxHxTxD = jnp.einsum('btc,hcd->bhtd', x_BxTxC, proj('key'))
+    v_BxHxTxD = jnp.einsum('btc,hcd->bhtd', x_BxTxC, proj('value'))
+    k_BxHxSxD, v_BxHxSxD, start, new_kv = k_BxHxTxD, v_BxHxTxD, 0, None
     if kv is not None:
-      past_k_BxSxHxD, past_v_BxSxHxD, start = kv
-      k_BxSxHxD = jax.lax.dynamic_update_slice_in_dim(past_k_BxSxHxD, k_BxTxHxD, start, axis=1)
-      v_BxSxHxD = jax.lax.dynamic_update_slice_in_dim(past_v_BxSxHxD, v_BxTxHxD, start, axis=1)
-    T, S = x_BxTxC.shape[1], k_BxSxHxD.shape[1]
-    logits_BxHxTxS = jnp.einsum('bqhd,bkhd->bhqk', q_BxTxHxD, k_BxSxHxD) / jnp.sqrt(D).astype(x_BxTxC.dtype)
+      k_PxBxHxSxD, v_PxBxHxSxD, pass_index, start = kv
+      put = lambda a, new: jax.lax.dynamic_update_slice(a, new[None], (pass_index, 0, 0, start, 0))
+      new_kv = put(k_PxBxHxSxD, k_BxHxTxD), put(v_PxBxHxSxD, v_BxHxTxD)
+      k_BxHxSxD, v_BxHxSxD = (jax.lax.dynamic_index_in_dim(a, pass_index, keepdims=False)
+                              for a in new_kv)
+    T, S = x_BxTxC.shape[1], k_BxHxSxD.shape[2]
+    logits_BxHxTxS = jnp.einsum('bqhd,bhkd->bhqk', q_BxTxHxD, k_BxHxSxD) / jnp.sqrt(D).astype(x_BxTxC.dtype)
     causal_TxS = jnp.arange(S)[None, :] <= start + jnp.arange(T)[:, None]
     logits_BxHxTxS = jnp.where(causal_TxS, logits_BxHxTxS, jnp.finfo(logits_BxHxTxS.dtype).min)
     weights_BxHxTxS = jax.nn.softmax(logits_BxHxTxS, axis=-1)
     weights_BxHxTxS = nn.Dropout(self.dropout)(weights_BxHxTxS, deterministic=deterministic)
-    y_BxTxHxD = jnp.einsum('bhqk,bkhd->bqhd', weights_BxHxTxS, v_BxSxHxD)
+    y_BxTxHxD = jnp.einsum('bhqk,bhkd->bqhd', weights_BxHxTxS, v_BxHxSxD)
     y_BxTxC = dense(C, 'out')(y_BxTxHxD.reshape(x_BxTxC.shape))
     y_BxTxC = nn.Dropout(self.dropout)(y_BxTxC, deterministic=deterministic)
-    return y_BxTxC, (k_BxTxHxD, v_BxTxHxD)
+    return y_BxTxC, new_kv
 
 
 class MLP(nn.Module):
@@ -74,7 +81,7 @@ class MLP(nn.Module):
 class Block(nn.Module):
   """x + Attn(LN1(x)), then + MLP(LN2(.)): pre-norm, as the paper's code.
 
-  With `kv` (see `CausalSelfAttention`) it also returns x's keys and values.
+  With `kv` (see `CausalSelfAttention`) it also returns the updated caches.
   """
 
   n_head: int

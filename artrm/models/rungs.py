@@ -41,8 +41,8 @@ Aux = dict[str, Any]
 class KVCache(NamedTuple):
   """Keys and values of every block pass (axis P) for the positions decoded so far."""
 
-  key_PxBxSxHxD: jax.Array
-  value_PxBxSxHxD: jax.Array
+  key_PxBxHxSxD: jax.Array
+  value_PxBxHxSxD: jax.Array
   index: jax.Array   # int32: positions cached, i.e. the position of the next token
   steps: jax.Array   # int32: TRM's step count, fixed by the Q-head at prefill
 
@@ -59,13 +59,9 @@ def apply_block(block: nn.Module, h_BxTxC, passes: Passes, deterministic):
   count, kv = passes
   if kv is None:
     return block(h_BxTxC, deterministic), Passes(count + 1)
-  take = lambda a: jax.lax.dynamic_index_in_dim(a, count, keepdims=False)
-  out_BxTxC, (k_BxTxHxD, v_BxTxHxD) = block(
-      h_BxTxC, deterministic, (take(kv.key_PxBxSxHxD), take(kv.value_PxBxSxHxD), kv.index))
-  put = lambda a, new: jax.lax.dynamic_update_slice(a, new[None], (count, 0, kv.index, 0, 0))
-  kv = kv._replace(key_PxBxSxHxD=put(kv.key_PxBxSxHxD, k_BxTxHxD),
-                   value_PxBxSxHxD=put(kv.value_PxBxSxHxD, v_BxTxHxD))
-  return out_BxTxC, Passes(count + 1, kv)
+  out_BxTxC, (keys, values) = block(
+      h_BxTxC, deterministic, (kv.key_PxBxHxSxD, kv.value_PxBxHxSxD, count, kv.index))
+  return out_BxTxC, Passes(count + 1, kv._replace(key_PxBxHxSxD=keys, value_PxBxHxSxD=values))
 
 
 @dataclasses.dataclass(frozen=True)
