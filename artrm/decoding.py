@@ -11,7 +11,7 @@ must match.
 
 TRM halts per batch (the loop runs until every element has halted), so its
 results depend on what else is in the batch; the reference evaluates one
-sequence at a time, and so do these decoders for batch-coupled rungs, by
+sequence at a time, and so does `generate` for batch-coupled rungs, by
 vmapping over batches of one.
 
 `generate_cached` gives the same tokens with a KV cache per block pass: the
@@ -20,7 +20,10 @@ exact because a position's states at pass p depend only on earlier positions'
 states at passes <= p. ACT rungs run every step for each new token (halted
 positions keep evolving, and later positions attend to them; the readout is
 unchanged, see `artrm.models.act`). TRM's step count is fixed by position 0
-alone, so it is read off at prefill and each new token runs exactly as many.
+alone, so it is read off at prefill and each new token runs exactly as many;
+the batch decodes together, a halted sequence's streams frozen (as if alone),
+so that the cache is written in place (under `vmap` the early stop's `cond`
+becomes a select that copies the cache, and the cache index a scatter).
 """
 
 import functools
@@ -109,7 +112,7 @@ def init_cache(model, batch: int, length: int, inference_steps: int | None = Non
   steps = inference_steps or model.rung.default_steps(cfg)
   shape = (block_passes(cfg, steps), batch, cfg.n_head, length, cfg.n_embd // cfg.n_head)
   return KVCache(jnp.zeros(shape), jnp.zeros(shape), jnp.zeros((), jnp.int32),
-                 jnp.asarray(steps, jnp.int32))
+                 jnp.full((batch,), steps, jnp.int32))
 
 
 @JIT
@@ -125,18 +128,12 @@ def generate_cached(model, params, prompts_NxP: jax.Array, answer_len: int, *,
                                     full_compute=full_compute, cache=cache)
     return logits_BxTxV[:, -1], aux['cache']
 
-  forward = per_sequence(model, apply)
-  if model.rung.batch_coupled:
-    cache = init_cache(model, 1, P + answer_len - 1, inference_steps)
-    cache = jax.tree.map(lambda a: jnp.broadcast_to(a, (N, *a.shape)), cache)
-  else:
-    cache = init_cache(model, N, P + answer_len - 1, inference_steps)
-  logits_NxV, cache = forward(prompts_NxP, cache)
+  logits_NxV, cache = apply(prompts_NxP, init_cache(model, N, P + answer_len - 1, inference_steps))
 
   def step(carry, i):
     logits_NxV, cache = carry
     token_N = next_token(logits_NxV, decoding, key, i).astype(prompts_NxP.dtype)
-    return forward(token_N[:, None], cache), token_N
+    return apply(token_N[:, None], cache), token_N
 
   # The last answer token is never fed back.
   (logits_NxV, _), tokens_AxN = jax.lax.scan(step, (logits_NxV, cache), jnp.arange(answer_len - 1))

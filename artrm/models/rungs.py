@@ -44,7 +44,7 @@ class KVCache(NamedTuple):
   key_PxBxHxSxD: jax.Array
   value_PxBxHxSxD: jax.Array
   index: jax.Array   # int32: positions cached, i.e. the position of the next token
-  steps: jax.Array   # int32: TRM's step count, fixed by the Q-head at prefill
+  steps: jax.Array   # int32 [B]: TRM's step count per sequence, fixed by the Q-head at prefill
 
 
 class Passes(NamedTuple):
@@ -264,22 +264,34 @@ class RecursiveLM(nn.Module):
       explore_key, steps_key = jax.random.split(self.make_rng('dropout'))
       explore_B = jax.random.bernoulli(explore_key, self.config.halt_exploration_prob, (B,))
       min_steps_B = jnp.where(explore_B, jax.random.randint(steps_key, (B,), 1, steps + 1), 0)
-    zero = jnp.zeros((), jnp.int32)
     # The Q-head reads position 0. Decoding a later token, position 0 is only
     # in the cache: the step count the head fixed at prefill stops instead.
     reads_q, last_step = (True, steps) if passes.kv is None else (passes.kv.index == 0, passes.kv.steps)
 
+    # Decoding, each sequence stops at its own halting step, as if decoded
+    # alone (the reference's evaluator): a halted sequence's streams freeze
+    # while the batch runs on. Its cache entries past that step are never
+    # read by a step it runs. Batch-level halting couples sequences; this
+    # keeps the batch (and the pass counter that indexes the cache) whole.
+    # Every step then runs: skipping under `cond` would copy the cache.
+    freeze = passes.kv is not None and not full_compute
+
     def step_fn(s, mdl, carry):
       stream, halted_B, passes, taken = carry
-      stream, passes = mdl._step(x_BxTxC, stream, s, passes, deterministic)
-      q_B = mdl.q_halt(stream[0][:, 0])[:, 0]
+      new_stream, passes = mdl._step(x_BxTxC, stream, s, passes, deterministic)
+      if freeze:
+        new_stream = jax.tree.map(lambda new, old: jnp.where(halted_B[:, None, None], old, new),
+                                  new_stream, stream)
+      q_B = mdl.q_halt(new_stream[0][:, 0])[:, 0]
       halts_B = (reads_q & (q_B > 0) & (s + 1 >= min_steps_B)) | (s + 1 >= last_step)
-      return stream, halted_B | halts_B, passes, taken + 1
+      taken = taken + (~halted_B if freeze else 1)
+      return new_stream, halted_B | halts_B, passes, taken
 
     def body(mdl, carry, s):
       done = jnp.all(carry[1])
-      return mdl._maybe_skip(done, functools.partial(step_fn, s), carry, full_compute), None
+      return mdl._maybe_skip(done, functools.partial(step_fn, s), carry, full_compute or freeze), None
 
+    zero = jnp.zeros((B,) if freeze else (), jnp.int32)
     carry0 = (self._stream_init(x_BxTxC), jnp.zeros((B,), bool), passes, zero)
     (stream, _, passes, taken), _ = SCAN(body)(self, carry0, jnp.arange(steps))
     if passes.kv is not None:
