@@ -64,15 +64,11 @@ def check_args(model, prompts_NxP: jax.Array, answer_len: int, decoding: str, ke
 
 
 def per_sequence(model, fn):
-  """`fn(idx_BxT, *state) -> (logits, state)` on the whole batch or, for batch-coupled
-  rungs, on each sequence as a batch of one (`state` then has one entry per sequence)."""
+  """`fn(idx_BxT) -> logits` on the whole batch or, for batch-coupled rungs, on
+  each sequence as a batch of one."""
   if not model.rung.batch_coupled:
     return fn
-
-  def alone(idx_T, *state):
-    logits_1xX, state = fn(idx_T[None], *state)
-    return logits_1xX[0], state
-  return jax.vmap(alone)
+  return jax.vmap(lambda idx_T: fn(idx_T[None])[0])
 
 
 JIT = functools.partial(jax.jit, static_argnames=('model', 'answer_len', 'decoding', 'inference_steps',
@@ -90,13 +86,13 @@ def generate(model, params, prompts_NxP: jax.Array, answer_len: int, *, decoding
   """
   check_args(model, prompts_NxP, answer_len, decoding, key)
   N, P = prompts_NxP.shape
-  forward = per_sequence(model, lambda idx_BxT: (model.apply(
-      {'params': params}, idx_BxT, inference_steps=inference_steps, full_compute=full_compute)[0], None))
+  forward = per_sequence(model, lambda idx_BxT: model.apply(
+      {'params': params}, idx_BxT, inference_steps=inference_steps, full_compute=full_compute)[0])
 
   def step(buf_NxS, i):
     # The model sees the first P + A - 1 slots; the spare last slot only
     # receives the final token, which is never fed back.
-    logits_NxTxV, _ = forward(buf_NxS[:, :-1])
+    logits_NxTxV = forward(buf_NxS[:, :-1])
     logits_NxV = jax.lax.dynamic_index_in_dim(logits_NxTxV, P - 1 + i, axis=1, keepdims=False)
     token_N = next_token(logits_NxV, decoding, key, i).astype(buf_NxS.dtype)
     return jax.lax.dynamic_update_index_in_dim(buf_NxS, token_N, P + i, axis=1), token_N
