@@ -282,7 +282,8 @@ def run_benchmark(setup: Setup, rungs: Sequence[str] = tuple(RUNGS), steps: int 
     mc = train.model_config(config)
     model = build_model(mc)
     H, L = model.cycles   # (1, 1) unless nested
-    row = dict(title=get_rung(rung).title, n_layer=mc.n_layer, n_outer_loops=H, n_inner_loops=L)
+    row = dict(title=get_rung(rung).title, n_layer=mc.n_layer, n_outer_loops=H, n_inner_loops=L,
+               remat=mc.remat)
     if setup.train:
       row['train'], params = bench_train(config, model, steps, warmup)
       if peak:

@@ -20,10 +20,10 @@ exact because a position's states at pass p depend only on earlier positions'
 states at passes <= p. ACT rungs run every step for each new token (halted
 positions keep evolving, and later positions attend to them; the readout is
 unchanged, see `artrm.models.act`). TRM's step count is fixed by position 0
-alone, so it is read off at prefill and each new token runs exactly as many;
-the batch decodes together, a halted sequence's streams frozen (as if alone),
-so that the cache is written in place (under `vmap` the early stop's `cond`
-becomes a select that copies the cache, and the cache index a scatter).
+alone, so it is read off at prefill, per sequence. The batch decodes together
+and runs every step, a halted sequence's streams frozen, which gives each
+sequence the tokens it gets alone and lets XLA write the cache in place (a
+`vmap` over sequences, or an early-stop `cond`, made it copy the cache).
 """
 
 import functools

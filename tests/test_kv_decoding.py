@@ -154,19 +154,27 @@ def test_cached_logits_match_one_forward(name):
     assert spread(trm_steps(model)(params, seqs_NxT)), 'need sequences halting at different steps'
 
 
+@pytest.mark.parametrize('remat', ['none', 'full'])   # the configs decode with 'full'
 @pytest.mark.parametrize('name', ['gpt', 'ut', 'trm'])
-def test_cache_is_updated_in_place(name):
+def test_cache_is_updated_in_place(name, remat):
   """No block pass copies the whole cache (it once did, twice per pass: 4x slower at L=50;
   TRM's vmapped early stop copied it every step).
 
   The compiled decoder may copy a full cache at most once, to initialise it;
   a copy inside the decoding loops shows up once per loop body.
   """
-  model, params = tiny(name)
+  model, params = tiny(name, remat=remat)
   prompts_NxP, answers_NxA = examples()
   hlo = decoding.generate_cached.lower(model, params, prompts_NxP, answers_NxA.shape[1]).compile().as_text()
   cache = decoding.init_cache(model, 1, prompts_NxP.shape[1] + answers_NxA.shape[1] - 1)
   P, _, H, S, D = cache[0].shape
-  shape = rf'f32\[({len(prompts_NxP)},)?{P},\d+,{H},{S},{D}\]'   # TRM: vmapped over sequences
-  copies = [line for line in hlo.splitlines() if re.search(rf'= {shape}\S* copy\(', line)]
+  copies = [line for line in hlo.splitlines() if re.search(rf'= f32\[{P},\d+,{H},{S},{D}\]\S* copy\(', line)]
   assert len(copies) <= 1, 'the cache is copied in the decoding loop:\n' + '\n'.join(copies)
+
+
+def test_too_small_cache_is_refused():
+  model, params = tiny('trm')
+  prompts_NxP, _ = examples()
+  cache = decoding.init_cache(model, len(prompts_NxP), 12, inference_steps=1)
+  with pytest.raises(ValueError, match='init_cache'):
+    model.apply({'params': params}, prompts_NxP, inference_steps=2, cache=cache)

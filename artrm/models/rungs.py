@@ -156,6 +156,13 @@ class RecursiveLM(nn.Module):
     if not self.rung.tied and steps != cfg.n_layer:
       raise ValueError(f'{cfg.name} has {cfg.n_layer} distinct blocks; it cannot run '
                        f'{steps} inference steps. Use a weight-tied rung for step scaling.')
+    if cache is not None:
+      from artrm.models.compute import block_passes   # compute imports this module
+      if cache.key_PxBxHxSxD.shape[0] < block_passes(cfg, steps):
+        # dynamic_update_slice would clamp the pass index and overwrite silently.
+        raise ValueError(f'The KV cache holds {cache.key_PxBxHxSxD.shape[0]} block passes but '
+                         f'{steps} steps run {block_passes(cfg, steps)}: build it with '
+                         'decoding.init_cache(model, ..., inference_steps) for these steps.')
     start = 0 if cache is None else cache.index
     x_BxTxC = self.tok_emb(idx_BxT) + jax.lax.dynamic_slice_in_dim(self.pos_emb, start, T)
     if cache is not None and self.rung.halting == 'act':
@@ -295,7 +302,7 @@ class RecursiveLM(nn.Module):
     carry0 = (self._stream_init(x_BxTxC), jnp.zeros((B,), bool), passes, zero)
     (stream, _, passes, taken), _ = SCAN(body)(self, carry0, jnp.arange(steps))
     if passes.kv is not None:
-      passes = passes._replace(kv=passes.kv._replace(steps=taken))
+      passes = passes._replace(kv=passes.kv._replace(steps=jnp.broadcast_to(taken, (B,))))
     return stream[0], passes, {'steps_taken': taken}
 
 
