@@ -8,7 +8,7 @@ The timed step is the training loop's own (`train.make_step_fn`) for one seed
 The setups are the paper-comparison table's: `small` and `paper` train on
 addition at L = 10 (rows of the examples' 34 tokens; the paper's code pads rows
 to block_size, so both token counts are kept), `eval` decodes at L = 10 and 50
-with `decoding.generate` and, where it exists, `decoding.generate_cached`.
+with `decoding.generate` and `decoding.generate_cached`.
 
 Model FLOPs are counted analytically (`step_flops`), not read from XLA, whose
 cost analysis counts a scan body once however many steps it runs.
@@ -218,8 +218,8 @@ def bench_train(config, model, steps: int, warmup: int) -> tuple[dict, Any]:
 def bench_decode(fn, model, params, prompts_NxP, answer_len: int, repeats: int,
                  full_compute: bool) -> tuple[dict, np.ndarray]:
   """Greedy answers of one batch: first call (compile + run), the median of `repeats`, answers."""
-  kwargs = dict(full_compute=True) if full_compute else {}   # the cached decoder may lack it
-  call = lambda: fn(model, params, prompts_NxP, answer_len, decoding='greedy', **kwargs)
+  call = lambda: fn(model, params, prompts_NxP, answer_len, decoding='greedy',
+                    full_compute=full_compute)
   start = time.perf_counter()
   answers = jax.block_until_ready(call())
   first_seconds = time.perf_counter() - start
@@ -230,24 +230,26 @@ def bench_decode(fn, model, params, prompts_NxP, answer_len: int, repeats: int,
 
 
 def bench_eval(setup: Setup, model, params, repeats: int, full_compute: bool) -> dict:
-  """{L: numbers of `generate` and, where it exists, `generate_cached`} at each eval length.
+  """{L: numbers of `generate` and `generate_cached`} at each eval length.
 
   `prompt_block_passes` is what one forward over the batch of prompts executed:
-  with early stop (ACT, TRM) decoding cost depends on the params' halting.
+  with early stop (ACT, TRM) decoding cost depends on the params' halting;
+  `prompt_forward_seconds` its median time, the prefill part of decoding.
   """
-  cached = getattr(decoding, 'generate_cached', None)   # optional: a KV-cache decoder
-  forward = jax.jit(lambda p, x: model.apply({'params': p}, x, full_compute=full_compute)[1])
+  # Logits and aux: aux alone would let XLA drop the work being timed.
+  forward = jax.jit(lambda p, x: model.apply({'params': p}, x, full_compute=full_compute))
   out = {}
   for L in setup.eval_lengths:
     prompts_NxP, answers_NxA = eval_set(setup.task, L, setup.eval_batch, 0)
     prompts_NxP, answer_len = jnp.asarray(prompts_NxP), answers_NxA.shape[1]
-    by_fn = dict(prompt_block_passes=int(forward(params, prompts_NxP)['block_passes']))
+    by_fn = dict(prompt_block_passes=int(forward(params, prompts_NxP)[1]['block_passes']),
+                 prompt_forward_seconds=statistics.median(
+                     _timed(lambda: forward(params, prompts_NxP), repeats, warmup=0)[0]))
     by_fn['generate'], reference = bench_decode(decoding.generate, model, params, prompts_NxP,
                                                 answer_len, repeats, full_compute)
-    if cached is not None:
-      by_fn['generate_cached'], answers = bench_decode(cached, model, params, prompts_NxP,
-                                                       answer_len, repeats, full_compute)
-      by_fn['generate_cached']['matches_generate'] = bool(np.array_equal(answers, reference))
+    by_fn['generate_cached'], answers = bench_decode(decoding.generate_cached, model, params,
+                                                     prompts_NxP, answer_len, repeats, full_compute)
+    by_fn['generate_cached']['matches_generate'] = bool(np.array_equal(answers, reference))
     out[L] = by_fn
   return out
 

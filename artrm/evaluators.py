@@ -70,11 +70,11 @@ class LengthEvaluator:
     prompts_NxP, answers_NxA = eval_set(self.task, L, self.n_samples, self.seed)
     B = min(self.batch_size, self.n_samples)
     length_key = jax.random.fold_in(jax.random.key(self.sample_seed), L)
+    generate = decoding.generate_cached if self.kv_cache else decoding.generate
     preds = []
     for chunk, start in enumerate(range(0, self.n_samples, B)):
       prompts_BxP = prompts_NxP[start:start + B]
       padded_BxP = np.pad(prompts_BxP, ((0, B - len(prompts_BxP)), (0, 0)), mode='edge')
-      generate = decoding.generate_cached if self.kv_cache else decoding.generate
       pred_BxA = generate(
           model, params, jnp.asarray(padded_BxP), answers_NxA.shape[1], decoding=self.decoding,
           key=jax.random.fold_in(length_key, chunk), inference_steps=self.inference_steps,

@@ -20,9 +20,8 @@ def _numbers(tree):
   return [tree] if isinstance(tree, (int, float)) and not isinstance(tree, bool) else []
 
 
-def test_micro_run_writes_json(tmp_path, monkeypatch):
-  # Two cheap rungs, and only the reference decoder: compiles are most of the cost.
-  monkeypatch.delattr(bench.decoding, 'generate_cached', raising=False)
+def test_micro_run_writes_json(tmp_path):
+  # Two cheap rungs: compiles are most of the cost.
   result = bench.run_benchmark(MICRO, rungs=('gpt', 'gpt_level1'), steps=2, warmup=1,
                                eval_repeats=1, peak=1e12)
   path = bench.write_results(result, str(tmp_path / 'micro.json'))
@@ -37,6 +36,8 @@ def test_micro_run_writes_json(tmp_path, monkeypatch):
     assert t['fwd_passes'] == t['bwd_passes'] == 4 and t['flops_per_step'] > 0
     assert 0 < t['mfu'] and t['step_program_bytes'] > 0 and row['peak_memory_bytes'] > 0
     assert row['eval']['3']['generate']['sequences_per_sec'] > 0
+    assert row['eval']['3']['prompt_forward_seconds'] > 0
+    assert row['eval']['3']['generate_cached']['matches_generate'] is True
     numbers = _numbers(row)
     assert numbers and all(math.isfinite(x) and x >= 0 for x in numbers)
   assert '| gpt_level1 ' in bench.markdown(result)
