@@ -1,8 +1,11 @@
 """Speed of the seven rungs: compile time, step time, tokens/s, FLOPs, MFU, memory, decoding.
 
 The timed step is the training loop's own (`train.make_step_fn`) for one seed
-(run unvmapped, so early stops skip work) on one device: the numbers are those
-`artrm train` runs at. Step times are medians of steps synchronised one by one;
+(run unvmapped, so early stops skip work), on one device or data-parallel over
+`devices`: the numbers are those `artrm train` runs at. On a CPU host, one
+device per core (`XLA_FLAGS="--xla_force_host_platform_device_count=2
+--xla_cpu_multi_thread_eigen=false"`, `devices=2`) runs every op on both cores,
+where one device leaves the small ops of a small model on one. Step times are medians of steps synchronised one by one;
 `pipelined_step_seconds` is the mean without syncs, as the loop dispatches.
 
 The setups are the paper-comparison table's: `small` and `paper` train on
@@ -172,9 +175,10 @@ def _timed(fn, n: int, warmup: int) -> tuple[list[float], list[Any]]:
   return times, outs
 
 
-def bench_train(config, model, steps: int, warmup: int) -> tuple[dict, Any]:
-  """Compile and time the jitted training step; returns (numbers, params after training)."""
-  mesh = parallel.data_mesh(jax.devices()[:1])
+def bench_train(config, model, steps: int, warmup: int, devices: int = 1) -> tuple[dict, Any]:
+  """Compile and time the jitted training step, data-parallel over the first `devices`;
+  returns (numbers, params after training)."""
+  mesh = parallel.data_mesh(jax.devices()[:devices])
   optimizer = train.make_optimizer(config.optimizer)
   state = jax.device_put(train.init_seeds(model, optimizer, train.seeds_of(config)),
                          parallel.replicated(mesh))
@@ -256,14 +260,22 @@ def bench_eval(setup: Setup, model, params, repeats: int, full_compute: bool) ->
 
 def run_benchmark(setup: Setup, rungs: Sequence[str] = tuple(RUNGS), steps: int = 20,
                   warmup: int = 3, eval_repeats: int = 5, full_compute: bool = False,
-                  peak: float | None = None, verbose: bool = False) -> dict:
+                  peak: float | None = None, devices: int = 1, verbose: bool = False) -> dict:
   """Measures each rung under `setup`; returns a JSON-ready dict (see `write_results`).
 
-  `peak` (FLOP/s) overrides the table of known devices; without either, MFU is omitted.
+  `peak` (FLOP/s per device) overrides the table of known devices; without either, MFU
+  is omitted. Training steps run data-parallel over the first `devices` local devices
+  (MFU against all of their peaks); decoding on the first.
   """
   if steps < 1 or warmup < 0 or eval_repeats < 1:
     raise ValueError(f'Need steps >= 1, warmup >= 0 and eval_repeats >= 1; got {steps}, '
                      f'{warmup}, {eval_repeats}.')
+  if not 1 <= devices <= jax.local_device_count():
+    raise ValueError(f'devices={devices}, but this process has {jax.local_device_count()} '
+                     'local devices; on CPU make more with XLA_FLAGS='
+                     f'--xla_force_host_platform_device_count={devices}.')
+  if setup.train:
+    parallel.check_batch_divisible(setup.batch_size, parallel.data_mesh(jax.devices()[:devices]))
   for rung in rungs:   # fail before any work
     get_rung(rung)
   task = get_task(setup.task)
@@ -275,7 +287,7 @@ def run_benchmark(setup: Setup, rungs: Sequence[str] = tuple(RUNGS), steps: int 
   peak = peak or peak_flops(device['device_kind'])
   result = dict(device=device, setup=dataclasses.asdict(setup),
                 settings=dict(steps=steps, warmup=warmup, eval_repeats=eval_repeats,
-                              full_compute=full_compute, peak_flops=peak,
+                              full_compute=full_compute, peak_flops=peak, devices=devices,
                               peak_flops_basis=basis if peak else None,
                               eval_params='after the timed steps' if setup.train else 'initial'),
                 rungs={})
@@ -287,9 +299,9 @@ def run_benchmark(setup: Setup, rungs: Sequence[str] = tuple(RUNGS), steps: int 
     row = dict(title=get_rung(rung).title, n_layer=mc.n_layer, n_outer_loops=H, n_inner_loops=L,
                remat=mc.remat)
     if setup.train:
-      row['train'], params = bench_train(config, model, steps, warmup)
+      row['train'], params = bench_train(config, model, steps, warmup, devices)
       if peak:
-        row['train']['mfu'] = row['train']['flops_per_sec'] / peak
+        row['train']['mfu'] = row['train']['flops_per_sec'] / (devices * peak)
     else:
       params = init_params(model, jax.random.key(config.seed))
     row['n_params'] = sum(x.size for x in jax.tree.leaves(params))

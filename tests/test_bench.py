@@ -44,6 +44,18 @@ def test_micro_run_writes_json(tmp_path):
   assert bench.default_path(result).startswith('benchmarks/results/')
 
 
+def test_data_parallel_step():
+  """--devices=2 shards the batch over the two fake CPU devices; MFU counts both peaks."""
+  one, two = (bench.run_benchmark(MICRO, rungs=('gpt',), steps=1, warmup=0,
+                                  eval_repeats=1, peak=1e12, devices=n) for n in (1, 2))
+  assert two['settings']['devices'] == 2
+  t1, t2 = one['rungs']['gpt']['train'], two['rungs']['gpt']['train']
+  assert t2['flops_per_step'] == t1['flops_per_step']
+  assert t2['mfu'] == pytest.approx(t2['flops_per_sec'] / 2e12)
+  # Same batch, same dropout masks: the loss does not depend on the split.
+  assert t2['loss'] == pytest.approx(t1['loss'], rel=1e-5)
+
+
 def test_flops_by_hand():
   """trm, H = 2, L = 2, one step: 6 passes forward, the last cycle's 3 backward."""
   mc = ModelConfig(name='trm', n_embd=4, n_head=2, n_layer=1, n_outer_loops=2, n_inner_loops=2)
@@ -62,6 +74,10 @@ def test_errors():
     bench.get_setup('huge')
   with pytest.raises(ValueError, match='Unknown model'):
     bench.run_benchmark(MICRO, rungs=('gpt', 'transformer'))
+  with pytest.raises(ValueError, match='device_count=3'):
+    bench.run_benchmark(MICRO, rungs=('gpt',), devices=3)
+  with pytest.raises(ValueError, match='does not split over 2 devices'):
+    bench.run_benchmark(MICRO.replace(batch_size=3), rungs=('gpt',), devices=2)
   with pytest.raises(ValueError, match='needs 152 positions'):
     bench.run_benchmark(bench.SETUPS['small'].replace(eval_lengths=(50,)))
   assert bench.peak_flops('NVIDIA H100 PCIe') == 378e12
