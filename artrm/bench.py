@@ -2,11 +2,12 @@
 
 The timed step is the training loop's own (`train.make_step_fn`) for one seed
 (run unvmapped, so early stops skip work), on one device or data-parallel over
-`devices`: the numbers are those `artrm train` runs at. On a CPU host, one
-device per core (`XLA_FLAGS="--xla_force_host_platform_device_count=2
---xla_cpu_multi_thread_eigen=false"`, `devices=2`) runs every op on both cores,
-where one device leaves the small ops of a small model on one. Step times are medians of steps synchronised one by one;
-`pipelined_step_seconds` is the mean without syncs, as the loop dispatches.
+`devices`, and decoding splits its batch the same way: the numbers are those
+`artrm train` runs at. On a CPU host, one device per core (`XLA_FLAGS=
+"--xla_force_host_platform_device_count=2 --xla_cpu_multi_thread_eigen=false"`,
+`devices=2`) runs every op on both cores, where one device leaves the many small
+ops of a small model on one. Step times are medians of steps synchronised one
+by one; `pipelined_step_seconds` is the mean without syncs, as the loop dispatches.
 
 The setups are the paper-comparison table's: `small` and `paper` train on
 addition at L = 10 (rows of the examples' 34 tokens; the paper's code pads rows
@@ -175,10 +176,10 @@ def _timed(fn, n: int, warmup: int) -> tuple[list[float], list[Any]]:
   return times, outs
 
 
-def bench_train(config, model, steps: int, warmup: int, devices: int = 1) -> tuple[dict, Any]:
-  """Compile and time the jitted training step, data-parallel over the first `devices`;
-  returns (numbers, params after training)."""
-  mesh = parallel.data_mesh(jax.devices()[:devices])
+def bench_train(config, model, steps: int, warmup: int, mesh: jax.sharding.Mesh
+                ) -> tuple[dict, Any]:
+  """Compile and time the jitted training step, data-parallel over `mesh`; returns
+  (numbers, params after training)."""
   optimizer = train.make_optimizer(config.optimizer)
   state = jax.device_put(train.init_seeds(model, optimizer, train.seeds_of(config)),
                          parallel.replicated(mesh))
@@ -233,8 +234,10 @@ def bench_decode(fn, model, params, prompts_NxP, answer_len: int, repeats: int,
               sequences_per_sec=len(prompts_NxP) / seconds), np.asarray(answers)
 
 
-def bench_eval(setup: Setup, model, params, repeats: int, full_compute: bool) -> dict:
-  """{L: numbers of `generate` and `generate_cached`} at each eval length.
+def bench_eval(setup: Setup, model, params, repeats: int, full_compute: bool,
+               mesh: jax.sharding.Mesh) -> dict:
+  """{L: numbers of `generate` and `generate_cached`} at each eval length, the batch of
+  prompts split over `mesh` as the evaluator splits it.
 
   `prompt_block_passes` is what one forward over the batch of prompts executed:
   with early stop (ACT, TRM) decoding cost depends on the params' halting;
@@ -245,7 +248,7 @@ def bench_eval(setup: Setup, model, params, repeats: int, full_compute: bool) ->
   out = {}
   for L in setup.eval_lengths:
     prompts_NxP, answers_NxA = eval_set(setup.task, L, setup.eval_batch, 0)
-    prompts_NxP, answer_len = jnp.asarray(prompts_NxP), answers_NxA.shape[1]
+    prompts_NxP, answer_len = parallel.shard_batch(prompts_NxP, mesh), answers_NxA.shape[1]
     by_fn = dict(prompt_block_passes=int(forward(params, prompts_NxP)[1]['block_passes']),
                  prompt_forward_seconds=statistics.median(
                      _timed(lambda: forward(params, prompts_NxP), repeats, warmup=0)[0]))
@@ -264,8 +267,8 @@ def run_benchmark(setup: Setup, rungs: Sequence[str] = tuple(RUNGS), steps: int 
   """Measures each rung under `setup`; returns a JSON-ready dict (see `write_results`).
 
   `peak` (FLOP/s per device) overrides the table of known devices; without either, MFU
-  is omitted. Training steps run data-parallel over the first `devices` local devices
-  (MFU against all of their peaks); decoding on the first.
+  is omitted. Training steps and decoding run data-parallel over the first `devices`
+  local devices (MFU against all of their peaks).
   """
   if steps < 1 or warmup < 0 or eval_repeats < 1:
     raise ValueError(f'Need steps >= 1, warmup >= 0 and eval_repeats >= 1; got {steps}, '
@@ -274,8 +277,9 @@ def run_benchmark(setup: Setup, rungs: Sequence[str] = tuple(RUNGS), steps: int 
     raise ValueError(f'devices={devices}, but this process has {jax.local_device_count()} '
                      'local devices; on CPU make more with XLA_FLAGS='
                      f'--xla_force_host_platform_device_count={devices}.')
+  mesh = parallel.data_mesh(jax.devices()[:devices])
   if setup.train:
-    parallel.check_batch_divisible(setup.batch_size, parallel.data_mesh(jax.devices()[:devices]))
+    parallel.check_batch_divisible(setup.batch_size, mesh)
   for rung in rungs:   # fail before any work
     get_rung(rung)
   task = get_task(setup.task)
@@ -299,13 +303,14 @@ def run_benchmark(setup: Setup, rungs: Sequence[str] = tuple(RUNGS), steps: int 
     row = dict(title=get_rung(rung).title, n_layer=mc.n_layer, n_outer_loops=H, n_inner_loops=L,
                remat=mc.remat)
     if setup.train:
-      row['train'], params = bench_train(config, model, steps, warmup, devices)
+      row['train'], params = bench_train(config, model, steps, warmup, mesh)
       if peak:
         row['train']['mfu'] = row['train']['flops_per_sec'] / (devices * peak)
     else:
       params = init_params(model, jax.random.key(config.seed))
     row['n_params'] = sum(x.size for x in jax.tree.leaves(params))
-    row['eval'] = bench_eval(setup, model, params, eval_repeats, full_compute)
+    row['eval'] = bench_eval(setup, model, jax.device_put(params, parallel.replicated(mesh)),
+                             eval_repeats, full_compute, mesh)
     row.update(peak_memory())
     result['rungs'][rung] = row
     if verbose:

@@ -39,7 +39,8 @@ def evaluate_loaded(config, model, state, step: int, workdir: str, name: str,
   """{seed: {length: metrics}}; `overrides` change only how it is evaluated."""
   evaluator = train.evaluator_for(config, **(overrides or {}))
   evaluator.check_fits(model.config.block_size)
-  results = train.evaluate_seeds(evaluator, model, state.params, train.seeds_of(config))
+  results = train.evaluate_seeds(evaluator, model, state.params, train.seeds_of(config),
+                                 parallel.data_mesh())   # where load_checkpoint put the params
   for seed, by_length in results.items():
     evaluator.write(by_length, workdir, step, name=f'{name}_seed{seed}')
   return results

@@ -6,10 +6,9 @@ import json
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from artrm import decoding
+from artrm import decoding, parallel
 from artrm.data import eval_set, get_task
 from artrm.metrics import answer_metrics
 
@@ -65,8 +64,9 @@ class LengthEvaluator:
       decoding.check_fits(block_size, task.prompt_len(L), task.answer_len(L),
                           what=f'{self.task} at length {L}')
 
-  def predict(self, model, params, L: int) -> tuple[np.ndarray, np.ndarray]:
-    """(predicted, true) answers [n_samples, A] at length L."""
+  def predict(self, model, params, L: int, mesh=None) -> tuple[np.ndarray, np.ndarray]:
+    """(predicted, true) answers [n_samples, A] at length L; with `mesh` (params replicated
+    on it) each chunk is split over its devices (`parallel.shard_batch`)."""
     prompts_NxP, answers_NxA = eval_set(self.task, L, self.n_samples, self.seed)
     B = min(self.batch_size, self.n_samples)
     length_key = jax.random.fold_in(jax.random.key(self.sample_seed), L)
@@ -76,16 +76,17 @@ class LengthEvaluator:
       prompts_BxP = prompts_NxP[start:start + B]
       padded_BxP = np.pad(prompts_BxP, ((0, B - len(prompts_BxP)), (0, 0)), mode='edge')
       pred_BxA = generate(
-          model, params, jnp.asarray(padded_BxP), answers_NxA.shape[1], decoding=self.decoding,
+          model, params, parallel.shard_batch(padded_BxP, mesh), answers_NxA.shape[1],
+          decoding=self.decoding,
           key=jax.random.fold_in(length_key, chunk), inference_steps=self.inference_steps,
           full_compute=self.full_compute)
       preds.append(np.asarray(pred_BxA)[:len(prompts_BxP)])
     return np.concatenate(preds), answers_NxA
 
-  def run(self, model, params) -> dict[int, dict]:
+  def run(self, model, params, mesh=None) -> dict[int, dict]:
     """{length: metrics} (see `artrm.metrics.answer_metrics`)."""
     self.check_fits(model.config.block_size)
-    return {L: answer_metrics(*self.predict(model, params, L)) for L in self.lengths}
+    return {L: answer_metrics(*self.predict(model, params, L, mesh)) for L in self.lengths}
 
   def settings(self) -> dict:
     """What an evaluation's numbers depend on, beyond the params."""

@@ -8,6 +8,7 @@ from the same key (threefry is partitionable), and params are replicated.
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -40,6 +41,18 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
+
+
+def shard_batch(x, mesh: Mesh | None) -> jax.Array:
+  """`x` split over `mesh` along its leading axis, so a jitted call on it (decoding) runs
+  data-parallel; on one device, or where the axis does not divide, where JAX puts it.
+
+  Single-process only: with several processes the output would not be addressable here.
+  """
+  if mesh is None or mesh.devices.size == 1 or x.shape[0] % mesh.devices.size or (
+      jax.process_count() > 1):
+    return jnp.asarray(x)
+  return jax.device_put(x, batch_sharding(mesh))
 
 
 def check_batch_divisible(batch_size: int, mesh: Mesh):

@@ -153,9 +153,11 @@ def eval_scalars(results: dict[int, dict]) -> dict[str, float]:
           if not isinstance(v, (list, tuple, np.ndarray))}
 
 
-def evaluate_seeds(evaluator: LengthEvaluator, model, params, seeds: list[int]) -> dict[int, dict]:
-  """{seed: {length: metrics}} for params stacked over seeds."""
-  return {seed: evaluator.run(model, seed_slice(params, i)) for i, seed in enumerate(seeds)}
+def evaluate_seeds(evaluator: LengthEvaluator, model, params, seeds: list[int],
+                   mesh: jax.sharding.Mesh | None = None) -> dict[int, dict]:
+  """{seed: {length: metrics}} for params stacked over seeds (replicated on `mesh`, over
+  whose devices the prompts are split)."""
+  return {seed: evaluator.run(model, seed_slice(params, i), mesh) for i, seed in enumerate(seeds)}
 
 
 def config_dict(config: ml_collections.ConfigDict) -> dict:
@@ -258,7 +260,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           writer.write(step, 'train', dict(seed=seed, **record))
         bar.set_postfix(loss=f'{np.mean([r["loss"] for r in logged]):.4f}')
       if is_eval:
-        results = evaluate_seeds(evaluator, model, state.params, seeds)
+        results = evaluate_seeds(evaluator, model, state.params, seeds, mesh)
         for seed, by_length in results.items():
           writer.write(step, 'eval', dict(seed=seed, **eval_scalars(by_length)))
           if is_main:
@@ -279,7 +281,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if not results:   # nothing trained now: reuse the final evaluation, or make it
     final = read_final_eval(workdir)
     done = final is not None and final['step'] == int(state.step[0])
-    results = final['results'] if done else evaluate_seeds(evaluator, model, state.params, seeds)
+    results = final['results'] if done else evaluate_seeds(evaluator, model, state.params, seeds, mesh)
   if is_main:
     with open(os.path.join(workdir, FINAL_EVAL), 'w') as f:
       json.dump(dict(step=int(state.step[0]), results=results), f, indent=1)

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from artrm import decoding
+from artrm import decoding, parallel
 from artrm.data import eval_set
 from artrm.evaluators import LengthEvaluator, metric_rows
 from artrm.metrics import answer_metrics
@@ -193,3 +193,19 @@ def test_evaluator_kv_cache_gives_the_same_metrics(name):
   cached, reference = run(True), run(False)
   assert cached == reference
   assert any(m['char_acc'] not in (0.0, 1.0) for m in reference.values()), 'a trivial case'
+
+
+@pytest.mark.parametrize('decoding_rule', ['greedy', 'sample'])
+def test_evaluator_split_over_devices_gives_the_same_metrics(decoding_rule):
+  """Prompts split over 2 fake devices (params replicated there): the same answers, sampled
+  ones too (threefry is partitionable), with per-sequence TRM halting."""
+  model, params = params_for('trm')
+  mesh = parallel.data_mesh()
+  assert mesh.devices.size == 2, 'conftest fakes two CPU devices'
+  chunk = parallel.shard_batch(np.zeros((4, 3), np.int32), mesh)
+  assert chunk.sharding.spec == jax.sharding.PartitionSpec(parallel.DATA_AXIS)
+  assert parallel.shard_batch(np.zeros((3, 3), np.int32), mesh).sharding.is_fully_replicated
+  evaluator = LengthEvaluator('copy', [3, 5], n_samples=6, seed=0, batch_size=4,
+                              decoding=decoding_rule, kv_cache=True)
+  split = evaluator.run(model, jax.device_put(params, parallel.replicated(mesh)), mesh)
+  assert split == evaluator.run(model, params)
