@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from artrm import decoding, parallel, train
+from artrm import decoding, parallel, profiling, train
 from artrm.configs import common
 from artrm.data import eval_set, get_task
 from artrm.models import RUNGS, ModelConfig, build_model, get_rung, init_params
@@ -68,6 +68,8 @@ SETUPS = {
     'eval': Setup('eval', n_embd=128, n_head=4, budget=12, batch_size=32, block_size=180,
                   train=False, eval_lengths=(10, 50)),
 }
+
+PROFILED_CALLS = 3   # steps or decoding calls per profiler trace (--profile_dir)
 
 # Dense peak FLOP/s per device by matmul input type. JAX's default precision
 # runs float32 matmuls as TF32 on Hopper, so that is the basis of f32 models.
@@ -176,10 +178,11 @@ def _timed(fn, n: int, warmup: int) -> tuple[list[float], list[Any]]:
   return times, outs
 
 
-def bench_train(config, model, steps: int, warmup: int, mesh: jax.sharding.Mesh
-                ) -> tuple[dict, Any]:
+def bench_train(config, model, steps: int, warmup: int, mesh: jax.sharding.Mesh,
+                profile_dir: str | None = None) -> tuple[dict, Any]:
   """Compile and time the jitted training step, data-parallel over `mesh`; returns
-  (numbers, params after training)."""
+  (numbers, params after training). With `profile_dir`, three more steps are traced
+  there and summarised (`profiling.summarize`)."""
   optimizer = train.make_optimizer(config.optimizer)
   state = jax.device_put(train.init_seeds(model, optimizer, train.seeds_of(config)),
                          parallel.replicated(mesh))
@@ -214,6 +217,8 @@ def bench_train(config, model, steps: int, warmup: int, mesh: jax.sharding.Mesh
       steps_taken=float(np.mean([m['steps_taken'] for m in metrics])),
       flops_per_step=flops, flops_per_sec=flops / seconds,
       loss=float(metrics[-1]['loss'][0]))
+  if profile_dir:
+    out['profile'] = profiling.trace(step, PROFILED_CALLS, profile_dir)
   if memory is not None:
     out['step_program_bytes'] = int(memory.argument_size_in_bytes + memory.output_size_in_bytes
                                     + memory.temp_size_in_bytes - memory.alias_size_in_bytes)
@@ -235,9 +240,10 @@ def bench_decode(fn, model, params, prompts_NxP, answer_len: int, repeats: int,
 
 
 def bench_eval(setup: Setup, model, params, repeats: int, full_compute: bool,
-               mesh: jax.sharding.Mesh) -> dict:
+               mesh: jax.sharding.Mesh, profile_dir: str | None = None) -> dict:
   """{L: numbers of `generate` and `generate_cached`} at each eval length, the batch of
-  prompts split over `mesh` as the evaluator splits it.
+  prompts split over `mesh` as the evaluator splits it; with `profile_dir`, cached
+  decoding traced there (`<profile_dir>/L<L>`) and summarised.
 
   `prompt_block_passes` is what one forward over the batch of prompts executed:
   with early stop (ACT, TRM) decoding cost depends on the params' halting;
@@ -257,18 +263,26 @@ def bench_eval(setup: Setup, model, params, repeats: int, full_compute: bool,
     by_fn['generate_cached'], answers = bench_decode(decoding.generate_cached, model, params,
                                                      prompts_NxP, answer_len, repeats, full_compute)
     by_fn['generate_cached']['matches_generate'] = bool(np.array_equal(answers, reference))
+    if profile_dir:
+      by_fn['generate_cached']['profile'] = profiling.trace(
+          lambda: decoding.generate_cached(model, params, prompts_NxP, answer_len,
+                                           decoding='greedy', full_compute=full_compute),
+          PROFILED_CALLS, os.path.join(profile_dir, f'L{L}'))
     out[L] = by_fn
   return out
 
 
 def run_benchmark(setup: Setup, rungs: Sequence[str] = tuple(RUNGS), steps: int = 20,
                   warmup: int = 3, eval_repeats: int = 5, full_compute: bool = False,
-                  peak: float | None = None, devices: int = 1, verbose: bool = False) -> dict:
+                  peak: float | None = None, devices: int = 1, profile_dir: str | None = None,
+                  verbose: bool = False) -> dict:
   """Measures each rung under `setup`; returns a JSON-ready dict (see `write_results`).
 
   `peak` (FLOP/s per device) overrides the table of known devices; without either, MFU
   is omitted. Training steps and decoding run data-parallel over the first `devices`
-  local devices (MFU against all of their peaks).
+  local devices (MFU against all of their peaks). `profile_dir` adds a profiler trace
+  per rung of training (`<profile_dir>/<rung>/train`) and cached decoding, summarised
+  under `profile` in the JSON.
   """
   if steps < 1 or warmup < 0 or eval_repeats < 1:
     raise ValueError(f'Need steps >= 1, warmup >= 0 and eval_repeats >= 1; got {steps}, '
@@ -303,22 +317,33 @@ def run_benchmark(setup: Setup, rungs: Sequence[str] = tuple(RUNGS), steps: int 
     row = dict(title=get_rung(rung).title, n_layer=mc.n_layer, n_outer_loops=H, n_inner_loops=L,
                remat=mc.remat)
     if setup.train:
-      row['train'], params = bench_train(config, model, steps, warmup, mesh)
+      row['train'], params = bench_train(config, model, steps, warmup, mesh,
+                                         profile_dir and os.path.join(profile_dir, rung, 'train'))
       if peak:
         row['train']['mfu'] = row['train']['flops_per_sec'] / (devices * peak)
     else:
       params = init_params(model, jax.random.key(config.seed))
     row['n_params'] = sum(x.size for x in jax.tree.leaves(params))
     row['eval'] = bench_eval(setup, model, jax.device_put(params, parallel.replicated(mesh)),
-                             eval_repeats, full_compute, mesh)
+                             eval_repeats, full_compute, mesh,
+                             profile_dir and os.path.join(profile_dir, rung, 'decode'))
     row.update(peak_memory())
     result['rungs'][rung] = row
     if verbose:
       print(', '.join(f'{k} {v}' for k, v in summary_row(rung, row).items()), flush=True)
+      for what, profile in _profiles(row):
+        print(f'  {what}: {profiling.describe(profile)}', flush=True)
   return result
 
 
 # ----------------------------------------------------------------- output ---
+
+def _profiles(row: dict) -> list[tuple[str, dict]]:
+  """(what, summary) of each profiler trace a rung's row holds."""
+  out = [('train step', row['train']['profile'])] if 'profile' in row.get('train', {}) else []
+  return out + [(f'generate_cached L={L}', by_fn['generate_cached']['profile'])
+                for L, by_fn in row['eval'].items() if 'profile' in by_fn['generate_cached']]
+
 
 def summary_row(rung: str, row: dict) -> dict[str, str]:
   """One table row of formatted cells."""

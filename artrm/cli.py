@@ -60,6 +60,8 @@ flags.DEFINE_enum('remat', None, ['none', 'full', 'dots'],
 flags.DEFINE_list('versus_paper', None,
                   'bench: only print saved CPU results (JSON paths) against the paper\'s code.')
 flags.DEFINE_float('peak_flops', None, 'bench: device peak FLOP/s for MFU (default: known GPUs).')
+flags.DEFINE_string('profile_dir', None, 'bench: also write a profiler trace per rung there and '
+                    'summarise it (cores busy, time per op kind) in the JSON.')
 flags.DEFINE_integer('devices', 1, 'bench: train data-parallel over this many local devices (CPU: '
                      'XLA_FLAGS=--xla_force_host_platform_device_count=N makes them).')
 
@@ -139,7 +141,8 @@ def _bench(argv):
   result = bench.run_benchmark(setup, FLAGS.rungs or tuple(bench.RUNGS), steps=FLAGS.steps,
                                warmup=FLAGS.warmup, eval_repeats=FLAGS.eval_repeats,
                                full_compute=bool(FLAGS.full_compute), peak=FLAGS.peak_flops,
-                               devices=FLAGS.devices, verbose=True)
+                               devices=FLAGS.devices, profile_dir=FLAGS.profile_dir,
+                               verbose=True)
   print('\n' + bench.markdown(result))
   print(f'wrote {bench.write_results(result, FLAGS.out)}')
 

@@ -56,6 +56,21 @@ def test_data_parallel_step():
   assert t2['loss'] == pytest.approx(t1['loss'], rel=1e-5)
 
 
+def test_profile_dir(tmp_path):
+  """--profile_dir traces the training step and cached decoding of each rung and
+  summarises what it ran."""
+  result = bench.run_benchmark(MICRO, rungs=('gpt',), steps=1, warmup=0, eval_repeats=1,
+                               profile_dir=str(tmp_path))
+  row = result['rungs']['gpt']
+  for profile, where in ((row['train']['profile'], 'gpt/train'),
+                         (row['eval'][3]['generate_cached']['profile'], 'gpt/decode/L3')):
+    assert profile['trace_dir'] == str(tmp_path / where) and profile['calls'] == bench.PROFILED_CALLS
+    assert list(tmp_path.glob(f'{where}/**/perfetto_trace.json.gz'))
+    assert profile['span_ms'] > 0 and profile['op_ms']
+    assert 0 < profile['cpu_busy_fraction'] <= 1
+    assert max(profile['thread_busy_ms']) <= profile['span_ms']
+
+
 def test_flops_by_hand():
   """trm, H = 2, L = 2, one step: 6 passes forward, the last cycle's 3 backward."""
   mc = ModelConfig(name='trm', n_embd=4, n_head=2, n_layer=1, n_outer_loops=2, n_inner_loops=2)

@@ -1,0 +1,100 @@
+"""Where a call's time goes: an XLA profiler trace of a few calls, summarised.
+
+Step times say how fast; the trace says why. It records every op XLA ran and
+on which thread, so its summary answers the two questions that decide what to
+optimise on a host: how busy the compute threads were while the calls ran
+(a small model leaves cores idle between many small ops) and which kinds of op
+take the time. The trace itself stays on disk for Perfetto or TensorBoard.
+`artrm bench --profile_dir=DIR` writes and summarises one per rung.
+"""
+
+import collections
+import glob
+import gzip
+import json
+import os
+import re
+from typing import Any, Callable
+
+import jax
+
+_TRACE_FILE = 'perfetto_trace.json.gz'
+
+
+def trace(fn: Callable[[], Any], calls: int, logdir: str, top: int = 10) -> dict:
+  """Runs `fn()` `calls` times, each synchronised, under the profiler; its `summarize`."""
+  with jax.profiler.trace(logdir, create_perfetto_trace=True):
+    for _ in range(calls):
+      jax.block_until_ready(fn())
+  return summarize(logdir, calls, top)
+
+
+def op_kind(name: str) -> str:
+  """'fusion.12' -> 'fusion': XLA numbers each instance of an op kind."""
+  return re.sub(r'\.\d+$', '', name)
+
+
+def _is_op(event: dict) -> bool:
+  """XLA ops, not Python frames ('$file.py:12 fn') or runtime bookkeeping ('Pool::Await')."""
+  return event.get('ph') == 'X' and not event['name'].startswith('$') and '::' not in event['name']
+
+
+def _self_and_busy(events: list[dict]) -> tuple[dict[str, float], float]:
+  """Self time per op kind (an op's duration less its nested ops', so a `while` is
+  not counted on top of its body) and busy time (the union) of one thread's ops, in us."""
+  self_us: dict[str, float] = collections.defaultdict(float)
+  busy, stack = 0.0, []   # stack: [end, kind] of the enclosing ops
+  for e in sorted(events, key=lambda e: (e['ts'], -e['dur'])):
+    while stack and stack[-1][0] <= e['ts']:
+      stack.pop()
+    if stack:
+      self_us[stack[-1][1]] -= e['dur']
+    else:
+      busy += e['dur']
+    kind = op_kind(e['name'])
+    self_us[kind] += e['dur']
+    stack.append([e['ts'] + e['dur'], kind])
+  return self_us, busy
+
+
+def summarize(logdir: str, calls: int, top: int = 10) -> dict:
+  """Per call: the span from the first op to the last, each op thread's busy time, the
+  fraction of the host's cores busy over the span (CPU), and the `top` op kinds by time.
+
+  Times are milliseconds per call. The newest trace under `logdir` is read.
+  """
+  paths = glob.glob(os.path.join(logdir, '**', _TRACE_FILE), recursive=True)
+  if not paths:
+    raise FileNotFoundError(f'No {_TRACE_FILE} under {logdir}; write one with '
+                            'jax.profiler.trace(logdir, create_perfetto_trace=True).')
+  with gzip.open(max(paths, key=os.path.getmtime)) as f:
+    events = json.load(f)['traceEvents']
+  by_thread = collections.defaultdict(list)
+  for e in filter(_is_op, events):
+    by_thread[e['tid']].append(e)
+  if not by_thread:
+    raise ValueError(f'The trace under {logdir} holds no XLA ops; did the traced calls run?')
+  ops = [e for thread in by_thread.values() for e in thread]
+  span_us = max(e['ts'] + e['dur'] for e in ops) - min(e['ts'] for e in ops)
+  kinds: dict[str, float] = collections.Counter()
+  busy_us = []
+  for thread in by_thread.values():
+    self_us, busy = _self_and_busy(thread)
+    kinds.update(self_us)
+    busy_us.append(busy)
+  per_call = lambda us: us / 1e3 / calls
+  out = dict(trace_dir=logdir, calls=calls, span_ms=per_call(span_us),
+             thread_busy_ms=sorted((per_call(b) for b in busy_us), reverse=True),
+             op_ms={k: per_call(v) for k, v in kinds.most_common(top)},
+             other_op_ms=per_call(sum(v for _, v in kinds.most_common()[top:])))
+  if jax.default_backend() == 'cpu':
+    out['cpu_busy_fraction'] = sum(busy_us) / (span_us * os.cpu_count())
+  return out
+
+
+def describe(summary: dict, top: int = 4) -> str:
+  """One line: span, busy fraction and the leading op kinds."""
+  busy = summary.get('cpu_busy_fraction')
+  ops = ', '.join(f'{k} {v:.1f}' for k, v in list(summary['op_ms'].items())[:top])
+  return (f'{summary["span_ms"]:.1f} ms/call' + (f', cores {busy:.0%} busy' if busy else '')
+          + f'; ms in {ops} ({summary["trace_dir"]})')

@@ -1,0 +1,48 @@
+"""Profiler trace summaries: self time, busy time and span on a trace written by hand."""
+
+import gzip
+import json
+import os
+
+import pytest
+
+from artrm import profiling
+
+
+def _write_trace(logdir, events):
+  run = logdir / 'plugins' / 'profile' / 'run'
+  run.mkdir(parents=True)
+  with gzip.open(run / 'perfetto_trace.json.gz', 'wt') as f:
+    json.dump({'traceEvents': events}, f)
+
+
+def _op(tid, name, ts, dur):
+  return dict(ph='X', pid=1, tid=tid, name=name, ts=ts, dur=dur)
+
+
+def test_summarize_counts_self_time_once(tmp_path):
+  # Thread 1 runs a while loop around two fusions, one holding a dot; thread 2 a copy.
+  # Python frames and runtime bookkeeping ('::') are not ops.
+  _write_trace(tmp_path, [
+      dict(ph='M', pid=1, tid=1, name='thread_name', args=dict(name='worker')),
+      _op(9, '$api.py:1 block_until_ready', 0, 100),
+      _op(1, 'ThunkExecutor::Execute', 0, 12),
+      _op(1, 'while.1', 0, 10), _op(1, 'fusion.1', 1, 3), _op(1, 'fusion.2', 5, 4),
+      _op(1, 'dot.3', 6, 1), _op(2, 'copy.4', 2, 6)])
+  s = profiling.summarize(str(tmp_path), calls=2, top=3)
+  us = 1e-3 / 2   # microseconds over two calls, in ms per call
+  assert s['span_ms'] == pytest.approx(10 * us)
+  assert s['thread_busy_ms'] == pytest.approx([10 * us, 6 * us])
+  # while: 10 less its fusions' 7; fusion: 3 + (4 less its dot's 1).
+  assert s['op_ms'] == pytest.approx({'fusion': 6 * us, 'copy': 6 * us, 'while': 3 * us})
+  assert s['other_op_ms'] == pytest.approx(1 * us)   # the dot, past the top 3
+  assert s['cpu_busy_fraction'] == pytest.approx(16 / (10 * os.cpu_count()))
+  assert 'ms/call' in profiling.describe(s)
+
+
+def test_summarize_errors(tmp_path):
+  with pytest.raises(FileNotFoundError, match='create_perfetto_trace'):
+    profiling.summarize(str(tmp_path), calls=1)
+  _write_trace(tmp_path, [_op(9, '$api.py:1 f', 0, 5)])
+  with pytest.raises(ValueError, match='no XLA ops'):
+    profiling.summarize(str(tmp_path), calls=1)
