@@ -218,7 +218,8 @@ def bench_train(config, model, steps: int, warmup: int, mesh: jax.sharding.Mesh,
       flops_per_step=flops, flops_per_sec=flops / seconds,
       loss=float(metrics[-1]['loss'][0]))
   if profile_dir:
-    out['profile'] = profiling.trace(step, PROFILED_CALLS, profile_dir)
+    out['profile'] = profiling.trace(step, PROFILED_CALLS, profile_dir,
+                                     hlo_text=step_fn.as_text())
   if memory is not None:
     out['step_program_bytes'] = int(memory.argument_size_in_bytes + memory.output_size_in_bytes
                                     + memory.temp_size_in_bytes - memory.alias_size_in_bytes)

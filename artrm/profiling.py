@@ -20,13 +20,22 @@ import jax
 
 _TRACE_FILE = 'perfetto_trace.json.gz'
 
+# Parts of the model, by the first of these found in an op's `op_name` (the scopes
+# of the model code; a fused op carries its root's): dropout before attention, whose
+# dropouts it holds. Backward ops are named `transpose(...)`, remat's recompute included.
+REGIONS = (('dropout', 'Dropout'), ('data', 'sample_batch'), ('attention', '/attn/'),
+           ('mlp', '/mlp/'), ('layer norm', '/ln'))
+# An HLO instruction line: its name and its op_name metadata.
+_HLO_OP_NAME = re.compile(r'^\s*(?:ROOT )?%?([\w.\-]+) = [^\n]*?op_name="([^"]*)"', re.M)
 
-def trace(fn: Callable[[], Any], calls: int, logdir: str, top: int = 10) -> dict:
+
+def trace(fn: Callable[[], Any], calls: int, logdir: str, top: int = 10,
+          hlo_text: str | None = None) -> dict:
   """Runs `fn()` `calls` times, each synchronised, under the profiler; its `summarize`."""
   with jax.profiler.trace(logdir, create_perfetto_trace=True):
     for _ in range(calls):
       jax.block_until_ready(fn())
-  return summarize(logdir, calls, top)
+  return summarize(logdir, calls, top, hlo_text)
 
 
 def op_kind(name: str) -> str:
@@ -39,27 +48,37 @@ def _is_op(event: dict) -> bool:
   return event.get('ph') == 'X' and not event['name'].startswith('$') and '::' not in event['name']
 
 
-def _self_and_busy(events: list[dict]) -> tuple[dict[str, float], float]:
-  """Self time per op kind (an op's duration less its nested ops', so a `while` is
-  not counted on top of its body) and busy time (the union) of one thread's ops, in us."""
-  self_us: dict[str, float] = collections.defaultdict(float)
-  busy, stack = 0.0, []   # stack: [end, kind] of the enclosing ops
-  for e in sorted(events, key=lambda e: (e['ts'], -e['dur'])):
+def op_regions(hlo_text: str) -> dict[str, str]:
+  """{op name: region} of a compiled module (`compiled.as_text()`), by `REGIONS`;
+  'other' holds the rest (embeddings, LM head, loss, optimizer, loop copies)."""
+  out = {}
+  for name, op_name in _HLO_OP_NAME.findall(hlo_text):
+    region = next((r for r, key in REGIONS if key in op_name), 'other')
+    out[name] = region + (' bwd' if 'transpose(' in op_name else '')
+  return out
+
+
+def _self_and_busy(events: list[dict]) -> tuple[list[float], float]:
+  """Each op's self time (its duration less its nested ops', so a `while` is not
+  counted on top of its body) and the busy time (the union) of one thread's ops, in us."""
+  self_us, busy, stack = [0.0] * len(events), 0.0, []   # stack: [end, index] of enclosing ops
+  for i in sorted(range(len(events)), key=lambda i: (events[i]['ts'], -events[i]['dur'])):
+    e = events[i]
     while stack and stack[-1][0] <= e['ts']:
       stack.pop()
     if stack:
       self_us[stack[-1][1]] -= e['dur']
     else:
       busy += e['dur']
-    kind = op_kind(e['name'])
-    self_us[kind] += e['dur']
-    stack.append([e['ts'] + e['dur'], kind])
+    self_us[i] += e['dur']
+    stack.append([e['ts'] + e['dur'], i])
   return self_us, busy
 
 
-def summarize(logdir: str, calls: int, top: int = 10) -> dict:
+def summarize(logdir: str, calls: int, top: int = 10, hlo_text: str | None = None) -> dict:
   """Per call: the span from the first op to the last, each op thread's busy time, the
-  fraction of the host's cores busy over the span (CPU), and the `top` op kinds by time.
+  fraction of the host's cores busy over the span (CPU), the `top` op kinds by time and,
+  given the traced program's compiled HLO, the time per model region (`op_regions`).
 
   Times are milliseconds per call. The newest trace under `logdir` is read.
   """
@@ -76,25 +95,32 @@ def summarize(logdir: str, calls: int, top: int = 10) -> dict:
     raise ValueError(f'The trace under {logdir} holds no XLA ops; did the traced calls run?')
   ops = [e for thread in by_thread.values() for e in thread]
   span_us = max(e['ts'] + e['dur'] for e in ops) - min(e['ts'] for e in ops)
+  regions = op_regions(hlo_text) if hlo_text else {}
   kinds: dict[str, float] = collections.Counter()
+  region_us: dict[str, float] = collections.Counter()
   busy_us = []
   for thread in by_thread.values():
     self_us, busy = _self_and_busy(thread)
-    kinds.update(self_us)
+    for e, us in zip(thread, self_us):
+      kinds[op_kind(e['name'])] += us
+      region_us[regions.get(e['name'], 'other')] += us
     busy_us.append(busy)
   per_call = lambda us: us / 1e3 / calls
   out = dict(trace_dir=logdir, calls=calls, span_ms=per_call(span_us),
              thread_busy_ms=sorted((per_call(b) for b in busy_us), reverse=True),
              op_ms={k: per_call(v) for k, v in kinds.most_common(top)},
              other_op_ms=per_call(sum(v for _, v in kinds.most_common()[top:])))
+  if regions:
+    out['region_ms'] = {k: per_call(v) for k, v in sorted(region_us.items())}
   if jax.default_backend() == 'cpu':
     out['cpu_busy_fraction'] = sum(busy_us) / (span_us * os.cpu_count())
   return out
 
 
 def describe(summary: dict, top: int = 4) -> str:
-  """One line: span, busy fraction and the leading op kinds."""
+  """One line: span, busy fraction and the leading regions, or op kinds without them."""
   busy = summary.get('cpu_busy_fraction')
-  ops = ', '.join(f'{k} {v:.1f}' for k, v in list(summary['op_ms'].items())[:top])
+  by = summary.get('region_ms') or summary['op_ms']
+  ops = ', '.join(f'{k} {v:.1f}' for k, v in sorted(by.items(), key=lambda kv: -kv[1])[:top])
   return (f'{summary["span_ms"]:.1f} ms/call' + (f', cores {busy:.0%} busy' if busy else '')
           + f'; ms in {ops} ({summary["trace_dir"]})')

@@ -69,6 +69,10 @@ def test_profile_dir(tmp_path):
     assert profile['span_ms'] > 0 and profile['op_ms']
     assert 0 < profile['cpu_busy_fraction'] <= 1
     assert max(profile['thread_busy_ms']) <= profile['span_ms']
+  # Training is traced with its HLO: all its op time falls in model regions.
+  regions = row['train']['profile']['region_ms']
+  assert {'attention', 'attention bwd', 'mlp', 'mlp bwd'} <= set(regions)
+  assert sum(regions.values()) == pytest.approx(sum(row['train']['profile']['thread_busy_ms']))
 
 
 def test_flops_by_hand():

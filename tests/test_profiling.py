@@ -37,7 +37,20 @@ def test_summarize_counts_self_time_once(tmp_path):
   assert s['op_ms'] == pytest.approx({'fusion': 6 * us, 'copy': 6 * us, 'while': 3 * us})
   assert s['other_op_ms'] == pytest.approx(1 * us)   # the dot, past the top 3
   assert s['cpu_busy_fraction'] == pytest.approx(16 / (10 * os.cpu_count()))
-  assert 'ms/call' in profiling.describe(s)
+  assert 'region_ms' not in s and 'ms/call' in profiling.describe(s)
+
+  # With the compiled HLO, the same self times by model region, from op_name scopes.
+  hlo = """
+  %fusion.1 = f32[2]{0} fusion(f32[2]{0} %p), kind=kLoop, metadata={op_name="jit(f)/jvp(LM)/blocks/block/attn/Dropout_0/mul"}
+  ROOT %fusion.2 = f32[2]{0} fusion(%a), metadata={op_name="transpose(jvp(LM))/blocks/block/mlp/dot_general" source_file="x.py"}
+  %while.1 = (s32[]) while(%t), body=%body, metadata={op_name="jit(f)/while"}
+"""
+  assert profiling.op_regions(hlo) == {'fusion.1': 'dropout', 'fusion.2': 'mlp bwd',
+                                       'while.1': 'other'}
+  s = profiling.summarize(str(tmp_path), calls=2, hlo_text=hlo)
+  # fusion.1 3, fusion.2 3 (less the dot), the while 3 + the dot 1 + the copy 6.
+  assert s['region_ms'] == pytest.approx({'dropout': 3 * us, 'mlp bwd': 3 * us, 'other': 10 * us})
+  assert profiling.describe(s).split('; ms in ')[1].startswith('other')
 
 
 def test_summarize_errors(tmp_path):
