@@ -55,8 +55,8 @@ flags.DEFINE_integer('warmup', 3, 'bench: untimed steps after compilation.')
 flags.DEFINE_integer('eval_repeats', 5, 'bench: timed decoding calls per length.')
 flags.DEFINE_list('eval_lengths', None, 'bench: decoding lengths (default: the setup\'s).')
 flags.DEFINE_integer('eval_batch', None, 'bench: prompts per decoded batch (default 100).')
-flags.DEFINE_enum('remat', None, ['none', 'full', 'dots'],
-                  'bench: model.remat (default: the training config\'s).')
+flags.DEFINE_string('remat', None, 'bench: model.remat, a key of models.block.REMAT_POLICIES '
+                    '(default: the training config\'s).')
 flags.DEFINE_list('versus_paper', None,
                   'bench: only print saved CPU results (JSON paths) against the paper\'s code.')
 flags.DEFINE_float('peak_flops', None, 'bench: device peak FLOP/s for MFU (default: known GPUs).')

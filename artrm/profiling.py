@@ -1,10 +1,11 @@
 """Where a call's time goes: an XLA profiler trace of a few calls, summarised.
 
 Step times say how fast; the trace says why. It records every op XLA ran and
-on which thread, so its summary answers the two questions that decide what to
-optimise on a host: how busy the compute threads were while the calls ran
-(a small model leaves cores idle between many small ops) and which kinds of op
-take the time. The trace itself stays on disk for Perfetto or TensorBoard.
+on which thread, so its summary says which parts of the model and which kinds
+of op take the time, and how long each thread spent inside ops. (On CPU, work
+that an op hands to XLA's thread pool runs unrecorded on another thread: thread
+time is the time inside ops as dispatched, not a core's utilisation.) The trace
+itself stays on disk for Perfetto or TensorBoard.
 `artrm bench --profile_dir=DIR` writes and summarises one per rung.
 """
 
@@ -76,9 +77,9 @@ def _self_and_busy(events: list[dict]) -> tuple[list[float], float]:
 
 
 def summarize(logdir: str, calls: int, top: int = 10, hlo_text: str | None = None) -> dict:
-  """Per call: the span from the first op to the last, each op thread's busy time, the
-  fraction of the host's cores busy over the span (CPU), the `top` op kinds by time and,
-  given the traced program's compiled HLO, the time per model region (`op_regions`).
+  """Per call: the span from the first op to the last, each thread's time inside ops,
+  the `top` op kinds by (self) time and, given the traced program's compiled HLO, the
+  time per model region (`op_regions`).
 
   Times are milliseconds per call. The newest trace under `logdir` is read.
   """
@@ -112,15 +113,13 @@ def summarize(logdir: str, calls: int, top: int = 10, hlo_text: str | None = Non
              other_op_ms=per_call(sum(v for _, v in kinds.most_common()[top:])))
   if regions:
     out['region_ms'] = {k: per_call(v) for k, v in sorted(region_us.items())}
-  if jax.default_backend() == 'cpu':
-    out['cpu_busy_fraction'] = sum(busy_us) / (span_us * os.cpu_count())
   return out
 
 
 def describe(summary: dict, top: int = 4) -> str:
-  """One line: span, busy fraction and the leading regions, or op kinds without them."""
-  busy = summary.get('cpu_busy_fraction')
+  """One line: span, thread time in ops and the leading regions (or op kinds)."""
+  busy = '+'.join(f'{ms:.0f}' for ms in summary['thread_busy_ms'][:2])
   by = summary.get('region_ms') or summary['op_ms']
   ops = ', '.join(f'{k} {v:.1f}' for k, v in sorted(by.items(), key=lambda kv: -kv[1])[:top])
-  return (f'{summary["span_ms"]:.1f} ms/call' + (f', cores {busy:.0%} busy' if busy else '')
-          + f'; ms in {ops} ({summary["trace_dir"]})')
+  return (f'{summary["span_ms"]:.1f} ms/call, threads in ops {busy} ms; ms in {ops} '
+          f'({summary["trace_dir"]})')

@@ -67,7 +67,6 @@ def test_profile_dir(tmp_path):
     assert profile['trace_dir'] == str(tmp_path / where) and profile['calls'] == bench.PROFILED_CALLS
     assert list(tmp_path.glob(f'{where}/**/perfetto_trace.json.gz'))
     assert profile['span_ms'] > 0 and profile['op_ms']
-    assert 0 < profile['cpu_busy_fraction'] <= 1
     assert max(profile['thread_busy_ms']) <= profile['span_ms']
   # Training is traced with its HLO: all its op time falls in model regions.
   regions = row['train']['profile']['region_ms']
