@@ -5,8 +5,8 @@ The timed step is the training loop's own (`train.make_step_fn`) for one seed
 `devices`, and decoding splits its batch the same way: the numbers are those
 `artrm train` runs at. On a CPU host, one device per core (`XLA_FLAGS=
 "--xla_force_host_platform_device_count=2 --xla_cpu_multi_thread_eigen=false"`,
-`devices=2`) runs every op on both cores, where one device leaves the many small
-ops of a small model on one. Step times are medians of steps synchronised one
+`devices=2`) gives each core its half of the batch, where one device's thread pool
+gets little from the second core on a small model's small ops. Step times are medians of steps synchronised one
 by one; `pipelined_step_seconds` is the mean without syncs, as the loop dispatches.
 
 The setups are the paper-comparison table's: `small` and `paper` train on
@@ -198,6 +198,11 @@ def bench_train(config, model, steps: int, warmup: int, mesh: jax.sharding.Mesh,
 
   times, metrics = _timed(step, steps, warmup)
   metrics = jax.device_get(metrics)
+  profile = None
+  if profile_dir:   # the steps right after the timed ones: ACT's pass count drifts as it trains
+    profile, traced = profiling.trace(step, PROFILED_CALLS, profile_dir,
+                                      hlo_text=step_fn.as_text())
+    profile['fwd_passes'] = float(np.mean([m['block_passes'] for m in jax.device_get(traced)]))
   start = time.perf_counter()   # as the training loop runs: no sync between steps
   jax.block_until_ready([step() for _ in range(steps)])
   pipelined = (time.perf_counter() - start) / steps
@@ -217,9 +222,8 @@ def bench_train(config, model, steps: int, warmup: int, mesh: jax.sharding.Mesh,
       steps_taken=float(np.mean([m['steps_taken'] for m in metrics])),
       flops_per_step=flops, flops_per_sec=flops / seconds,
       loss=float(metrics[-1]['loss'][0]))
-  if profile_dir:
-    out['profile'] = profiling.trace(step, PROFILED_CALLS, profile_dir,
-                                     hlo_text=step_fn.as_text())
+  if profile:
+    out['profile'] = profile
   if memory is not None:
     out['step_program_bytes'] = int(memory.argument_size_in_bytes + memory.output_size_in_bytes
                                     + memory.temp_size_in_bytes - memory.alias_size_in_bytes)
@@ -227,8 +231,9 @@ def bench_train(config, model, steps: int, warmup: int, mesh: jax.sharding.Mesh,
 
 
 def bench_decode(fn, model, params, prompts_NxP, answer_len: int, repeats: int,
-                 full_compute: bool) -> tuple[dict, np.ndarray]:
-  """Greedy answers of one batch: first call (compile + run), the median of `repeats`, answers."""
+                 full_compute: bool, profile_dir: str | None = None) -> tuple[dict, np.ndarray]:
+  """Greedy answers of one batch: first call (compile + run), the median of `repeats`, answers;
+  with `profile_dir`, the summary of more calls traced there."""
   call = lambda: fn(model, params, prompts_NxP, answer_len, decoding='greedy',
                     full_compute=full_compute)
   start = time.perf_counter()
@@ -236,8 +241,11 @@ def bench_decode(fn, model, params, prompts_NxP, answer_len: int, repeats: int,
   first_seconds = time.perf_counter() - start
   times, _ = _timed(call, repeats, warmup=0)
   seconds = statistics.median(times)
-  return dict(first_call_seconds=first_seconds, seconds=seconds, seconds_all=times,
-              sequences_per_sec=len(prompts_NxP) / seconds), np.asarray(answers)
+  out = dict(first_call_seconds=first_seconds, seconds=seconds, seconds_all=times,
+             sequences_per_sec=len(prompts_NxP) / seconds)
+  if profile_dir:
+    out['profile'], _ = profiling.trace(call, PROFILED_CALLS, profile_dir)
+  return out, np.asarray(answers)
 
 
 def bench_eval(setup: Setup, model, params, repeats: int, full_compute: bool,
@@ -261,14 +269,10 @@ def bench_eval(setup: Setup, model, params, repeats: int, full_compute: bool,
                      _timed(lambda: forward(params, prompts_NxP), repeats, warmup=0)[0]))
     by_fn['generate'], reference = bench_decode(decoding.generate, model, params, prompts_NxP,
                                                 answer_len, repeats, full_compute)
-    by_fn['generate_cached'], answers = bench_decode(decoding.generate_cached, model, params,
-                                                     prompts_NxP, answer_len, repeats, full_compute)
+    by_fn['generate_cached'], answers = bench_decode(
+        decoding.generate_cached, model, params, prompts_NxP, answer_len, repeats, full_compute,
+        profile_dir and os.path.join(profile_dir, f'L{L}'))
     by_fn['generate_cached']['matches_generate'] = bool(np.array_equal(answers, reference))
-    if profile_dir:
-      by_fn['generate_cached']['profile'] = profiling.trace(
-          lambda: decoding.generate_cached(model, params, prompts_NxP, answer_len,
-                                           decoding='greedy', full_compute=full_compute),
-          PROFILED_CALLS, os.path.join(profile_dir, f'L{L}'))
     out[L] = by_fn
   return out
 
@@ -292,9 +296,11 @@ def run_benchmark(setup: Setup, rungs: Sequence[str] = tuple(RUNGS), steps: int 
     raise ValueError(f'devices={devices}, but this process has {jax.local_device_count()} '
                      'local devices; on CPU make more with XLA_FLAGS='
                      f'--xla_force_host_platform_device_count={devices}.')
-  mesh = parallel.data_mesh(jax.devices()[:devices])
+  mesh = parallel.data_mesh(jax.local_devices()[:devices])
   if setup.train:
     parallel.check_batch_divisible(setup.batch_size, mesh)
+  if setup.eval_lengths:   # else decoding would run unsplit
+    parallel.check_batch_divisible(setup.eval_batch, mesh, what='eval_batch')
   for rung in rungs:   # fail before any work
     get_rung(rung)
   task = get_task(setup.task)

@@ -61,9 +61,9 @@ flags.DEFINE_list('versus_paper', None,
                   'bench: only print saved CPU results (JSON paths) against the paper\'s code.')
 flags.DEFINE_float('peak_flops', None, 'bench: device peak FLOP/s for MFU (default: known GPUs).')
 flags.DEFINE_string('profile_dir', None, 'bench: also write a profiler trace per rung there and '
-                    'summarise it (cores busy, time per op kind) in the JSON.')
-flags.DEFINE_integer('devices', 1, 'bench: train data-parallel over this many local devices (CPU: '
-                     'XLA_FLAGS=--xla_force_host_platform_device_count=N makes them).')
+                    'summarise it (time per model region and op kind) in the JSON.')
+flags.DEFINE_integer('devices', 1, 'bench: train and decode data-parallel over this many local '
+                     'devices (CPU: XLA_FLAGS=--xla_force_host_platform_device_count=N makes them).')
 
 
 def _train(argv):

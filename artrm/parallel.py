@@ -55,8 +55,8 @@ def shard_batch(x, mesh: Mesh | None) -> jax.Array:
   return jax.device_put(x, batch_sharding(mesh))
 
 
-def check_batch_divisible(batch_size: int, mesh: Mesh):
+def check_batch_divisible(batch_size: int, mesh: Mesh, what: str = 'batch_size'):
   n = mesh.devices.size
   if batch_size % n:
-    raise ValueError(f'batch_size={batch_size} does not split over {n} devices; '
+    raise ValueError(f'{what}={batch_size} does not split over {n} devices; '
                      f'use a multiple of {n}.')

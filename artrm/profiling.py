@@ -31,12 +31,12 @@ _HLO_OP_NAME = re.compile(r'^\s*(?:ROOT )?%?([\w.\-]+) = [^\n]*?op_name="([^"]*)
 
 
 def trace(fn: Callable[[], Any], calls: int, logdir: str, top: int = 10,
-          hlo_text: str | None = None) -> dict:
-  """Runs `fn()` `calls` times, each synchronised, under the profiler; its `summarize`."""
+          hlo_text: str | None = None) -> tuple[dict, list[Any]]:
+  """Runs `fn()` `calls` times, each synchronised, under the profiler; its `summarize`
+  and the calls' outputs."""
   with jax.profiler.trace(logdir, create_perfetto_trace=True):
-    for _ in range(calls):
-      jax.block_until_ready(fn())
-  return summarize(logdir, calls, top, hlo_text)
+    outs = [jax.block_until_ready(fn()) for _ in range(calls)]
+  return summarize(logdir, calls, top, hlo_text), outs
 
 
 def op_kind(name: str) -> str:
@@ -45,8 +45,9 @@ def op_kind(name: str) -> str:
 
 
 def _is_op(event: dict) -> bool:
-  """XLA ops, not Python frames ('$file.py:12 fn') or runtime bookkeeping ('Pool::Await')."""
-  return event.get('ph') == 'X' and not event['name'].startswith('$') and '::' not in event['name']
+  """An op XLA ran (it names its `hlo_op`), not Python frames, dispatch or the
+  runtime's bookkeeping (thread pools, 'end:' markers)."""
+  return event.get('ph') == 'X' and 'hlo_op' in event.get('args', {})
 
 
 def op_regions(hlo_text: str) -> dict[str, str]:
@@ -89,9 +90,9 @@ def summarize(logdir: str, calls: int, top: int = 10, hlo_text: str | None = Non
                             'jax.profiler.trace(logdir, create_perfetto_trace=True).')
   with gzip.open(max(paths, key=os.path.getmtime)) as f:
     events = json.load(f)['traceEvents']
-  by_thread = collections.defaultdict(list)
+  by_thread = collections.defaultdict(list)   # (process, thread): GPU stream ids repeat
   for e in filter(_is_op, events):
-    by_thread[e['tid']].append(e)
+    by_thread[e['pid'], e['tid']].append(e)
   if not by_thread:
     raise ValueError(f'The trace under {logdir} holds no XLA ops; did the traced calls run?')
   ops = [e for thread in by_thread.values() for e in thread]
@@ -103,8 +104,8 @@ def summarize(logdir: str, calls: int, top: int = 10, hlo_text: str | None = Non
   for thread in by_thread.values():
     self_us, busy = _self_and_busy(thread)
     for e, us in zip(thread, self_us):
-      kinds[op_kind(e['name'])] += us
-      region_us[regions.get(e['name'], 'other')] += us
+      kinds[op_kind(e['args']['hlo_op'])] += us
+      region_us[regions.get(e['args']['hlo_op'], 'other')] += us
     busy_us.append(busy)
   per_call = lambda us: us / 1e3 / calls
   out = dict(trace_dir=logdir, calls=calls, span_ms=per_call(span_us),

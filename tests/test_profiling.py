@@ -15,19 +15,25 @@ def _write_trace(logdir, events):
     json.dump({'traceEvents': events}, f)
 
 
-def _op(tid, name, ts, dur):
-  return dict(ph='X', pid=1, tid=tid, name=name, ts=ts, dur=dur)
+def _op(tid, name, ts, dur, pid=1):
+  return dict(ph='X', pid=pid, tid=tid, name=name, ts=ts, dur=dur, args=dict(hlo_op=name))
+
+
+def _not_op(tid, name, ts, dur):
+  return dict(ph='X', pid=1, tid=tid, name=name, ts=ts, dur=dur, args={})
 
 
 def test_summarize_counts_self_time_once(tmp_path):
-  # Thread 1 runs a while loop around two fusions, one holding a dot; thread 2 a copy.
-  # Python frames and runtime bookkeeping ('::') are not ops.
+  # Thread 1 runs a while loop around two fusions, one holding a dot; thread 2 (in
+  # another process, same thread id) a copy. Python frames, dispatch and runtime
+  # bookkeeping name no HLO op: not ops.
   _write_trace(tmp_path, [
       dict(ph='M', pid=1, tid=1, name='thread_name', args=dict(name='worker')),
-      _op(9, '$api.py:1 block_until_ready', 0, 100),
-      _op(1, 'ThunkExecutor::Execute', 0, 12),
+      _not_op(9, '$api.py:1 block_until_ready', 0, 100),
+      _not_op(9, 'PjitFunction(step)', 0, 20),
+      _not_op(1, 'ThunkExecutor::Execute', 0, 12), _not_op(1, 'end: while.1', 10, 0),
       _op(1, 'while.1', 0, 10), _op(1, 'fusion.1', 1, 3), _op(1, 'fusion.2', 5, 4),
-      _op(1, 'dot.3', 6, 1), _op(2, 'copy.4', 2, 6)])
+      _op(1, 'dot.3', 6, 1), _op(1, 'copy.4', 2, 6, pid=2)])
   s = profiling.summarize(str(tmp_path), calls=2, top=3)
   us = 1e-3 / 2   # microseconds over two calls, in ms per call
   assert s['span_ms'] == pytest.approx(10 * us)
@@ -54,6 +60,6 @@ def test_summarize_counts_self_time_once(tmp_path):
 def test_summarize_errors(tmp_path):
   with pytest.raises(FileNotFoundError, match='create_perfetto_trace'):
     profiling.summarize(str(tmp_path), calls=1)
-  _write_trace(tmp_path, [_op(9, '$api.py:1 f', 0, 5)])
+  _write_trace(tmp_path, [_not_op(9, '$api.py:1 f', 0, 5)])
   with pytest.raises(ValueError, match='no XLA ops'):
     profiling.summarize(str(tmp_path), calls=1)
