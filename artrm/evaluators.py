@@ -34,9 +34,11 @@ class LengthEvaluator:
   """Answer accuracy of one task at several lengths, on the fixed sets of `seed`.
 
   Prompts go through in chunks of `batch_size`, the last one padded to a full
-  chunk so that each length compiles once. Sampled decoding draws with keys
-  from (`sample_seed`, length, chunk), so its results also depend on
-  `batch_size`; greedy results do not.
+  chunk so that each length compiles once, and every chunk padded to a multiple
+  of the mesh's devices so that it splits over them. Sampled decoding draws with
+  keys from (`sample_seed`, length, chunk), so its results also depend on
+  `batch_size`; greedy results do not. Neither depends on the padding: threefry
+  is partitionable, so a row's draws do not depend on the rows after it.
   """
 
   task: str
@@ -69,12 +71,14 @@ class LengthEvaluator:
     on it) each chunk is split over its devices (`parallel.shard_batch`)."""
     prompts_NxP, answers_NxA = eval_set(self.task, L, self.n_samples, self.seed)
     B = min(self.batch_size, self.n_samples)
+    n_devices = 1 if mesh is None else mesh.devices.size
+    padded_rows = -(-B // n_devices) * n_devices
     length_key = jax.random.fold_in(jax.random.key(self.sample_seed), L)
     generate = decoding.generate_cached if self.kv_cache else decoding.generate
     preds = []
     for chunk, start in enumerate(range(0, self.n_samples, B)):
       prompts_BxP = prompts_NxP[start:start + B]
-      padded_BxP = np.pad(prompts_BxP, ((0, B - len(prompts_BxP)), (0, 0)), mode='edge')
+      padded_BxP = np.pad(prompts_BxP, ((0, padded_rows - len(prompts_BxP)), (0, 0)), mode='edge')
       pred_BxA = generate(
           model, params, parallel.shard_batch(padded_BxP, mesh), answers_NxA.shape[1],
           decoding=self.decoding,

@@ -196,16 +196,22 @@ def test_evaluator_kv_cache_gives_the_same_metrics(name):
 
 
 @pytest.mark.parametrize('decoding_rule', ['greedy', 'sample'])
-def test_evaluator_split_over_devices_gives_the_same_metrics(decoding_rule):
+def test_evaluator_split_over_devices_gives_the_same_metrics(decoding_rule, monkeypatch):
   """Prompts split over 2 fake devices (params replicated there): the same answers, sampled
-  ones too (threefry is partitionable), with per-sequence TRM halting."""
+  ones too (threefry is partitionable), with per-sequence TRM halting. Chunks of 3
+  prompts are padded to 4 to split; the padding changes no answer."""
   model, params = params_for('trm')
   mesh = parallel.data_mesh()
   assert mesh.devices.size == 2, 'conftest fakes two CPU devices'
   chunk = parallel.shard_batch(np.zeros((4, 3), np.int32), mesh)
   assert chunk.sharding.spec == jax.sharding.PartitionSpec(parallel.DATA_AXIS)
   assert parallel.shard_batch(np.zeros((3, 3), np.int32), mesh).sharding.is_fully_replicated
-  evaluator = LengthEvaluator('copy', [3, 5], n_samples=6, seed=0, batch_size=4,
+  evaluator = LengthEvaluator('copy', [3, 5], n_samples=6, seed=0, batch_size=3,
                               decoding=decoding_rule, kv_cache=True)
+  shard_batch, chunks = parallel.shard_batch, []
+  monkeypatch.setattr(parallel, 'shard_batch',
+                      lambda x, mesh: chunks.append(shard_batch(x, mesh)) or chunks[-1])
   split = evaluator.run(model, jax.device_put(params, parallel.replicated(mesh)), mesh)
+  assert [c.shape[0] for c in chunks] == [4] * 4   # 2 lengths x 2 chunks of 3, padded
+  assert all(not c.sharding.is_fully_replicated for c in chunks)
   assert split == evaluator.run(model, params)
