@@ -6,8 +6,9 @@ The timed step is the training loop's own (`train.make_step_fn`) for one seed
 `artrm train` runs at. On a CPU host, one device per core (`XLA_FLAGS=
 "--xla_force_host_platform_device_count=2 --xla_cpu_multi_thread_eigen=false"`,
 `devices=2`) gives each core its half of the batch, where one device's thread pool
-gets little from the second core on a small model's small ops. Step times are medians of steps synchronised one
-by one; `pipelined_step_seconds` is the mean without syncs, as the loop dispatches.
+gets 1.3-1.7×, not 2×, from the second core on a small model's small ops. Step
+times are medians of steps synchronised one by one; `pipelined_step_seconds` is
+the mean without syncs, as the loop dispatches.
 
 The setups are the paper-comparison table's: `small` and `paper` train on
 addition at L = 10 (rows of the examples' 34 tokens; the paper's code pads rows
@@ -181,8 +182,8 @@ def _timed(fn, n: int, warmup: int) -> tuple[list[float], list[Any]]:
 def bench_train(config, model, steps: int, warmup: int, mesh: jax.sharding.Mesh,
                 profile_dir: str | None = None) -> tuple[dict, Any]:
   """Compile and time the jitted training step, data-parallel over `mesh`; returns
-  (numbers, params after training). With `profile_dir`, three more steps are traced
-  there and summarised (`profiling.summarize`)."""
+  (numbers, params after training). With `profile_dir`, `PROFILED_CALLS` more steps
+  are traced there and summarised (`profiling.summarize`)."""
   optimizer = train.make_optimizer(config.optimizer)
   state = jax.device_put(train.init_seeds(model, optimizer, train.seeds_of(config)),
                          parallel.replicated(mesh))
@@ -198,11 +199,12 @@ def bench_train(config, model, steps: int, warmup: int, mesh: jax.sharding.Mesh,
 
   times, metrics = _timed(step, steps, warmup)
   metrics = jax.device_get(metrics)
-  profile = None
+  profiled = {}
   if profile_dir:   # the steps right after the timed ones: ACT's pass count drifts as it trains
     profile, traced = profiling.trace(step, PROFILED_CALLS, profile_dir,
                                       hlo_text=step_fn.as_text())
     profile['fwd_passes'] = float(np.mean([m['block_passes'] for m in jax.device_get(traced)]))
+    profiled['profile'] = profile
   start = time.perf_counter()   # as the training loop runs: no sync between steps
   jax.block_until_ready([step() for _ in range(steps)])
   pipelined = (time.perf_counter() - start) / steps
@@ -221,9 +223,7 @@ def bench_train(config, model, steps: int, warmup: int, mesh: jax.sharding.Mesh,
       fwd_passes=fwd, bwd_passes=backprop_passes(mc, fwd),
       steps_taken=float(np.mean([m['steps_taken'] for m in metrics])),
       flops_per_step=flops, flops_per_sec=flops / seconds,
-      loss=float(metrics[-1]['loss'][0]))
-  if profile:
-    out['profile'] = profile
+      loss=float(metrics[-1]['loss'][0]), **profiled)
   if memory is not None:
     out['step_program_bytes'] = int(memory.argument_size_in_bytes + memory.output_size_in_bytes
                                     + memory.temp_size_in_bytes - memory.alias_size_in_bytes)

@@ -119,8 +119,8 @@ def summarize(logdir: str, calls: int, top: int = 10, hlo_text: str | None = Non
 
 def describe(summary: dict, top: int = 4) -> str:
   """One line: span, thread time in ops and the leading regions (or op kinds)."""
-  busy = '+'.join(f'{ms:.0f}' for ms in summary['thread_busy_ms'][:2])
+  busy = summary['thread_busy_ms']
   by = summary.get('region_ms') or summary['op_ms']
   ops = ', '.join(f'{k} {v:.1f}' for k, v in sorted(by.items(), key=lambda kv: -kv[1])[:top])
-  return (f'{summary["span_ms"]:.1f} ms/call, threads in ops {busy} ms; ms in {ops} '
-          f'({summary["trace_dir"]})')
+  return (f'{summary["span_ms"]:.1f} ms/call, {len(busy)} threads in ops {sum(busy):.0f} ms; '
+          f'ms in {ops} ({summary["trace_dir"]})')

@@ -65,7 +65,8 @@ def test_profile_dir(tmp_path):
   row = result['rungs']['gpt']
   for profile, where in ((row['train']['profile'], 'gpt/train'),
                          (row['eval'][3]['generate_cached']['profile'], 'gpt/decode/L3')):
-    assert profile['trace_dir'] == str(tmp_path / where) and profile['calls'] == bench.PROFILED_CALLS
+    assert profile['trace_dir'] == str(tmp_path / where)
+    assert profile['calls'] == bench.PROFILED_CALLS
     assert list(tmp_path.glob(f'{where}/**/perfetto_trace.json.gz'))
     assert profile['span_ms'] > 0 and profile['op_ms']
     # Only XLA's op threads, never the Python thread that dispatched the calls.
@@ -75,7 +76,8 @@ def test_profile_dir(tmp_path):
   assert train['fwd_passes'] == 4
   regions = {r for r, _ in profiling.REGIONS} | {'other'}
   assert set(train['region_ms']) <= regions | {f'{r} bwd' for r in regions}
-  assert {'attention', 'attention bwd', 'mlp', 'mlp bwd', 'layer norm', 'data'} <= set(train['region_ms'])
+  assert ({'attention', 'attention bwd', 'mlp', 'mlp bwd', 'layer norm', 'data'}
+          <= set(train['region_ms']))
 
 
 def test_flops_by_hand():
