@@ -70,7 +70,8 @@ def _train(argv):
   del argv
   if FLAGS.config is None or FLAGS.workdir is None:
     raise app.UsageError('artrm train needs --config=<file>[:arg] and --workdir=<dir>.')
-  from artrm import parallel, train
+  from artrm import parallel
+  from artrm.training import train
   parallel.maybe_initialize_distributed()
   train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
@@ -79,7 +80,7 @@ def _eval(argv):
   del argv
   if FLAGS.workdir is None:
     raise app.UsageError('artrm eval needs --workdir=<dir of a training run>.')
-  from artrm import eval_checkpoint
+  from artrm.training import eval_checkpoint
   overrides = {k: getattr(FLAGS, k) for k in ('n_samples', 'decoding', 'inference_steps',
                                               'full_compute', 'kv_cache') if getattr(FLAGS, k) is not None}
   if FLAGS.lengths:
@@ -91,7 +92,7 @@ def _suite(argv):
   del argv
   if not (FLAGS.suite and FLAGS.root):
     raise app.UsageError('artrm suite needs --suite=experiments/<file>.py[:arg] and --root=<dir>.')
-  from artrm import launch
+  from artrm.tools import launch
   if FLAGS.inference_sweep:
     launch.inference_sweep(FLAGS.suite, FLAGS.root, [int(n) for n in FLAGS.inference_sweep])
   elif FLAGS.launcher == 'local':
@@ -112,7 +113,7 @@ def _gather(argv):
   del argv
   if not FLAGS.root:
     raise app.UsageError('artrm gather needs --root=<dir of a suite>.')
-  from artrm import results
+  from artrm.tools import results
   path = results.write_table(results.gather(FLAGS.root),
                              FLAGS.out or os.path.join(FLAGS.root, 'results.csv'))
   print(f'wrote {path}')
@@ -122,7 +123,7 @@ def _report(argv):
   del argv
   if not (FLAGS.root and FLAGS.out):
     raise app.UsageError('artrm report needs --root=<dir of a suite> and --out=<dir>.')
-  from artrm import report
+  from artrm.tools import report
   print(f'wrote {report.make_report(FLAGS.root, FLAGS.out)}')
 
 
@@ -149,7 +150,7 @@ def _bench(argv):
 
 def _main(argv):
   del argv
-  from artrm import ladder
+  from artrm.tools import ladder
   ladder.run_ladder(FLAGS.workdir or 'workdirs/ladder', task=FLAGS.task, max_steps=FLAGS.max_steps)
 
 

@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from artrm import bench, profiling
+from artrm import bench
+from artrm.bench import profiling
 from artrm.models import ModelConfig
 
 MICRO = bench.Setup('micro', n_embd=16, n_head=2, budget=4, batch_size=4, block_size=7,

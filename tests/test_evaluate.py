@@ -10,10 +10,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from artrm import decoding, parallel
+from artrm.evaluation import decoding
+from artrm import parallel
 from artrm.data import eval_set
-from artrm.evaluators import LengthEvaluator, metric_rows
-from artrm.metrics import answer_metrics
+from artrm.evaluation.evaluators import LengthEvaluator
+from artrm.workdir import metric_rows
+from artrm.evaluation.metrics import answer_metrics
 from artrm.models import ModelConfig, build_model, init_params
 
 L = 3   # copy at L=3: prompts of 4 tokens, answers of 3

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from artrm import decoding
+from artrm.evaluation import decoding
 from artrm.data import eval_set
 from artrm.models import RUNGS, ModelConfig, act, build_model, init_params
 

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from artrm import profiling
+from artrm.bench import profiling
 
 
 def _write_trace(logdir, events):

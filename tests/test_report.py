@@ -12,7 +12,7 @@ pytest.importorskip('pandas')
 
 from matplotlib import image  # noqa: E402
 
-from artrm import report  # noqa: E402
+from artrm.tools import report  # noqa: E402
 
 TRAIN_LENGTH = 5
 STEPS = 200

@@ -5,13 +5,13 @@ import textwrap
 
 import pytest
 
-from artrm import launch, results, suites
+from artrm.tools import launch, results, suites
 
 TINY_SUITE = textwrap.dedent('''
-    from artrm.configs import common, length_gen
+    from artrm.configs import length_gen
 
     def get_config(arg=None):
-      a = common.parse_arg(arg, seeds=2)
+      a = length_gen.parse_arg(arg, seeds=2)
       c = length_gen.get_config('model=gpt,task=copy,runlocal')
       c.model.update(n_embd=32, n_head=2, block_size=24)
       c.update(budget=2, train_length=3, batch_size=16, max_steps=4, num_seeds=a.seeds)

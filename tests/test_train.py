@@ -11,7 +11,10 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from artrm import checkpointing, eval_checkpoint, ladder, parallel, train, writers
+from artrm.training import checkpointing, eval_checkpoint, train, writers
+from artrm.tools import ladder
+from artrm import parallel
+from artrm import workdir as workdir_lib
 from artrm.configs import length_gen
 
 CONFIG_FILE = os.path.join(os.path.dirname(__file__), '..', 'artrm', 'configs', 'length_gen.py')
@@ -44,7 +47,7 @@ def test_learns_copy(tmp_path):
   c.eval.update(every_steps=300, n_samples=128, batch_size=128)
   out = train.train_and_evaluate(c, str(tmp_path))
   assert out['eval'][c.seed][3]['seq_acc'] >= 0.99, out['eval']
-  records = writers.read_metrics(str(tmp_path), 'train')
+  records = workdir_lib.read_metrics(str(tmp_path), 'train')
   assert records[-1]['loss'] < records[0]['loss']
   assert {'loss', 'grad_norm', 'steps_per_sec', 'tokens_per_sec', 'block_passes'} <= set(records[0])
 
@@ -63,12 +66,12 @@ def test_resume_is_exact_and_finished_runs_are_not_retrained(tmp_path):
   resumed = train.train_and_evaluate(c, str(tmp_path / 'resumed'))
   chex.assert_trees_all_equal(params_of(straight), params_of(resumed))
   np.testing.assert_equal(resumed['eval'], straight['eval'])
-  steps = [r['step'] for r in writers.read_metrics(str(tmp_path / 'resumed'), 'train')]
+  steps = [r['step'] for r in workdir_lib.read_metrics(str(tmp_path / 'resumed'), 'train')]
   assert steps == [2, 4, 6, 8], 'a resumed run logs each step once'
   again = train.train_and_evaluate(c, str(tmp_path / 'resumed'))   # finished: nothing re-run
   chex.assert_trees_all_equal(params_of(again), params_of(straight))
   np.testing.assert_equal(again['eval'], straight['eval'])
-  assert [r['step'] for r in writers.read_metrics(str(tmp_path / 'resumed'), 'train')] == steps
+  assert [r['step'] for r in workdir_lib.read_metrics(str(tmp_path / 'resumed'), 'train')] == steps
 
 
 def test_checkpoints_latest_periodic_best(tmp_path):
@@ -77,7 +80,7 @@ def test_checkpoints_latest_periodic_best(tmp_path):
   ckpts = checkpointing.RunCheckpoints(str(tmp_path))
   assert ckpts.periodic.all_steps() == [4, 8, 12]
   best = ckpts.best_metrics()
-  evals = writers.read_metrics(str(tmp_path), 'eval')
+  evals = workdir_lib.read_metrics(str(tmp_path), 'eval')
   assert best['value'] == max(r['L3/seq_acc'] for r in evals)
   ckpts.close()
 
@@ -85,7 +88,7 @@ def test_checkpoints_latest_periodic_best(tmp_path):
 def test_eval_reproduces_logged_metrics(tmp_path):
   c = tiny_config()
   train.train_and_evaluate(c, str(tmp_path))
-  logged = writers.read_metrics(str(tmp_path), 'eval')[-1]
+  logged = workdir_lib.read_metrics(str(tmp_path), 'eval')[-1]
   results = eval_checkpoint.evaluate_checkpoint(str(tmp_path), 'latest')
   for k in ('seq_acc', 'char_acc', 'first_char_acc', 'last_char_acc'):
     assert results[c.seed][3][k] == logged[f'L3/{k}'], k
@@ -179,7 +182,7 @@ def test_vmapped_seed_equals_seed_trained_alone(tmp_path):
   chex.assert_trees_all_close(train.seed_slice(params_of(out_group), 1),
                               train.seed_slice(params_of(out_alone), 0), rtol=1e-5, atol=1e-6)
   assert sorted(out_group['eval']) == [group.seed, group.seed + 1]
-  seeds = {r['seed'] for r in writers.read_metrics(str(tmp_path / 'group'), 'train')}
+  seeds = {r['seed'] for r in workdir_lib.read_metrics(str(tmp_path / 'group'), 'train')}
   assert seeds == {group.seed, group.seed + 1}
 
 
@@ -218,7 +221,7 @@ def test_metric_writer(tmp_path):
     w.write(step, 'train', dict(loss=float(step), grad_norm=jnp.float32(float('nan'))))
   w.truncate_after(2)
   w.close()
-  records = writers.read_metrics(str(tmp_path), 'train')
+  records = workdir_lib.read_metrics(str(tmp_path), 'train')
   assert [r['step'] for r in records] == [1, 2] and records[0]['grad_norm'] == 'nan'
   assert any(f.startswith('events.out.tfevents') for f in os.listdir(tmp_path / 'tb'))
 

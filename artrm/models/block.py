@@ -4,6 +4,8 @@ Parameter names mirror the neutral golden format (`ln1`, `attn/query`, ...), so
 that `artrm.models.weights` maps foreign weights onto this module one to one.
 """
 
+from typing import NamedTuple
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -22,22 +24,34 @@ def dense(features: int, name: str) -> nn.Dense:
   return nn.Dense(features, kernel_init=INIT, bias_init=nn.initializers.zeros, name=name)
 
 
+class KVSlot(NamedTuple):
+  """A block pass's view of the KV cache when decoding.
+
+  x holds positions start..start+T-1 of sequences whose earlier keys/values
+  are cached at block pass `pass_index` of the [P, B, H, S, D] arrays.
+  """
+
+  key_PxBxHxSxD: jax.Array
+  value_PxBxHxSxD: jax.Array
+  pass_index: jax.Array
+  start: jax.Array
+
+
 class CausalSelfAttention(nn.Module):
   """Per-head q/k/v without bias, causal softmax, dropout on weights and output.
 
-  With `kv = (keys [P, B, H, S, D], values, pass_index, start)`, x holds
-  positions start..start+T-1 of a sequence whose earlier keys/values are cached
-  at block pass `pass_index`: x's are written there, then that pass's slice is
-  attended to. Returns the output and the updated caches. Writing before
-  reading lets XLA update the (loop-carried) caches in place; reading a slice
-  first and writing it back after made it copy every cache at every pass.
+  With a `KVSlot`, x's keys/values are written at its pass, then that pass's
+  slice is attended to; returns the output and the updated slot (None without
+  one). Writing before reading lets XLA update the (loop-carried) caches in
+  place; reading a slice first and writing it back after made it copy every
+  cache at every pass.
   """
 
   n_head: int
   dropout: float
 
   @nn.compact
-  def __call__(self, x_BxTxC: jax.Array, deterministic: bool, kv=None):
+  def __call__(self, x_BxTxC: jax.Array, deterministic: bool, slot: KVSlot | None = None):
     C = x_BxTxC.shape[-1]
     if C % self.n_head:
       raise ValueError(f'n_embd={C} is not divisible by n_head={self.n_head}: '
@@ -49,13 +63,14 @@ class CausalSelfAttention(nn.Module):
     # matmuls without a transpose per pass.
     k_BxHxTxD = jnp.einsum('btc,hcd->bhtd', x_BxTxC, proj('key'))
     v_BxHxTxD = jnp.einsum('btc,hcd->bhtd', x_BxTxC, proj('value'))
-    k_BxHxSxD, v_BxHxSxD, start, new_kv = k_BxHxTxD, v_BxHxTxD, 0, None
-    if kv is not None:
-      k_PxBxHxSxD, v_PxBxHxSxD, pass_index, start = kv
-      put = lambda a, new: jax.lax.dynamic_update_slice(a, new[None], (pass_index, 0, 0, start, 0))
-      new_kv = put(k_PxBxHxSxD, k_BxHxTxD), put(v_PxBxHxSxD, v_BxHxTxD)
-      k_BxHxSxD, v_BxHxSxD = (jax.lax.dynamic_index_in_dim(a, pass_index, keepdims=False)
-                              for a in new_kv)
+    k_BxHxSxD, v_BxHxSxD, start = k_BxHxTxD, v_BxHxTxD, 0
+    if slot is not None:
+      start = slot.start
+      put = lambda a, new: jax.lax.dynamic_update_slice(a, new[None], (slot.pass_index, 0, 0, start, 0))
+      slot = slot._replace(key_PxBxHxSxD=put(slot.key_PxBxHxSxD, k_BxHxTxD),
+                           value_PxBxHxSxD=put(slot.value_PxBxHxSxD, v_BxHxTxD))
+      k_BxHxSxD, v_BxHxSxD = (jax.lax.dynamic_index_in_dim(a, slot.pass_index, keepdims=False)
+                              for a in (slot.key_PxBxHxSxD, slot.value_PxBxHxSxD))
     T, S = x_BxTxC.shape[1], k_BxHxSxD.shape[2]
     logits_BxHxTxS = jnp.einsum('bqhd,bhkd->bhqk', q_BxTxHxD, k_BxHxSxD) / jnp.sqrt(D).astype(x_BxTxC.dtype)
     causal_TxS = jnp.arange(S)[None, :] <= start + jnp.arange(T)[:, None]
@@ -65,7 +80,7 @@ class CausalSelfAttention(nn.Module):
     y_BxTxHxD = jnp.einsum('bhqk,bhkd->bqhd', weights_BxHxTxS, v_BxHxSxD)
     y_BxTxC = dense(C, 'out')(y_BxTxHxD.reshape(x_BxTxC.shape))
     y_BxTxC = nn.Dropout(self.dropout)(y_BxTxC, deterministic=deterministic)
-    return y_BxTxC, new_kv
+    return y_BxTxC, slot
 
 
 class MLP(nn.Module):
@@ -81,19 +96,21 @@ class MLP(nn.Module):
 class Block(nn.Module):
   """x + Attn(LN1(x)), then + MLP(LN2(.)): pre-norm, as the paper's code.
 
-  With `kv` (see `CausalSelfAttention`) it also returns the updated caches.
+  Returns (out, slot): the `KVSlot` updated with this pass's keys/values when
+  decoding (see `CausalSelfAttention`), else None.
   """
 
   n_head: int
   dropout: float = 0.0
 
   @nn.compact
-  def __call__(self, x_BxTxC: jax.Array, deterministic: bool = True, kv=None):
-    attn_BxTxC, new_kv = CausalSelfAttention(self.n_head, self.dropout, name='attn')(
-        layer_norm('ln1')(x_BxTxC), deterministic, kv)
+  def __call__(self, x_BxTxC: jax.Array, deterministic: bool = True,
+               slot: KVSlot | None = None) -> tuple[jax.Array, KVSlot | None]:
+    attn_BxTxC, slot = CausalSelfAttention(self.n_head, self.dropout, name='attn')(
+        layer_norm('ln1')(x_BxTxC), deterministic, slot)
     h_BxTxC = x_BxTxC + attn_BxTxC
     out_BxTxC = h_BxTxC + MLP(self.dropout, name='mlp')(layer_norm('ln2')(h_BxTxC), deterministic)
-    return out_BxTxC if kv is None else (out_BxTxC, new_kv)
+    return out_BxTxC, slot
 
 
 # What the backward pass keeps of each block pass (`ModelConfig.remat`). Every

@@ -1,6 +1,17 @@
-"""Model hyperparameters, shared by every rung; each rung reads what it needs."""
+"""What a model is, as data: sizes (`ModelConfig`), the seven rungs (`Rung`
+recipes over one module) and the paper's compute-budget rule.
+
+No jax here: tooling that only names rungs or counts passes (results,
+reports, suites) imports this module alone.
+
+The paper equalises rungs by block passes (applications of the shared block
+in one forward pass), not by parameters or FLOPs; `normalize_budget` is its
+`--compute-budget` rule, fallback order included (paper-spec "Compute
+normalisation").
+"""
 
 import dataclasses
+import logging
 from typing import Any, Mapping
 
 
@@ -33,3 +44,103 @@ class ModelConfig:
     if unknown:
       raise ValueError(f'Unknown model config keys {unknown}; known keys: {sorted(fields)}.')
     return cls(**dict(mapping))
+
+
+@dataclasses.dataclass(frozen=True)
+class Rung:
+  title: str
+  stream: str = 'single'      # 'single' | 'dual'
+  tied: bool = True           # one shared block (all but `gpt`)
+  step_embeddings: bool = False
+  halting: str = 'none'       # 'none' | 'act' | 'q'
+  nested: bool = False        # H x L cycles with TRM's gradient rules
+
+  @property
+  def batch_coupled(self) -> bool:
+    """TRM halts when the whole batch has: one sequence's output depends on the others."""
+    return self.halting == 'q'
+
+  def default_steps(self, cfg: ModelConfig) -> int:
+    return cfg.act_steps if self.halting != 'none' else cfg.n_layer
+
+  def cycles(self, cfg: ModelConfig) -> tuple[int, int]:
+    """(H, L): cycles per step and z-updates per cycle (1, 1 unless nested)."""
+    return (cfg.n_outer_loops, cfg.n_inner_loops) if self.nested else (1, 1)
+
+  def passes_per_step(self, cfg: ModelConfig) -> int:
+    if self.stream == 'single':
+      return 1
+    H, L = self.cycles(cfg)
+    return H * (L + 1)
+
+  def block_passes(self, cfg: ModelConfig, steps: int | None = None) -> int:
+    """Passes of a forward that runs every step (`steps` defaults to trained)."""
+    return self.passes_per_step(cfg) * (steps or self.default_steps(cfg))
+
+
+RUNGS: dict[str, Rung] = {
+    'gpt': Rung('Dense Transformer', tied=False),
+    'gpt_level1': Rung('Iterative Transformer'),
+    'gpt_level2': Rung('Iterative Step Transformer', step_embeddings=True),
+    'ut': Rung('Universal Transformer (ACT)', step_embeddings=True, halting='act'),
+    'ut_level1': Rung('Dual UT', stream='dual', step_embeddings=True, halting='act'),
+    'ut_level2': Rung('Dual Nested UT', stream='dual', step_embeddings=True, halting='act', nested=True),
+    'trm': Rung('Autoregressive TRM', stream='dual', step_embeddings=True, halting='q', nested=True),
+}
+
+
+def get_rung(name: str) -> Rung:
+  if name not in RUNGS:
+    raise ValueError(f'Unknown model {name!r}; choose one of {list(RUNGS)}.')
+  return RUNGS[name]
+
+
+def block_passes(config: ModelConfig, steps: int | None = None) -> int:
+  """Passes of a forward of `config` that runs every step (`steps` defaults to trained)."""
+  return get_rung(config.name).block_passes(config, steps)
+
+
+def nested_candidates(H0: int, L0: int) -> list[tuple[int, int]]:
+  """(H0, L0) first, then L from L0 down to 0 (outer) x H from H0 down to 1."""
+  rest = [(H, L) for L in range(L0, -1, -1) for H in range(H0, 0, -1) if (H, L) != (H0, L0)]
+  return [(H0, L0)] + rest
+
+
+def normalize_budget(config: ModelConfig, budget: int) -> ModelConfig:
+  """Returns `config` with n_layer (and H, L for nested rungs) set for `budget`.
+
+  The config's n_outer_loops / n_inner_loops are the (H0, L0) start.
+  """
+  rung = get_rung(config.name)
+  if budget < 1:
+    raise ValueError(f'compute budget must be a positive number of block passes, got {budget}.')
+  if config.max_act_steps and rung.halting != 'none':
+    raise ValueError(f'max_act_steps={config.max_act_steps} is set, so the budget rule (which sets '
+                     'n_layer = steps) would not hold: set max_act_steps=0 or budget=0.')
+  if rung.stream == 'single':
+    out = dataclasses.replace(config, n_layer=budget)
+  elif not rung.nested:
+    out = dataclasses.replace(config, n_layer=max(1, budget // 2))
+  else:
+    H0, L0 = config.n_outer_loops, config.n_inner_loops
+    if H0 < 1 or L0 < 0:
+      raise ValueError(f'(H, L) start must have H >= 1 and L >= 0, got ({H0}, {L0}).')
+    fallback = None
+    for H, L in nested_candidates(H0, L0):
+      per_step = H * (L + 1)
+      if budget % per_step == 0:
+        fallback = (H, L, budget // per_step)
+        break
+      if fallback is None:
+        fallback = (H, L, max(1, budget // per_step))
+    H, L, n_layer = fallback
+    if L == 0:
+      logging.warning('Budget %d resolves %s to L = 0 z-updates: x never enters the model, whose '
+                      'output then ignores the tokens (the paper\'s rule, kept as is). Pick a '
+                      'budget divisible by 2 or 3.', budget, config.name)
+    out = dataclasses.replace(config, n_layer=n_layer, n_outer_loops=H, n_inner_loops=L)
+  if block_passes(out) > budget:
+    raise ValueError(
+        f'No configuration of {config.name} fits a budget of {budget} block passes: its '
+        f'smallest step costs {get_rung(out.name).passes_per_step(out)} passes. Raise the budget.')
+  return out

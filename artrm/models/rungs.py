@@ -23,7 +23,6 @@ positions at the same pass index. The cache travels with the counter
 (`Passes`), so the rung logic is the same with or without it.
 """
 
-import dataclasses
 import functools
 from typing import Any, NamedTuple
 
@@ -32,8 +31,8 @@ import jax
 import jax.numpy as jnp
 
 from artrm.models import act as act_lib
-from artrm.models.block import INIT, block_class, dense, layer_norm
-from artrm.models.config import ModelConfig
+from artrm.models.block import INIT, KVSlot, block_class, dense, layer_norm
+from artrm.models.config import ModelConfig, Rung, get_rung
 
 Aux = dict[str, Any]
 
@@ -57,29 +56,11 @@ class Passes(NamedTuple):
 def apply_block(block: nn.Module, h_BxTxC, passes: Passes, deterministic):
   """One block pass; when decoding, it reads and extends this pass's slice of the cache."""
   count, kv = passes
-  if kv is None:
-    return block(h_BxTxC, deterministic), Passes(count + 1)
-  out_BxTxC, (keys, values) = block(
-      h_BxTxC, deterministic, (kv.key_PxBxHxSxD, kv.value_PxBxHxSxD, count, kv.index))
-  return out_BxTxC, Passes(count + 1, kv._replace(key_PxBxHxSxD=keys, value_PxBxHxSxD=values))
-
-
-@dataclasses.dataclass(frozen=True)
-class Rung:
-  title: str
-  stream: str = 'single'      # 'single' | 'dual'
-  tied: bool = True           # one shared block (all but `gpt`)
-  step_embeddings: bool = False
-  halting: str = 'none'       # 'none' | 'act' | 'q'
-  nested: bool = False        # H x L cycles with TRM's gradient rules
-
-  @property
-  def batch_coupled(self) -> bool:
-    """TRM halts when the whole batch has: one sequence's output depends on the others."""
-    return self.halting == 'q'
-
-  def default_steps(self, cfg: ModelConfig) -> int:
-    return cfg.act_steps if self.halting != 'none' else cfg.n_layer
+  slot = None if kv is None else KVSlot(kv.key_PxBxHxSxD, kv.value_PxBxHxSxD, count, kv.index)
+  out_BxTxC, slot = block(h_BxTxC, deterministic, slot)
+  if kv is not None:
+    kv = kv._replace(key_PxBxHxSxD=slot.key_PxBxHxSxD, value_PxBxHxSxD=slot.value_PxBxHxSxD)
+  return out_BxTxC, Passes(count + 1, kv)
 
 
 SCAN = functools.partial(
@@ -133,10 +114,6 @@ class RecursiveLM(nn.Module):
   def uses_step_embeddings(self) -> bool:
     return self.rung.step_embeddings and self.config.use_step_embeddings
 
-  @property
-  def cycles(self) -> tuple[int, int]:
-    return (self.config.n_outer_loops, self.config.n_inner_loops) if self.rung.nested else (1, 1)
-
   def __call__(self, idx_BxT: jax.Array, *, deterministic: bool = True,
                inference_steps: int | None = None, full_compute: bool = False,
                cache: KVCache | None = None) -> tuple[jax.Array, Aux]:
@@ -157,11 +134,10 @@ class RecursiveLM(nn.Module):
       raise ValueError(f'{cfg.name} has {cfg.n_layer} distinct blocks; it cannot run '
                        f'{steps} inference steps. Use a weight-tied rung for step scaling.')
     if cache is not None:
-      from artrm.models.compute import block_passes   # compute imports this module
-      if cache.key_PxBxHxSxD.shape[0] < block_passes(cfg, steps):
+      if cache.key_PxBxHxSxD.shape[0] < self.rung.block_passes(cfg, steps):
         # dynamic_update_slice would clamp the pass index and overwrite silently.
         raise ValueError(f'The KV cache holds {cache.key_PxBxHxSxD.shape[0]} block passes but '
-                         f'{steps} steps run {block_passes(cfg, steps)}: build it with '
+                         f'{steps} steps run {self.rung.block_passes(cfg, steps)}: build it with '
                          'decoding.init_cache(model, ..., inference_steps) for these steps.')
     start = 0 if cache is None else cache.index
     x_BxTxC = self.tok_emb(idx_BxT) + jax.lax.dynamic_slice_in_dim(self.pos_emb, start, T)
@@ -207,7 +183,7 @@ class RecursiveLM(nn.Module):
     code); one scan over that pattern keeps a single block in the program,
     which halves compile time against nested z / y scans.
     """
-    H, L = self.cycles
+    H, L = self.rung.cycles(self.config)
     y_BxTxC, z_BxTxC = stream
     if self.rung.nested:
       y_BxTxC, z_BxTxC = jax.lax.stop_gradient((y_BxTxC, z_BxTxC))
@@ -304,23 +280,6 @@ class RecursiveLM(nn.Module):
     if passes.kv is not None:
       passes = passes._replace(kv=passes.kv._replace(steps=jnp.broadcast_to(taken, (B,))))
     return stream[0], passes, {'steps_taken': taken}
-
-
-RUNGS: dict[str, Rung] = {
-    'gpt': Rung('Dense Transformer', tied=False),
-    'gpt_level1': Rung('Iterative Transformer'),
-    'gpt_level2': Rung('Iterative Step Transformer', step_embeddings=True),
-    'ut': Rung('Universal Transformer (ACT)', step_embeddings=True, halting='act'),
-    'ut_level1': Rung('Dual UT', stream='dual', step_embeddings=True, halting='act'),
-    'ut_level2': Rung('Dual Nested UT', stream='dual', step_embeddings=True, halting='act', nested=True),
-    'trm': Rung('Autoregressive TRM', stream='dual', step_embeddings=True, halting='q', nested=True),
-}
-
-
-def get_rung(name: str) -> Rung:
-  if name not in RUNGS:
-    raise ValueError(f'Unknown model {name!r}; choose one of {list(RUNGS)}.')
-  return RUNGS[name]
 
 
 def init_params(model: RecursiveLM, key: jax.Array) -> Any:

@@ -9,7 +9,7 @@ import os
 import subprocess
 import time
 
-from artrm import suites
+from artrm.tools import suites
 
 
 def pending_runs(spec: str, root: str) -> tuple[list[suites.Run], list[suites.Run]]:
@@ -143,7 +143,7 @@ def launch_tpu(spec: str, root: str, *, dry_run: bool, log=print, **kwargs):
 
 def inference_sweep(spec: str, root: str, steps: list[int], log=print) -> list[str]:
   """Re-evaluates every finished weight-tied run with each number of inference steps."""
-  from artrm import eval_checkpoint
+  from artrm.training import eval_checkpoint
   from artrm.models import get_rung
   _, done = pending_runs(spec, root)
   evaluated = []

@@ -33,8 +33,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from artrm import decoding, parallel, profiling, train
-from artrm.configs import common
+from artrm.evaluation import decoding
+from artrm import parallel
+from artrm.bench import profiling
+from artrm.training import train
+from artrm.configs import length_gen
 from artrm.data import eval_set, get_task
 from artrm.models import RUNGS, ModelConfig, build_model, get_rung, init_params
 from artrm.tables import markdown_table
@@ -89,7 +92,7 @@ def get_setup(name: str) -> Setup:
 
 def run_config(setup: Setup, rung: str):
   """The training config of `rung` under `setup`: the paper's base config, one seed."""
-  c = common.base_config()
+  c = length_gen.base_config()
   c.model.update(name=rung, n_embd=setup.n_embd, n_head=setup.n_head,
                  block_size=setup.block_size, dropout=setup.dropout)
   if setup.remat is not None:
@@ -320,7 +323,7 @@ def run_benchmark(setup: Setup, rungs: Sequence[str] = tuple(RUNGS), steps: int 
     config = run_config(setup, rung)
     mc = train.model_config(config)
     model = build_model(mc)
-    H, L = model.cycles   # (1, 1) unless nested
+    H, L = model.rung.cycles(model.config)   # (1, 1) unless nested
     row = dict(title=get_rung(rung).title, n_layer=mc.n_layer, n_outer_loops=H, n_inner_loops=L,
                remat=mc.remat)
     if setup.train:

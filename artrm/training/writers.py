@@ -8,6 +8,8 @@ import math
 import os
 from typing import Any, Mapping
 
+from artrm import workdir as workdir_lib
+
 
 def _jsonable(value):
   value = value.item() if hasattr(value, 'item') else value
@@ -22,7 +24,7 @@ class MetricWriter:
   def __init__(self, workdir: str, *, tensorboard: bool = False, wandb_project: str = '',
                config: Mapping[str, Any] | None = None, enabled: bool = True):
     self.enabled = enabled   # only process 0 writes in a multi-host run
-    self.path = os.path.join(workdir, 'metrics.jsonl')
+    self.path = workdir_lib.path(workdir, workdir_lib.METRICS)
     self._tb = self._wandb = None
     if not enabled:
       return
@@ -46,7 +48,7 @@ class MetricWriter:
     """Drops records past `step`: a resumed run re-logs the steps it repeats."""
     if not (self.enabled and os.path.exists(self.path)):
       return
-    kept = [r for r in read_metrics(os.path.dirname(self.path)) if r['step'] <= step]
+    kept = [r for r in workdir_lib.read_metrics(os.path.dirname(self.path)) if r['step'] <= step]
     with open(self.path, 'w') as f:
       f.writelines(json.dumps(r) + '\n' for r in kept)
 
@@ -70,12 +72,3 @@ class MetricWriter:
     if self._wandb is not None:
       self._wandb.finish()
 
-
-def read_metrics(workdir: str, kind: str | None = None) -> list[dict]:
-  """The records of workdir/metrics.jsonl, optionally of one kind ('train', 'eval')."""
-  path = os.path.join(workdir, 'metrics.jsonl')
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    records = [json.loads(line) for line in f if line.strip()]
-  return [r for r in records if kind is None or r['kind'] == kind]

@@ -17,7 +17,7 @@ from typing import Any
 
 import ml_collections
 
-from artrm.train import read_final_eval
+from artrm import workdir as workdir_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +77,7 @@ def run_config(spec: str, run: Run) -> ml_collections.ConfigDict:
 
 
 def is_finished(run: Run, config: ml_collections.ConfigDict) -> bool:
-  final = read_final_eval(run.workdir)
+  final = workdir_lib.read_final_eval(run.workdir)
   return final is not None and final['step'] >= config.max_steps
 
 

@@ -9,11 +9,10 @@ report groups by. Sources in each workdir: config.json, final_eval.json
 
 import csv
 import glob
-import json
 import os
 
-from artrm import train, writers
-from artrm.evaluators import metric_rows
+from artrm import workdir as workdir_lib
+from artrm.workdir import metric_rows
 
 CONFIG_COLUMNS = {
     'model': 'model.name', 'task': 'task', 'train_length': 'train_length', 'budget': 'budget',
@@ -23,7 +22,6 @@ CONFIG_COLUMNS = {
 }
 COLUMNS = ['suite', 'run', *CONFIG_COLUMNS, 'seed', 'kind', 'step', 'inference_steps',
            'eval_length', 'metric', 'value']
-INFERENCE_EVAL = 'inference_eval.json'
 
 
 def _get(config: dict, dotted: str):
@@ -33,29 +31,26 @@ def _get(config: dict, dotted: str):
 
 
 def run_rows(workdir: str, suite: str = '') -> list[dict]:
-  with open(os.path.join(workdir, 'config.json')) as f:
-    config = json.load(f)
+  config = workdir_lib.read_config(workdir)
   base = dict(suite=suite, run=os.path.basename(os.path.normpath(workdir)),
               **{col: _get(config, key) for col, key in CONFIG_COLUMNS.items()})
   rows = []
-  final = train.read_final_eval(workdir)
+  final = workdir_lib.read_final_eval(workdir)
   if final is not None:
     for seed, by_length in final['results'].items():
       rows += metric_rows(by_length, **base, seed=seed, kind='final', step=final['step'])
-  for record in writers.read_metrics(workdir, 'eval'):
+  for record in workdir_lib.read_metrics(workdir, 'eval'):
     for key, value in record.items():
       if key.startswith('L') and '/' in key:
         length, metric = key[1:].split('/', 1)
         rows.append({**base, 'seed': record['seed'], 'kind': 'curve', 'step': record['step'],
                      'eval_length': int(length), 'metric': metric, 'value': float(value)})
-  path = os.path.join(workdir, INFERENCE_EVAL)
-  if os.path.exists(path):
-    with open(path) as f:
-      scaling = json.load(f)
+  scaling = workdir_lib.read_inference_eval(workdir)
+  if scaling is not None:
     for steps, by_seed in scaling['results'].items():
       for seed, by_length in by_seed.items():
-        rows += metric_rows(by_length, **base, seed=int(seed), kind='inference',
-                            step=scaling['step'], inference_steps=int(steps))
+        rows += metric_rows(by_length, **base, seed=seed, kind='inference',
+                            step=scaling['step'], inference_steps=steps)
   return rows
 
 
@@ -63,7 +58,7 @@ def gather(root: str) -> list[dict]:
   """Rows of every run under `root` (a suite's directory)."""
   suite = os.path.basename(os.path.normpath(root))
   rows = []
-  for config_path in sorted(glob.glob(os.path.join(root, '**', 'config.json'), recursive=True)):
+  for config_path in sorted(glob.glob(os.path.join(root, '**', workdir_lib.CONFIG), recursive=True)):
     rows += run_rows(os.path.dirname(config_path), suite)
   if not rows:
     raise FileNotFoundError(f'No runs under {root}: run the suite first (artrm suite ...).')

@@ -10,7 +10,7 @@ import csv
 import os
 import time
 
-from artrm import train
+from artrm.training import train
 from artrm.configs import length_gen
 from artrm.models import RUNGS, block_passes
 from artrm.tables import markdown_table

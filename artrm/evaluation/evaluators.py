@@ -8,25 +8,11 @@ import os
 import jax
 import numpy as np
 
-from artrm import decoding, parallel
+from artrm import workdir as workdir_lib
 from artrm.data import eval_set, get_task
-from artrm.metrics import answer_metrics
-
-CSV_NAME = 'metrics.csv'
-
-
-def metric_rows(results: dict[int, dict], **base) -> list[dict]:
-  """{length: metrics} as tidy rows `{**base, 'eval_length', 'metric', 'value'}`.
-
-  A per-position list becomes one row per position, named `pos{i}`.
-  """
-  rows = []
-  for L, metrics in results.items():
-    for name, value in metrics.items():
-      named = ([(f'pos{i}', v) for i, v in enumerate(value)] if isinstance(value, list)
-               else [(name, value)])
-      rows += [{**base, 'eval_length': int(L), 'metric': n, 'value': float(v)} for n, v in named]
-  return rows
+from artrm.evaluation import decoding
+from artrm.evaluation.metrics import answer_metrics
+from artrm import parallel
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,14 +91,14 @@ class LengthEvaluator:
     so a resumed run that repeats an evaluation does not duplicate it.
     Returns the two paths.
     """
-    out_dir = os.path.join(workdir, 'eval')
+    out_dir = workdir_lib.path(workdir, workdir_lib.EVAL_DIR)
     os.makedirs(out_dir, exist_ok=True)
     json_path = os.path.join(out_dir, f'{name}_step_{step:06d}.json')
     with open(json_path, 'w') as f:
       json.dump(dict(name=name, step=step, settings=self.settings(), results=results), f, indent=1)
 
-    csv_path = os.path.join(out_dir, CSV_NAME)
-    new_rows = metric_rows(results, name=name, step=step, **self.settings())
+    csv_path = os.path.join(out_dir, workdir_lib.EVAL_CSV)
+    new_rows = workdir_lib.metric_rows(results, name=name, step=step, **self.settings())
     columns = list(new_rows[0])
     as_text = lambda v: '' if v is None else str(v)   # as csv writes and reads back
     key = lambda row: tuple(as_text(row[c]) for c in columns if c != 'value')

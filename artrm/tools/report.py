@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from artrm import results
+from artrm.tools import results
 from artrm.models import RUNGS
 from artrm.tables import markdown_table
 

@@ -11,7 +11,6 @@ uninterrupted run.
 import functools
 import json
 import math
-import os
 import sys
 import time
 from typing import Any
@@ -24,14 +23,13 @@ import numpy as np
 import optax
 import tqdm
 
-from artrm import checkpointing, parallel
-from artrm.data import get_task, sample_batch
-from artrm.evaluators import LengthEvaluator
-from artrm.models import ModelConfig, build_model, init_params, lm_loss, normalize_budget
-from artrm.writers import MetricWriter
-
-
-FINAL_EVAL = 'final_eval.json'   # the run's last evaluation; its presence marks a finished run
+from artrm import parallel
+from artrm import workdir as workdir_lib
+from artrm.data import IGNORE_INDEX, get_task, sample_batch
+from artrm.evaluation.evaluators import LengthEvaluator
+from artrm.models import ModelConfig, build_model, init_params, normalize_budget
+from artrm.training import checkpointing
+from artrm.training.writers import MetricWriter
 
 
 @flax.struct.dataclass
@@ -46,6 +44,22 @@ def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
   """The run's ModelConfig, with the compute budget applied (paper-spec rule)."""
   mc = ModelConfig.from_mapping(config.model.to_dict())
   return normalize_budget(mc, config.budget) if config.budget else mc
+
+
+def cross_entropy(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Array:
+  """Mean over targets that are not IGNORE_INDEX (torch's ignore_index rule)."""
+  mask_BxT = targets_BxT != IGNORE_INDEX
+  nll_BxT = optax.softmax_cross_entropy_with_integer_labels(
+      logits_BxTxV.astype(jnp.float32), jnp.where(mask_BxT, targets_BxT, 0))
+  return jnp.sum(nll_BxT * mask_BxT) / jnp.maximum(jnp.sum(mask_BxT), 1)
+
+
+def lm_loss(config: ModelConfig, logits_BxTxV: jax.Array, aux: dict, targets_BxT: jax.Array) -> jax.Array:
+  """The paper's objective: next-token cross entropy plus the ACT ponder cost."""
+  loss = cross_entropy(logits_BxTxV, targets_BxT)
+  if 'ponder_cost' in aux:
+    loss = loss + config.ponder_cost_weight * aux['ponder_cost']
+  return loss
 
 
 def make_optimizer(opt: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -230,8 +244,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     writer.truncate_after(int(state.step[0]))
     best = (ckpts.best_metrics() or {}).get('value', -math.inf)
   if is_main:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      json.dump(cfg, f, indent=2)
+    workdir_lib.write_json(workdir, workdir_lib.CONFIG, cfg)
 
   step_fn = make_step_fn(config, model, optimizer, mesh)
   start = int(state.step[0])
@@ -278,22 +291,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     ckpts.wait()
     ckpts.close()
     writer.close()
-  if not results:   # nothing trained now: reuse the final evaluation, or make it
-    final = read_final_eval(workdir)
-    done = final is not None and final['step'] == int(state.step[0])
-    results = final['results'] if done else evaluate_seeds(evaluator, model, state.params, seeds, mesh)
+  settings = final_eval_settings(evaluator)
+  if not results:   # nothing trained now: reuse the final evaluation if it is this one
+    final = workdir_lib.read_final_eval(workdir)
+    same = (final is not None and final['step'] == int(state.step[0])
+            and final['settings'] == settings)
+    results = final['results'] if same else evaluate_seeds(evaluator, model, state.params, seeds, mesh)
   if is_main:
-    with open(os.path.join(workdir, FINAL_EVAL), 'w') as f:
-      json.dump(dict(step=int(state.step[0]), results=results), f, indent=1)
+    workdir_lib.write_final_eval(workdir, int(state.step[0]), results, settings)
   return dict(state=state, eval=results, best=best, model=model)
 
 
-def read_final_eval(workdir: str) -> dict | None:
-  """{'step', 'results': {seed: {length: metrics}}} of a finished run, else None."""
-  path = os.path.join(workdir, FINAL_EVAL)
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    raw = json.load(f)
-  return dict(step=raw['step'], results={int(seed): {int(L): m for L, m in r.items()}
-                                         for seed, r in raw['results'].items()})
+def final_eval_settings(evaluator: LengthEvaluator) -> dict:
+  """What the final evaluation's numbers depend on besides the params, as JSON reads it back."""
+  return json.loads(json.dumps(dict(lengths=list(evaluator.lengths), **evaluator.settings())))

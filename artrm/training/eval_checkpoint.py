@@ -1,16 +1,15 @@
 """`artrm eval`: evaluate a saved checkpoint with the config it was trained with."""
 
-import json
-import os
 from typing import Any
 
 import jax
 import ml_collections
 
-from artrm import checkpointing, parallel, train
+from artrm import parallel
+from artrm import workdir as workdir_lib
 from artrm.models import build_model
-from artrm.results import INFERENCE_EVAL
 from artrm.tables import markdown_table
+from artrm.training import checkpointing, train
 
 
 def load_checkpoint(workdir: str, which: str | int = 'latest'):
@@ -72,6 +71,5 @@ def inference_scaling(workdir: str, steps: list[int], which: str | int = 'latest
   results = {n: evaluate_loaded(config, model, state, step, workdir, f'inference{n}',
                                 {'inference_steps': n}) for n in steps}
   out = dict(step=step, results=results)
-  with open(os.path.join(workdir, INFERENCE_EVAL), 'w') as f:
-    json.dump(out, f, indent=1)
+  workdir_lib.write_json(workdir, workdir_lib.INFERENCE_EVAL, out)
   return out

@@ -31,7 +31,6 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from artrm.models.compute import block_passes
 from artrm.models.rungs import KVCache
 
 DECODINGS = ('greedy', 'sample')
@@ -106,7 +105,7 @@ def init_cache(model, batch: int, length: int, inference_steps: int | None = Non
   """An empty cache of `length` positions for every block pass of a forward that runs all steps."""
   cfg = model.config
   steps = inference_steps or model.rung.default_steps(cfg)
-  shape = (block_passes(cfg, steps), batch, cfg.n_head, length, cfg.n_embd // cfg.n_head)
+  shape = (model.rung.block_passes(cfg, steps), batch, cfg.n_head, length, cfg.n_embd // cfg.n_head)
   return KVCache(jnp.zeros(shape), jnp.zeros(shape), jnp.zeros((), jnp.int32),
                  jnp.full((batch,), steps, jnp.int32))
 

@@ -1,0 +1,101 @@
+"""What a run's workdir holds: every file name, and readers that need no jax.
+
+  config.json            the run's config (written at start)
+  metrics.jsonl          one JSON record a line: kind 'setup', 'train', 'eval'
+  eval/                  one JSON per evaluation, and metrics.csv (tidy rows)
+  final_eval.json        the last evaluation and its settings; marks a finished run
+  inference_eval.json    re-evaluations with other numbers of inference steps
+  checkpoints/<step>/    periodic Orbax checkpoints (the newest is 'latest')
+  best/<step>/           the best checkpoint by the configured metric
+
+Tooling (suites, results, report) reads runs through this module alone, so
+gathering results or drawing figures imports neither jax nor the trainer.
+"""
+
+import json
+import os
+from typing import Any
+
+CONFIG = 'config.json'
+METRICS = 'metrics.jsonl'
+EVAL_DIR = 'eval'
+EVAL_CSV = 'metrics.csv'
+FINAL_EVAL = 'final_eval.json'
+INFERENCE_EVAL = 'inference_eval.json'
+CHECKPOINTS = 'checkpoints'
+BEST = 'best'
+
+
+def path(workdir: str, name: str) -> str:
+  return os.path.join(workdir, name)
+
+
+def read_config(workdir: str) -> dict:
+  with open(path(workdir, CONFIG)) as f:
+    return json.load(f)
+
+
+def write_json(workdir: str, name: str, obj: Any):
+  """Writes through a temporary file, so a reader never sees half a file."""
+  target = path(workdir, name)
+  tmp = f'{target}.tmp{os.getpid()}'
+  with open(tmp, 'w') as f:
+    json.dump(obj, f, indent=1)
+  os.replace(tmp, target)
+
+
+def read_metrics(workdir: str, kind: str | None = None) -> list[dict]:
+  """The records of metrics.jsonl, optionally of one kind ('setup', 'train', 'eval')."""
+  p = path(workdir, METRICS)
+  if not os.path.exists(p):
+    return []
+  with open(p) as f:
+    records = [json.loads(line) for line in f if line.strip()]
+  return [r for r in records if kind is None or r['kind'] == kind]
+
+
+def _int_keys(by_seed: dict) -> dict[int, dict[int, dict]]:
+  return {int(seed): {int(L): m for L, m in r.items()} for seed, r in by_seed.items()}
+
+
+def write_final_eval(workdir: str, step: int, results: dict, settings: dict):
+  write_json(workdir, FINAL_EVAL, dict(step=step, settings=settings, results=results))
+
+
+def read_final_eval(workdir: str) -> dict | None:
+  """{'step', 'settings', 'results': {seed: {length: metrics}}} of a finished run, else None.
+
+  `settings` is what the numbers depend on besides the params (lengths,
+  samples, decoding, ...); None in files written before it was recorded.
+  """
+  p = path(workdir, FINAL_EVAL)
+  if not os.path.exists(p):
+    return None
+  with open(p) as f:
+    raw = json.load(f)
+  return dict(step=raw['step'], settings=raw.get('settings'), results=_int_keys(raw['results']))
+
+
+def read_inference_eval(workdir: str) -> dict | None:
+  """{'step', 'results': {steps: {seed: {length: metrics}}}}, else None."""
+  p = path(workdir, INFERENCE_EVAL)
+  if not os.path.exists(p):
+    return None
+  with open(p) as f:
+    raw = json.load(f)
+  return dict(step=raw['step'],
+              results={int(n): _int_keys(by_seed) for n, by_seed in raw['results'].items()})
+
+
+def metric_rows(results: dict[int, dict], **base) -> list[dict]:
+  """{length: metrics} as tidy rows `{**base, 'eval_length', 'metric', 'value'}`.
+
+  A per-position list becomes one row per position, named `pos{i}`.
+  """
+  rows = []
+  for L, metrics in results.items():
+    for name, value in metrics.items():
+      named = ([(f'pos{i}', v) for i, v in enumerate(value)] if isinstance(value, list)
+               else [(name, value)])
+      rows += [{**base, 'eval_length': int(L), 'metric': n, 'value': float(v)} for n, v in named]
+  return rows
