@@ -231,7 +231,7 @@ def test_first_cycles_carry_no_gradient(name):
   y0, z0 = jax.random.normal(jax.random.key(4), (2, 2, 8, 32))
 
   def step(model, p, y, z):
-    (y, z), _ = model.apply({'params': p}, x, (y, z), 0.0, Passes(jnp.zeros((), jnp.int32)), True,
+    (y, z), _ = model.apply({"params": p}, x, (y, z), 0.0, Passes(jnp.zeros((), jnp.int32)), True, 0, 1,
                             method=RecursiveLM._dual_step)
     return y, z
 

@@ -18,6 +18,7 @@ import dataclasses
 import ml_collections
 
 from artrm.models.config import ModelConfig
+from artrm.models.recipe import Recipe
 
 
 def parse_arg(arg: str | None, **defaults):
@@ -60,6 +61,10 @@ def base_config() -> ml_collections.ConfigDict:
   # the small CPU setup, even at paper scale; docs/performance.md). `none`
   # keeps them all.
   c.model.remat = 'full'
+
+  # How the model is trained beyond the optimizer: the TRM recipe's
+  # ingredients (artrm/models/recipe.py, docs/recipes.md); all off = the paper.
+  c.recipe = ml_collections.ConfigDict(dataclasses.asdict(Recipe()))
 
   # torch.optim.AdamW with the paper's settings: constant lr, decay on every parameter.
   c.optimizer = ml_collections.ConfigDict(dict(

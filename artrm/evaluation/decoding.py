@@ -65,7 +65,7 @@ def check_args(model, prompts_NxP: jax.Array, answer_len: int, decoding: str, ke
 def per_sequence(model, fn):
   """`fn(idx_BxT) -> logits` on the whole batch or, for batch-coupled rungs, on
   each sequence as a batch of one."""
-  if not model.rung.batch_coupled:
+  if not model.batch_coupled:
     return fn
   return jax.vmap(lambda idx_T: fn(idx_T[None])[0])
 
@@ -105,7 +105,7 @@ def init_cache(model, batch: int, length: int, inference_steps: int | None = Non
   """An empty cache of `length` positions for every block pass of a forward that runs all steps."""
   cfg = model.config
   steps = inference_steps or model.rung.default_steps(cfg)
-  shape = (model.rung.block_passes(cfg, steps), batch, cfg.n_head, length, cfg.n_embd // cfg.n_head)
+  shape = (model.passes_per_forward(steps), batch, cfg.n_head, length, cfg.n_embd // cfg.n_head)
   return KVCache(jnp.zeros(shape), jnp.zeros(shape), jnp.zeros((), jnp.int32),
                  jnp.full((batch,), steps, jnp.int32))
 

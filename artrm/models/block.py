@@ -83,6 +83,32 @@ class CausalSelfAttention(nn.Module):
     return y_BxTxC, slot
 
 
+class CausalMLPMixer(nn.Module):
+  """Attention-free token mixing: position t gets sum_{s <= t} W[t, s] x_s + b_t.
+
+  TRM's MLP mixer applied across the sequence, made causal by a
+  lower-triangular W [max_len, max_len] shared by all channels (one map, so
+  the parameter count does not grow with width). It has no keys or values to
+  cache: decode it with full recompute.
+  """
+
+  n_head: int   # unused: the signature of the attention it replaces
+  dropout: float
+  max_len: int
+
+  @nn.compact
+  def __call__(self, x_BxTxC: jax.Array, deterministic: bool, slot: KVSlot | None = None):
+    if slot is not None:
+      raise ValueError('recipe.mixer=mlp has no KV cache: evaluate with eval.kv_cache=False '
+                       '(artrm eval --nokv_cache).')
+    T = x_BxTxC.shape[1]
+    w_SxS = self.param('mix', INIT, (self.max_len, self.max_len))
+    b_S = self.param('mix_bias', nn.initializers.zeros, (self.max_len,))
+    w_TxT = jnp.where(jnp.tri(T, dtype=bool), w_SxS[:T, :T], 0.0)
+    y_BxTxC = jnp.einsum('ts,bsc->btc', w_TxT, x_BxTxC) + b_S[:T, None]
+    return nn.Dropout(self.dropout)(y_BxTxC, deterministic=deterministic), None
+
+
 class MLP(nn.Module):
   dropout: float
 
@@ -102,12 +128,15 @@ class Block(nn.Module):
 
   n_head: int
   dropout: float = 0.0
+  mixer: str = 'attention'   # a key of MIXERS (recipe.mixer)
+  max_len: int = 0           # positions the MLP mixer spans (model.block_size)
 
   @nn.compact
   def __call__(self, x_BxTxC: jax.Array, deterministic: bool = True,
                slot: KVSlot | None = None) -> tuple[jax.Array, KVSlot | None]:
-    attn_BxTxC, slot = CausalSelfAttention(self.n_head, self.dropout, name='attn')(
-        layer_norm('ln1')(x_BxTxC), deterministic, slot)
+    mix = (CausalSelfAttention(self.n_head, self.dropout, name='attn') if self.mixer == 'attention'
+           else CausalMLPMixer(self.n_head, self.dropout, self.max_len, name='mix'))
+    attn_BxTxC, slot = mix(layer_norm('ln1')(x_BxTxC), deterministic, slot)
     h_BxTxC = x_BxTxC + attn_BxTxC
     out_BxTxC = h_BxTxC + MLP(self.dropout, name='mlp')(layer_norm('ln2')(h_BxTxC), deterministic)
     return out_BxTxC, slot

@@ -55,11 +55,6 @@ class Rung:
   halting: str = 'none'       # 'none' | 'act' | 'q'
   nested: bool = False        # H x L cycles with TRM's gradient rules
 
-  @property
-  def batch_coupled(self) -> bool:
-    """TRM halts when the whole batch has: one sequence's output depends on the others."""
-    return self.halting == 'q'
-
   def default_steps(self, cfg: ModelConfig) -> int:
     return cfg.act_steps if self.halting != 'none' else cfg.n_layer
 

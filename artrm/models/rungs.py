@@ -33,6 +33,7 @@ import jax.numpy as jnp
 from artrm.models import act as act_lib
 from artrm.models.block import INIT, KVSlot, block_class, dense, layer_norm
 from artrm.models.config import ModelConfig, Rung, get_rung
+from artrm.models.recipe import GRAD_REACH, Recipe, last_k_cut
 
 Aux = dict[str, Any]
 
@@ -73,37 +74,46 @@ class _LayerStep(nn.Module):
   n_head: int
   dropout: float
   remat: str
+  mixer: str
+  max_len: int
 
   @nn.compact
   def __call__(self, carry, deterministic: bool):
     h_BxTxC, passes = carry
-    block = block_class(self.remat)(self.n_head, self.dropout, name='block')
+    block = block_class(self.remat)(self.n_head, self.dropout, self.mixer, self.max_len, name='block')
     return apply_block(block, h_BxTxC, passes, deterministic), None
 
 
 class RecursiveLM(nn.Module):
-  """A decoder of the ladder; `rung` picks the trunk, `config` the sizes."""
+  """A decoder of the ladder; `rung` picks the trunk, `config` the sizes, `recipe`
+  the training ingredients that act inside the forward (`artrm.models.recipe`)."""
 
   config: ModelConfig
   rung: Rung
+  recipe: Recipe = Recipe()
 
   def setup(self):
-    cfg, rung = self.config, self.rung
+    cfg, rung, recipe = self.config, self.rung, self.recipe
     self.tok_emb = nn.Embed(cfg.vocab_size, cfg.n_embd, embedding_init=INIT)
     self.pos_emb = self.param('pos_emb', INIT, (cfg.block_size, cfg.n_embd))
     if self.uses_step_embeddings:
       self.step_emb = self.param('step_emb', INIT, (rung.default_steps(cfg), cfg.n_embd))
+    block_args = (cfg.n_head, cfg.dropout, recipe.mixer, cfg.block_size)
     if rung.tied:
-      self.block = block_class(cfg.remat)(cfg.n_head, cfg.dropout)
+      self.block = block_class(cfg.remat)(*block_args)
     else:
       self.blocks = nn.scan(_LayerStep, variable_axes={'params': 0}, in_axes=nn.broadcast,
                             split_rngs={'params': True, 'dropout': True},
-                            length=cfg.n_layer)(cfg.n_head, cfg.dropout, cfg.remat)
+                            length=cfg.n_layer)(cfg.n_head, cfg.dropout, cfg.remat, *block_args[2:])
     if rung.stream == 'dual':
-      self.y_init = self.param('y_init', INIT, (cfg.n_embd,))
-      self.z_init = self.param('z_init', INIT, (cfg.n_embd,))
+      # TRM's fixed y0 / z0: std-1 draws that the optimizer never moves
+      # (`init_state` masks them out) and no gradient reaches.
+      init = nn.initializers.normal(stddev=1.0) if recipe.fixed_init else INIT
+      self.y_init = self.param('y_init', init, (cfg.n_embd,))
+      self.z_init = self.param('z_init', init, (cfg.n_embd,))
     if rung.halting == 'act':
-      self.act_halt = dense(1, 'act_halt')
+      self.act_halt = nn.Dense(1, kernel_init=INIT, name='act_halt',
+                               bias_init=nn.initializers.constant(recipe.act_halt_bias))
     if rung.halting == 'q':
       self.q_halt = nn.Dense(1, kernel_init=nn.initializers.zeros,
                              bias_init=nn.initializers.constant(-5.0), name='q_halt')
@@ -114,17 +124,39 @@ class RecursiveLM(nn.Module):
   def uses_step_embeddings(self) -> bool:
     return self.rung.step_embeddings and self.config.use_step_embeddings
 
+  @property
+  def halting(self) -> str:
+    """The trunk: the rung's halting, or 'q_trained' when the recipe trains the Q-head."""
+    return 'q_trained' if self.recipe.trains_halting else self.rung.halting
+
+  @property
+  def batch_coupled(self) -> bool:
+    """The paper's TRM halts when the whole batch has: one sequence's output
+    depends on the others (a trained Q-head halts per position instead)."""
+    return self.halting == 'q'
+
+  def passes_per_forward(self, steps: int | None = None) -> int:
+    """Block passes of a forward that runs every step of every supervision pass."""
+    return self.recipe.n_sup * self.rung.block_passes(self.config, steps)
+
   def __call__(self, idx_BxT: jax.Array, *, deterministic: bool = True,
                inference_steps: int | None = None, full_compute: bool = False,
-               cache: KVCache | None = None) -> tuple[jax.Array, Aux]:
+               cache: KVCache | None = None, carry=None,
+               sup_passes: int | None = None) -> tuple[jax.Array, Aux]:
     """Returns next-token logits [B, T, V] and aux metrics of the trunk.
 
     `inference_steps` runs more (or fewer) steps than trained, reusing the last
     step embedding past the table; `full_compute` disables every early stop.
     With `cache` (`artrm.decoding.init_cache`), idx holds the tokens at positions
     cache.index.., the earlier ones being cached; aux['cache'] then has them added.
+
+    Deep supervision: `sup_passes` (default recipe.n_sup) supervision passes
+    run in turn, each from the detached streams the last one ended with; the
+    first starts from `carry` (the (y, z) of `aux['carry']`) or from y0 / z0.
+    Training runs one pass per call and carries the streams itself.
     """
     cfg = self.config
+    sup_passes = self.recipe.n_sup if sup_passes is None else sup_passes
     T = idx_BxT.shape[1]
     if T > cfg.block_size:
       raise ValueError(f'Sequence length {T} exceeds block_size={cfg.block_size}: '
@@ -134,21 +166,35 @@ class RecursiveLM(nn.Module):
       raise ValueError(f'{cfg.name} has {cfg.n_layer} distinct blocks; it cannot run '
                        f'{steps} inference steps. Use a weight-tied rung for step scaling.')
     if cache is not None:
-      if cache.key_PxBxHxSxD.shape[0] < self.rung.block_passes(cfg, steps):
+      need = sup_passes * self.rung.block_passes(cfg, steps)
+      if cache.key_PxBxHxSxD.shape[0] < need:
         # dynamic_update_slice would clamp the pass index and overwrite silently.
         raise ValueError(f'The KV cache holds {cache.key_PxBxHxSxD.shape[0]} block passes but '
-                         f'{steps} steps run {self.rung.block_passes(cfg, steps)}: build it with '
-                         'decoding.init_cache(model, ..., inference_steps) for these steps.')
+                         f'{steps} steps x {sup_passes} supervision passes run {need}: build it '
+                         'with decoding.init_cache(model, ..., inference_steps) for these steps.')
     start = 0 if cache is None else cache.index
     x_BxTxC = self.tok_emb(idx_BxT) + jax.lax.dynamic_slice_in_dim(self.pos_emb, start, T)
-    if cache is not None and self.rung.halting == 'act':
+    if cache is not None and self.halting in ('act', 'q_trained'):
       # Halted positions keep evolving and later positions attend to every
       # pass of theirs: a new token must fill the cache at all steps.
       full_compute = True
-    trunk = {'none': self._fixed_trunk, 'act': self._act_trunk, 'q': self._q_trunk}[self.rung.halting]
-    h_BxTxC, passes, aux = trunk(x_BxTxC, Passes(jnp.zeros((), jnp.int32), cache), steps,
-                                 deterministic, full_compute)
+    trunk = functools.partial(getattr(RecursiveLM, f'_{self.halting}_trunk'), x_BxTxC=x_BxTxC,
+                              steps=steps, deterministic=deterministic, full_compute=full_compute)
+    stream = self._stream_init(x_BxTxC) if carry is None else tuple(carry)
+    passes = Passes(jnp.zeros((), jnp.int32), cache)
+    if sup_passes == 1:
+      h_BxTxC, stream, passes, aux = trunk(self, stream=stream, passes=passes)
+    else:
+      def sup_pass(mdl, carry, _):
+        h_BxTxC, stream, passes, aux = trunk(mdl, stream=jax.lax.stop_gradient(carry[0]),
+                                             passes=carry[1])
+        return (stream, passes), (h_BxTxC, aux)
+      (stream, passes), (h_SxBxTxC, aux_S) = SCAN(sup_pass, length=sup_passes)(
+          self, (stream, passes), None)
+      h_BxTxC, aux = jax.tree.map(lambda a: a[-1], (h_SxBxTxC, aux_S))
     aux['block_passes'] = passes.count
+    if self.rung.stream == 'dual':
+      aux['carry'] = stream
     if cache is not None:
       aux['cache'] = passes.kv._replace(index=start + T)
     return self.lm_head(self.ln_f(h_BxTxC)), aux
@@ -166,40 +212,48 @@ class RecursiveLM(nn.Module):
   def _stream_init(self, x_BxTxC):
     if self.rung.stream == 'single':
       return (x_BxTxC,)
-    return (jnp.broadcast_to(self.y_init, x_BxTxC.shape), jnp.broadcast_to(self.z_init, x_BxTxC.shape))
+    fixed = jax.lax.stop_gradient if self.recipe.fixed_init else (lambda v: v)
+    return tuple(jnp.broadcast_to(fixed(v), x_BxTxC.shape) for v in (self.y_init, self.z_init))
 
-  def _step(self, x_BxTxC, stream, s, passes, deterministic):
+  def _step(self, x_BxTxC, stream, s, passes, deterministic, steps):
     """One step: returns (new stream, passes); the readout state is stream[0]."""
     e_C = self._step_embedding(s)
     if self.rung.stream == 'single':
       h_BxTxC, passes = self._apply_block(stream[0] + e_C, passes, deterministic)
       return (h_BxTxC,), passes
-    return self._dual_step(x_BxTxC, stream, e_C, passes, deterministic)
+    return self._dual_step(x_BxTxC, stream, e_C, passes, deterministic, s, steps)
 
-  def _dual_step(self, x_BxTxC, stream, e_C, passes, deterministic):
+  def _dual_step(self, x_BxTxC, stream, e_C, passes, deterministic, s, steps):
     """H cycles of [L z-updates, one y-update], as flat scans of block passes.
 
     A pass updates z from x + y + z, or y from y + z (no x, as in the paper's
     code); one scan over that pattern keeps a single block in the program,
-    which halves compile time against nested z / y scans.
+    which halves compile time against nested z / y scans. Nested rungs detach
+    (y, z) where the recipe's gradient reach cuts (`recipe.GRAD_REACH`): each
+    static cut starts a new scan, so the passes before it never enter the
+    backward pass (the paper's rule: step start and last cycle).
     """
     H, L = self.rung.cycles(self.config)
-    y_BxTxC, z_BxTxC = stream
-    if self.rung.nested:
-      y_BxTxC, z_BxTxC = jax.lax.stop_gradient((y_BxTxC, z_BxTxC))
+    per_step = H * (L + 1)
+    cuts = GRAD_REACH[self.recipe.grad_reach](per_step, L + 1) if self.rung.nested else ()
 
-    def sub_step(mdl, carry, updates_z):
+    def sub_step(mdl, carry, xs):
+      updates_z, j = xs
       y, z, n = carry
+      cut = last_k_cut(mdl.recipe, s, j, steps, per_step)
+      if cut is not None:
+        y, z = (jnp.where(cut, jax.lax.stop_gradient(a), a) for a in (y, z))
       new, n = mdl._apply_block(jnp.where(updates_z, x_BxTxC + y + z, y + z) + e_C, n, deterministic)
       return (jnp.where(updates_z, y, new), jnp.where(updates_z, new, z), n), None
 
-    cycle_pattern = jnp.arange(L + 1) < L
-    carry = (y_BxTxC, z_BxTxC, passes)
-    if H > 1:  # TRM's rule: the first H-1 cycles refine without gradient
-      carry, _ = SCAN(sub_step)(self, carry, jnp.tile(cycle_pattern, H - 1))
-      carry = (*jax.lax.stop_gradient(carry[:2]), carry[2])
-    (y_BxTxC, z_BxTxC, passes), _ = SCAN(sub_step)(self, carry, cycle_pattern)
-    return (y_BxTxC, z_BxTxC), passes
+    pattern = jnp.tile(jnp.arange(L + 1) < L, H)
+    bounds = sorted({0, per_step, *cuts})
+    carry = (*stream, passes)
+    for a, b in zip(bounds, bounds[1:]):
+      if a in cuts:
+        carry = (*jax.lax.stop_gradient(carry[:2]), carry[2])
+      carry, _ = SCAN(sub_step)(self, carry, (pattern[a:b], jnp.arange(a, b)))
+    return carry[:2], carry[2]
 
   def _maybe_skip(self, done, step_fn, carry, full_compute):
     """Runs `step_fn(mdl, carry)` unless `done`; skipping keeps carry as is."""
@@ -208,27 +262,28 @@ class RecursiveLM(nn.Module):
     return nn.cond(done, lambda mdl, c: c, step_fn, self, carry)
 
   # -- trunks: how steps are looped and read out --------------------------------
+  # Each takes the initial streams and returns (readout state, final streams,
+  # passes, aux); `__call__` picks one by `halting`.
 
-  def _fixed_trunk(self, x_BxTxC, passes, steps, deterministic, full_compute):
+  def _none_trunk(self, x_BxTxC, stream, passes, steps, deterministic, full_compute):
     if not self.rung.tied:
       (h_BxTxC, passes), _ = self.blocks((x_BxTxC, passes), deterministic)
-      return h_BxTxC, passes, {'steps_taken': jnp.asarray(steps)}
+      return h_BxTxC, (h_BxTxC,), passes, {'steps_taken': jnp.asarray(steps)}
 
     def body(mdl, carry, s):
       stream, n = carry
-      return mdl._step(x_BxTxC, stream, s, n, deterministic), None
+      return mdl._step(x_BxTxC, stream, s, n, deterministic, steps), None
 
-    (stream, passes), _ = SCAN(body)(self, (self._stream_init(x_BxTxC), passes), jnp.arange(steps))
-    return stream[0], passes, {'steps_taken': jnp.asarray(steps)}
+    (stream, passes), _ = SCAN(body)(self, (stream, passes), jnp.arange(steps))
+    return stream[0], stream, passes, {'steps_taken': jnp.asarray(steps)}
 
-  def _act_trunk(self, x_BxTxC, passes, steps, deterministic, full_compute):
-    stream = self._stream_init(x_BxTxC)
+  def _act_trunk(self, x_BxTxC, stream, passes, steps, deterministic, full_compute):
     act0 = act_lib.act_init(x_BxTxC)
     zero = jnp.zeros((), jnp.int32)
 
     def step_fn(s, mdl, carry):
       stream, act, passes, taken = carry
-      stream, passes = mdl._step(x_BxTxC, stream, s, passes, deterministic)
+      stream, passes = mdl._step(x_BxTxC, stream, s, passes, deterministic, steps)
       p_BxT = jax.nn.sigmoid(mdl.act_halt(stream[0])[..., 0])
       return stream, act_lib.act_update(act, p_BxT, stream[0]), passes, taken + 1
 
@@ -238,15 +293,20 @@ class RecursiveLM(nn.Module):
 
     (stream, act, passes, taken), _ = SCAN(body)(self, (stream, act0, passes, zero), jnp.arange(steps))
     out_BxTxC, ponder = act_lib.act_finalize(act, stream[0])
-    return out_BxTxC, passes, {'ponder_cost': ponder, 'steps_taken': taken}
+    return out_BxTxC, stream, passes, {'ponder_cost': ponder, 'steps_taken': taken}
 
-  def _q_trunk(self, x_BxTxC, passes, steps, deterministic, full_compute):
+  def _min_steps(self, B: int, steps: int, deterministic: bool) -> jax.Array:
+    """TRM's halting exploration: with halt_exploration_prob, a sequence must run
+    a random 1..steps steps before it may halt (training only)."""
+    if deterministic or self.config.halt_exploration_prob <= 0:
+      return jnp.zeros((B,), jnp.int32)
+    explore_key, steps_key = jax.random.split(self.make_rng('dropout'))
+    explore_B = jax.random.bernoulli(explore_key, self.config.halt_exploration_prob, (B,))
+    return jnp.where(explore_B, jax.random.randint(steps_key, (B,), 1, steps + 1), 0)
+
+  def _q_trunk(self, x_BxTxC, stream, passes, steps, deterministic, full_compute):
     B = x_BxTxC.shape[0]
-    min_steps_B = jnp.zeros((B,), jnp.int32)
-    if not deterministic and self.config.halt_exploration_prob > 0:
-      explore_key, steps_key = jax.random.split(self.make_rng('dropout'))
-      explore_B = jax.random.bernoulli(explore_key, self.config.halt_exploration_prob, (B,))
-      min_steps_B = jnp.where(explore_B, jax.random.randint(steps_key, (B,), 1, steps + 1), 0)
+    min_steps_B = self._min_steps(B, steps, deterministic)
     # The Q-head reads position 0. Decoding a later token, position 0 is only
     # in the cache: the step count the head fixed at prefill stops instead.
     reads_q, last_step = (True, steps) if passes.kv is None else (passes.kv.index == 0, passes.kv.steps)
@@ -261,7 +321,7 @@ class RecursiveLM(nn.Module):
 
     def step_fn(s, mdl, carry):
       stream, halted_B, passes, taken = carry
-      new_stream, passes = mdl._step(x_BxTxC, stream, s, passes, deterministic)
+      new_stream, passes = mdl._step(x_BxTxC, stream, s, passes, deterministic, steps)
       if freeze:
         new_stream = jax.tree.map(lambda new, old: jnp.where(halted_B[:, None, None], old, new),
                                   new_stream, stream)
@@ -275,11 +335,46 @@ class RecursiveLM(nn.Module):
       return mdl._maybe_skip(done, functools.partial(step_fn, s), carry, full_compute or freeze), None
 
     zero = jnp.zeros((B,) if freeze else (), jnp.int32)
-    carry0 = (self._stream_init(x_BxTxC), jnp.zeros((B,), bool), passes, zero)
+    carry0 = (stream, jnp.zeros((B,), bool), passes, zero)
     (stream, _, passes, taken), _ = SCAN(body)(self, carry0, jnp.arange(steps))
     if passes.kv is not None:
       passes = passes._replace(kv=passes.kv._replace(steps=jnp.broadcast_to(taken, (B,))))
-    return stream[0], passes, {'steps_taken': taken}
+    return stream[0], stream, passes, {'steps_taken': taken}
+
+  def _q_trained_trunk(self, x_BxTxC, stream, passes, steps, deterministic, full_compute):
+    """TRM halting with a trained Q-head, per position (the recipe's halt_loss_weight).
+
+    After each step the head reads y at every position; a position's output is
+    y at the first step whose q > 0 (after its sequence's exploration minimum),
+    else at the last step. Streams keep evolving after a position halts, as in
+    ACT, so a causal forward gives each position what it gets decoded alone,
+    with or without the cache. aux['halt'] holds each step's q and logits for
+    the halting loss (`artrm.training.train.halt_loss`).
+    """
+    B, T = x_BxTxC.shape[:2]
+    min_steps_Bx1 = self._min_steps(B, steps, deterministic)[:, None]
+
+    def body(mdl, carry, s):
+      stream, halted_BxT, out_BxTxC, passes, taken_BxT = carry
+      step_fn = lambda m, c: m._step(x_BxTxC, c[0], s, c[1], deterministic, steps)
+      # Training reads every step (the loss needs each q): no early stop there.
+      stream, passes = mdl._maybe_skip(jnp.all(halted_BxT), step_fn, (stream, passes),
+                                       full_compute or not deterministic)
+      y_BxTxC = stream[0]
+      q_BxT = mdl.q_halt(y_BxTxC)[..., 0]
+      running_BxT = ~halted_BxT
+      out_BxTxC = jnp.where(running_BxT[..., None], y_BxTxC, out_BxTxC)
+      halted_BxT = halted_BxT | ((q_BxT > 0) & (s + 1 >= min_steps_Bx1))
+      carry = (stream, halted_BxT, out_BxTxC, passes, taken_BxT + running_BxT)
+      return carry, (q_BxT, mdl.lm_head(mdl.ln_f(y_BxTxC)))
+
+    carry0 = (stream, jnp.zeros((B, T), bool), jnp.zeros_like(x_BxTxC), passes,
+              jnp.zeros((B, T), jnp.int32))
+    (stream, _, out_BxTxC, passes, taken_BxT), (q_SxBxT, logits_SxBxTxV) = SCAN(body)(
+        self, carry0, jnp.arange(steps))
+    aux = {'steps_taken': jnp.mean(taken_BxT.astype(jnp.float32)),
+           'halt': {'q_SxBxT': q_SxBxT, 'logits_SxBxTxV': logits_SxBxTxV}}
+    return out_BxTxC, stream, passes, aux
 
 
 def init_params(model: RecursiveLM, key: jax.Array) -> Any:
@@ -291,8 +386,10 @@ def init_params(model: RecursiveLM, key: jax.Array) -> Any:
   return jax.jit(model.init)(key, idx_1xT)['params']
 
 
-def build_model(config: ModelConfig | Any) -> RecursiveLM:
-  """The registry's one entry point: a ModelConfig (or mapping) to its module."""
+def build_model(config: ModelConfig | Any, recipe: Recipe | Any = None) -> RecursiveLM:
+  """The registry's one entry point: a ModelConfig (or mapping) and a recipe to its module."""
   if not isinstance(config, ModelConfig):
     config = ModelConfig.from_mapping(config)
-  return RecursiveLM(config, get_rung(config.name))
+  if not isinstance(recipe, Recipe):
+    recipe = Recipe.from_mapping(recipe)
+  return RecursiveLM(config, get_rung(config.name), recipe.check(config.name))

@@ -7,7 +7,6 @@ import ml_collections
 
 from artrm import parallel
 from artrm import workdir as workdir_lib
-from artrm.models import build_model
 from artrm.tables import markdown_table
 from artrm.training import checkpointing, train
 
@@ -21,10 +20,10 @@ def load_checkpoint(workdir: str, which: str | int = 'latest'):
       raise FileNotFoundError(f'No {which} checkpoint in {workdir}: train there first '
                               '(artrm train --workdir=...).')
     config = ml_collections.ConfigDict(saved)
-    model = build_model(train.model_config(config))
+    model = train.run_model(config)
     replicated = parallel.replicated(parallel.data_mesh())
     abstract = jax.eval_shape(lambda: train.init_seeds(
-        model, train.make_optimizer(config.optimizer), train.seeds_of(config)))
+        model, train.make_optimizer(config.optimizer, model.recipe), train.seeds_of(config)))
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
                             abstract)
     step, state = ckpts.restore(which, abstract, saved)
@@ -38,7 +37,7 @@ def evaluate_loaded(config, model, state, step: int, workdir: str, name: str,
   """{seed: {length: metrics}}; `overrides` change only how it is evaluated."""
   evaluator = train.evaluator_for(config, **(overrides or {}))
   evaluator.check_fits(model.config.block_size)
-  results = train.evaluate_seeds(evaluator, model, state.params, train.seeds_of(config),
+  results = train.evaluate_seeds(evaluator, model, train.eval_params(state), train.seeds_of(config),
                                  parallel.data_mesh())   # where load_checkpoint put the params
   for seed, by_length in results.items():
     evaluator.write(by_length, workdir, step, name=f'{name}_seed{seed}')

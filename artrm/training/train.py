@@ -28,6 +28,7 @@ from artrm import workdir as workdir_lib
 from artrm.data import IGNORE_INDEX, get_task, sample_batch
 from artrm.evaluation.evaluators import LengthEvaluator
 from artrm.models import ModelConfig, build_model, init_params, normalize_budget
+from artrm.models.recipe import Recipe, compute_record
 from artrm.training import checkpointing
 from artrm.training.writers import MetricWriter
 
@@ -38,12 +39,24 @@ class TrainState:
   params: Any
   opt_state: Any
   rng: jax.Array   # raw key data (uint32): saved by Orbax like any array
+  ema_params: Any = None   # recipe.ema_decay > 0: the weights evaluation uses
 
 
 def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
   """The run's ModelConfig, with the compute budget applied (paper-spec rule)."""
   mc = ModelConfig.from_mapping(config.model.to_dict())
   return normalize_budget(mc, config.budget) if config.budget else mc
+
+
+def recipe_of(config: ml_collections.ConfigDict) -> Recipe:
+  """The run's training recipe (the paper's where the config has no `recipe` section)."""
+  recipe = config.get('recipe')
+  return Recipe.from_mapping(recipe.to_dict() if recipe is not None else None)
+
+
+def run_model(config: ml_collections.ConfigDict):
+  """The module a run trains: its rung and sizes, and its recipe checked against the rung."""
+  return build_model(model_config(config), recipe_of(config))
 
 
 def cross_entropy(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Array:
@@ -62,12 +75,57 @@ def lm_loss(config: ModelConfig, logits_BxTxV: jax.Array, aux: dict, targets_BxT
   return loss
 
 
-def make_optimizer(opt: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """AdamW as torch.optim.AdamW: decoupled decay lr * wd * param on every parameter."""
+def halt_loss(halt: dict, targets_BxT: jax.Array, target: str) -> jax.Array:
+  """TRM's Q-head loss: BCE of each step's q against "this step's prediction is right".
+
+  'token' (default): the argmax at the position is its target. That is what a
+  halting decision can change while decoding, one new token at a time.
+  'sequence': every answer token up to and including the position is right
+  (TRM's "the answer is exactly right", made causal). Means over the answer
+  positions of every step. The q's input is not detached: the loss also
+  shapes the trunk, as in TRM.
+  """
+  mask_BxT = targets_BxT != IGNORE_INDEX
+  right_SxBxT = jnp.argmax(halt['logits_SxBxTxV'], axis=-1) == targets_BxT
+  if target == 'sequence':
+    right_SxBxT = jnp.cumprod(right_SxBxT | ~mask_BxT, axis=-1).astype(bool)
+  bce_SxBxT = optax.sigmoid_binary_cross_entropy(halt['q_SxBxT'].astype(jnp.float32),
+                                                 right_SxBxT.astype(jnp.float32))
+  mask_SxBxT = jnp.broadcast_to(mask_BxT, bce_SxBxT.shape)
+  return jnp.sum(bce_SxBxT * mask_SxBxT) / jnp.maximum(jnp.sum(mask_SxBxT), 1)
+
+
+def objective(model, logits_BxTxV: jax.Array, aux: dict, targets_BxT: jax.Array) -> jax.Array:
+  """The loss of one supervision pass: the paper's, plus the recipe's halting loss."""
+  loss = lm_loss(model.config, logits_BxTxV, aux, targets_BxT)
+  if model.recipe.trains_halting:
+    loss = loss + model.recipe.halt_loss_weight * halt_loss(aux['halt'], targets_BxT,
+                                                            model.recipe.halt_target)
+  return loss
+
+
+def ema_update(ema_params, params, decay: float):
+  """TRM's EMA of the weights, after every optimizer step."""
+  return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema_params, params)
+
+
+def eval_params(state: TrainState):
+  """The weights evaluation and the best checkpoint score: the EMA when the recipe keeps one."""
+  return state.params if state.ema_params is None else state.ema_params
+
+
+def make_optimizer(opt: ml_collections.ConfigDict,
+                   recipe: Recipe = Recipe()) -> optax.GradientTransformation:
+  """AdamW as torch.optim.AdamW: decoupled decay lr * wd * param on every parameter
+  (but fixed y0 / z0, which `recipe.fixed_init` keeps out of the optimizer)."""
   tx = optax.adamw(opt.learning_rate, b1=opt.b1, b2=opt.b2, eps=opt.eps,
                    weight_decay=opt.weight_decay)
   if opt.grad_clip_norm > 0:
     tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), tx)
+  if recipe.fixed_init:
+    learned = lambda params: {k: jax.tree.map(lambda _: k not in ('y_init', 'z_init'), v)
+                              for k, v in params.items()}
+    tx = optax.masked(tx, learned)   # masked-out updates pass through: their gradient is 0
   return tx
 
 
@@ -76,7 +134,8 @@ def init_state(model, optimizer: optax.GradientTransformation, seed: int) -> Tra
   init_key, train_key = jax.random.split(jax.random.key(seed))
   params = init_params(model, init_key)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    opt_state=jax.jit(optimizer.init)(params), rng=jax.random.key_data(train_key))
+                    opt_state=jax.jit(optimizer.init)(params), rng=jax.random.key_data(train_key),
+                    ema_params=params if model.recipe.ema_decay > 0 else None)
 
 
 def seeds_of(config: ml_collections.ConfigDict) -> list[int]:
@@ -110,31 +169,72 @@ def seed_slice(tree, i: int):
   return jax.tree.map(lambda x: x[i], tree)
 
 
+def apply_gradients(state: TrainState, grads, loss, optimizer, ema_decay: float):
+  """One optimizer (and EMA) update; a non-finite loss or gradient leaves the state as it was."""
+  grad_norm = optax.tree.norm(grads)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  keep_good = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+  ema = None if state.ema_params is None else ema_update(state.ema_params, params, ema_decay)
+  return state.replace(params=keep_good(params, state.params),
+                       opt_state=keep_good(opt_state, state.opt_state),
+                       ema_params=keep_good(ema, state.ema_params)), grad_norm, finite
+
+
 def train_step(state: TrainState, *, model, optimizer, task: str, length: int, batch_size: int,
                batch_sharding=None) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One AdamW step on a fresh batch; a non-finite loss or gradient leaves params as they were."""
+  """One batch: `recipe.n_sup` supervision passes over it, then step + 1.
+
+  Each pass starts from the detached (y, z) the last one ended with and ends
+  in a loss; with sup_update 'each' every pass makes an optimizer step, with
+  'accumulate' one step takes the summed gradients at the end. A checkpoint
+  falls between batches, so resuming never needs a carry.
+  """
+  recipe = model.recipe
   step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
   data_key, dropout_key = jax.random.split(step_key)
   batch = sample_batch(data_key, task, length, batch_size)
   if batch_sharding is not None:
     batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
 
-  def loss_fn(params):
+  def loss_fn(params, carry, key):
     logits_BxTxV, aux = model.apply({'params': params}, batch['inputs'], deterministic=False,
-                                    rngs={'dropout': dropout_key})
-    return lm_loss(model.config, logits_BxTxV, aux, batch['targets']), aux
+                                    rngs={'dropout': key}, carry=carry, sup_passes=1)
+    return objective(model, logits_BxTxV, aux, batch['targets']), aux
 
-  (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  grad_norm = optax.tree.norm(grads)
-  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-  keep_good = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-  new_state = state.replace(step=state.step + 1, params=keep_good(params, state.params),
-                            opt_state=keep_good(opt_state, state.opt_state))
-  metrics = dict(loss=loss, grad_norm=grad_norm, finite=finite,
-                 **{k: jnp.asarray(v, jnp.float32) for k, v in aux.items()})
-  return new_state, metrics
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def sup_pass(state, carry, key, grads_sum):
+    (loss, aux), grads = grad_fn(state.params, carry, key)
+    carry = jax.lax.stop_gradient(aux.pop('carry', None))
+    if recipe.sup_update == 'each':
+      state, grad_norm, finite = apply_gradients(state, grads, loss, optimizer, recipe.ema_decay)
+    else:
+      grads_sum = jax.tree.map(jnp.add, grads_sum, grads)
+      grad_norm, finite = optax.tree.norm(grads), jnp.isfinite(loss)
+    scalars = {k: jnp.asarray(v, jnp.float32) for k, v in aux.items()
+               if isinstance(v, jax.Array) and v.ndim == 0}
+    return state, carry, grads_sum, dict(loss=loss, grad_norm=grad_norm, finite=finite, **scalars)
+
+  keys = jax.random.split(dropout_key, recipe.n_sup) if recipe.n_sup > 1 else dropout_key[None]
+  zeros = jax.tree.map(jnp.zeros_like, state.params)
+  state, carry, grads_sum, metrics = sup_pass(state, None, keys[0], zeros)
+  if recipe.n_sup > 1:
+    def body(c, key):
+      state, carry, grads_sum = c
+      state, carry, grads_sum, m = sup_pass(state, carry, key, grads_sum)
+      return (state, carry, grads_sum), m
+    (state, _, grads_sum), rest = jax.lax.scan(body, (state, carry, grads_sum), keys[1:])
+    # The batch's metrics: means over its passes; the last pass's loss apart.
+    stacked = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), metrics, rest)
+    metrics = {k: jnp.all(v) if k == 'finite' else jnp.mean(v) for k, v in stacked.items()}
+    metrics['loss_last_pass'] = stacked['loss'][-1]
+  if recipe.sup_update == 'accumulate':
+    state, metrics['grad_norm'], finite = apply_gradients(
+        state, grads_sum, metrics['loss'], optimizer, recipe.ema_decay)
+    metrics['finite'] = metrics['finite'] & finite
+  return state.replace(step=state.step + 1), metrics
 
 
 def make_step_fn(config: ml_collections.ConfigDict, model, optimizer: optax.GradientTransformation,
@@ -217,8 +317,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   Returns the final state (stacked over seeds), the last evaluation
   {seed: {length: metrics}}, the best mean metric and the model.
   """
-  mc = model_config(config)
-  model = build_model(mc)
+  model = run_model(config)
+  mc = model.config
   task = get_task(config.task)
   seq_len = task.seq_len(config.train_length)
   if seq_len > mc.block_size:
@@ -229,7 +329,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   mesh = parallel.data_mesh()
   parallel.check_batch_divisible(config.batch_size, mesh)
   replicated = parallel.replicated(mesh)
-  optimizer = make_optimizer(config.optimizer)
+  optimizer = make_optimizer(config.optimizer, model.recipe)
   cfg = config_dict(config)
   seeds = seeds_of(config)
 
@@ -253,7 +353,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   writer.write(start, 'setup', dict(
       compile_seconds=time.perf_counter() - t0, seq_len=seq_len, seeds=seeds,
       n_params=sum(math.prod(x.shape[1:]) for x in jax.tree.leaves(state.params)), n_layer=mc.n_layer,
-      n_outer_loops=mc.n_outer_loops, n_inner_loops=mc.n_inner_loops, devices=mesh.devices.size))
+      n_outer_loops=mc.n_outer_loops, n_inner_loops=mc.n_inner_loops, devices=mesh.devices.size,
+      **compute_record(model.rung, mc, model.recipe)))
 
   ckpt_every = config.checkpoint.every_steps or max(1, config.max_steps // 10)
   window = _Window(config.batch_size * seq_len)
@@ -273,7 +374,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           writer.write(step, 'train', dict(seed=seed, **record))
         bar.set_postfix(loss=f'{np.mean([r["loss"] for r in logged]):.4f}')
       if is_eval:
-        results = evaluate_seeds(evaluator, model, state.params, seeds, mesh)
+        results = evaluate_seeds(evaluator, model, eval_params(state), seeds, mesh)
         for seed, by_length in results.items():
           writer.write(step, 'eval', dict(seed=seed, **eval_scalars(by_length)))
           if is_main:
@@ -296,7 +397,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     final = workdir_lib.read_final_eval(workdir)
     same = (final is not None and final['step'] == int(state.step[0])
             and final['settings'] == settings)
-    results = final['results'] if same else evaluate_seeds(evaluator, model, state.params, seeds, mesh)
+    results = (final['results'] if same
+               else evaluate_seeds(evaluator, model, eval_params(state), seeds, mesh))
   if is_main:
     workdir_lib.write_final_eval(workdir, int(state.step[0]), results, settings)
   return dict(state=state, eval=results, best=best, model=model)
