@@ -129,23 +129,24 @@ def _report(argv):
 
 def _bench(argv):
   del argv
-  from artrm import bench
+  from artrm.bench import formatting, setups, timing
+  from artrm.models import RUNGS
   if FLAGS.versus_paper:
     for path in FLAGS.versus_paper:
       with open(path) as f:
         result = json.load(f)
-      print(f'{path}\n{bench.markdown(result, bench.versus_paper(result))}\n')
+      print(f'{path}\n{formatting.markdown(result, formatting.versus_paper(result))}\n')
     return
-  setup = bench.get_setup(FLAGS.setup).replace(
+  setup = setups.get_setup(FLAGS.setup).replace(
       eval_lengths=FLAGS.eval_lengths and tuple(int(L) for L in FLAGS.eval_lengths),
       eval_batch=FLAGS.eval_batch, remat=FLAGS.remat)
-  result = bench.run_benchmark(setup, FLAGS.rungs or tuple(bench.RUNGS), steps=FLAGS.steps,
+  result = timing.run_benchmark(setup, FLAGS.rungs or tuple(RUNGS), steps=FLAGS.steps,
                                warmup=FLAGS.warmup, eval_repeats=FLAGS.eval_repeats,
                                full_compute=bool(FLAGS.full_compute), peak=FLAGS.peak_flops,
                                devices=FLAGS.devices, profile_dir=FLAGS.profile_dir,
                                verbose=True)
-  print('\n' + bench.markdown(result))
-  print(f'wrote {bench.write_results(result, FLAGS.out)}')
+  print('\n' + formatting.markdown(result))
+  print(f'wrote {formatting.write_results(result, FLAGS.out)}')
 
 
 def _main(argv):
