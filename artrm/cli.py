@@ -116,24 +116,19 @@ def _suite(f):
     launch.launch_tpu(f.suite, f.root, dry_run=f.dry_run, tpu_name=f.tpu_name, zone=f.zone)
 
 
-def _gather_flags(fv, argv):
-  del argv
-  flags.DEFINE_string('root', None, 'Directory of a suite\'s runs.', flag_values=fv)
-  flags.DEFINE_string('out', None, 'Table path, .csv or .parquet (default: <root>/results.csv).',
-                      flag_values=fv)
+def _root_and_out_flags(out_help: str):
+  """gather's and report's flags: a suite's directory and where to write."""
+  def define(fv, argv):
+    del argv
+    flags.DEFINE_string('root', None, 'Directory of a suite\'s runs.', flag_values=fv)
+    flags.DEFINE_string('out', None, out_help, flag_values=fv)
+  return define
 
 
 def _gather(f):
   from artrm.tools import results
   out = f.out or os.path.join(f.root, 'results.csv')
   print(f'wrote {results.write_table(results.gather(f.root), out)}')
-
-
-def _report_flags(fv, argv):
-  del argv
-  flags.DEFINE_string('root', None, 'Directory of a suite\'s runs.', flag_values=fv)
-  flags.DEFINE_string('out', None, 'Output directory: figures, tables, README.md.',
-                      flag_values=fv)
 
 
 def _report(f):
@@ -205,12 +200,14 @@ COMMANDS = {
                      '--root=workdirs/length_gen_cpu --slots=2', _suite_flags, _suite,
                      ('suite', 'root')),
     'gather': Command('collect a suite\'s results into one table',
-                      'artrm gather --root=workdirs/length_gen_cpu', _gather_flags, _gather,
-                      ('root',)),
+                      'artrm gather --root=workdirs/length_gen_cpu',
+                      _root_and_out_flags('Table path, .csv or .parquet (default: '
+                                          '<root>/results.csv).'), _gather, ('root',)),
     'report': Command('draw a suite\'s figures and tables',
                       'artrm report --root=workdirs/length_gen_cpu '
-                      '--out=docs/results/length_gen_cpu', _report_flags, _report,
-                      ('root', 'out')),
+                      '--out=docs/results/length_gen_cpu',
+                      _root_and_out_flags('Output directory: figures, tables, README.md.'),
+                      _report, ('root', 'out')),
     'bench': Command('measure each rung\'s compile time, step time, FLOPs and decoding speed',
                      'artrm bench --setup=small --rungs=gpt,trm --steps=5', _bench_flags, _bench),
 }

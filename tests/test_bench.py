@@ -31,7 +31,7 @@ def test_micro_run_writes_json(tmp_path):
   assert {'device_kind', 'platform', 'jax', 'cpu_count'} <= set(saved['device'])
   assert saved['setup']['name'] == 'micro' and saved['settings']['steps'] == 2
   assert list(saved['rungs']) == ['gpt', 'gpt_level1']
-  for rung, row in saved['rungs'].items():
+  for row in saved['rungs'].values():
     t = row['train']
     assert t['seq_len'] == 7 and t['tokens_per_step'] == 4 * 7 and len(t['step_seconds_all']) == 2
     assert t['fwd_passes'] == t['bwd_passes'] == 4 and t['flops_per_step'] > 0
