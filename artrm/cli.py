@@ -1,171 +1,294 @@
-"""`artrm <command>`: thin entry points over the library.
+"""`artrm <command> [--flag=value ...]`: thin entry points over the library.
 
-  artrm                      the main job: the seven-rung ladder on CPU (= `artrm main`)
-  artrm train --config=artrm/configs/length_gen.py:model=trm,runlocal --workdir=runs/x
-  artrm eval  --workdir=runs/x [--checkpoint=best] [--lengths=10,20] [--decoding=sample]
-  artrm suite --suite=experiments/length_gen.py:runlocal --root=workdirs/length_gen_cpu
-              [--launcher=local|slurm|tpu] [--slots=2] [--gpus=0,1] [--dry_run]
-  artrm gather --root=workdirs/length_gen_cpu [--out=results.csv]
-  artrm report --root=workdirs/length_gen_cpu --out=docs/results/length_gen_cpu
-  artrm bench  --setup=small|paper|eval [--rungs=gpt,trm] [--steps=20] [--out=x.json]
-
-`python -m artrm ...` is the same.
+`artrm --help` lists the commands, `artrm <command> --help` shows one command's
+flags; `artrm` alone runs the main job and `python -m artrm` is the same program.
+Each command owns its flags (an absl FlagValues of its own), so a flag given to a
+command that does not take it is refused, naming the commands that do.
 """
 
-import functools
 import json
 import os
 import sys
+import textwrap
+from typing import Callable, NamedTuple, Sequence
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
-_COMMANDS = ('main', 'train', 'eval', 'suite', 'gather', 'report', 'bench')
 
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'Config file[:arg] (train).', lock_config=True)
-flags.DEFINE_string('workdir', None, 'Run directory: checkpoints, metrics, evaluations.')
-flags.DEFINE_string('checkpoint', 'latest', "eval: 'latest', 'best' or a step number.")
-flags.DEFINE_list('lengths', None, 'eval: lengths to evaluate (default: the run\'s eval.lengths).')
-flags.DEFINE_integer('n_samples', None, 'eval: prompts per length.')
-flags.DEFINE_enum('decoding', None, ['greedy', 'sample'], 'eval: decoding rule.')
-flags.DEFINE_integer('inference_steps', None, 'eval: steps to run (weight-tied rungs).')
-flags.DEFINE_bool('full_compute', None, 'eval: disable every early stop.')
-flags.DEFINE_bool('kv_cache', None, 'eval: KV-cached decoding (--nokv_cache: full recompute).')
-flags.DEFINE_string('task', 'copy', 'main: task of the ladder comparison.')
-flags.DEFINE_integer('max_steps', None, 'main: training steps per rung.')
-flags.DEFINE_string('suite', None, 'suite: experiments/<file>.py[:arg].')
-flags.DEFINE_string('root', None, 'suite / gather / report: directory holding the runs of a suite.')
-flags.DEFINE_enum('launcher', 'local', ['local', 'slurm', 'tpu'], 'suite: where to run.')
-flags.DEFINE_integer('slots', 1, 'suite: runs at once (per GPU with --gpus).')
-flags.DEFINE_list('gpus', None, 'suite: GPU ids for a one-run-per-GPU queue.')
-flags.DEFINE_bool('dry_run', False, 'suite: print what would run or be submitted.')
-flags.DEFINE_list('inference_sweep', None,
-                  'suite: instead of training, re-evaluate finished weight-tied runs with '
-                  'these numbers of inference steps (the inference-scaling study).')
-flags.DEFINE_string('tpu_name', None, 'suite --launcher=tpu: TPU VM name.')
-flags.DEFINE_string('zone', None, 'suite --launcher=tpu: its zone.')
-flags.DEFINE_string('slurm_time', '02:00:00', 'suite --launcher=slurm: time limit per run.')
-flags.DEFINE_string('out', None, 'gather: table path (.csv or .parquet); report: output directory.')
-flags.DEFINE_string('setup', 'small', 'bench: small, paper or eval (--out: its JSON path, default '
-                    'benchmarks/results/<device>_<setup>.json; --full_compute: no early stop).')
-flags.DEFINE_list('rungs', None, 'bench: rungs to measure (default: all seven).')
-flags.DEFINE_integer('steps', 20, 'bench: timed training steps (median reported).')
-flags.DEFINE_integer('warmup', 3, 'bench: untimed steps after compilation.')
-flags.DEFINE_integer('eval_repeats', 5, 'bench: timed decoding calls per length.')
-flags.DEFINE_list('eval_lengths', None, 'bench: decoding lengths (default: the setup\'s).')
-flags.DEFINE_integer('eval_batch', None, 'bench: prompts per decoded batch (default 100).')
-flags.DEFINE_string('remat', None, 'bench: model.remat, a key of models.block.REMAT_POLICIES '
-                    '(default: the training config\'s).')
-flags.DEFINE_list('versus_paper', None,
-                  'bench: only print saved CPU results (JSON paths) against the paper\'s code.')
-flags.DEFINE_float('peak_flops', None, 'bench: device peak FLOP/s for MFU (default: known GPUs).')
-flags.DEFINE_string('profile_dir', None, 'bench: also write a profiler trace per rung there and '
-                    'summarise it (time per model region and op kind) in the JSON.')
-flags.DEFINE_integer('devices', 1, 'bench: train and decode data-parallel over this many local '
-                     'devices (CPU: XLA_FLAGS=--xla_force_host_platform_device_count=N makes them).')
+class Command(NamedTuple):
+  summary: str                     # its line in `artrm --help`
+  example: str
+  define: Callable[[flags.FlagValues, Sequence[str]], None]   # its flags (argv: --config's)
+  run: Callable[[flags.FlagValues], None]
+  required: tuple[str, ...] = ()
 
 
-def _train(argv):
+# ---------------------------------------------------------------- commands ---
+
+def _main_flags(fv, argv):
   del argv
-  if FLAGS.config is None or FLAGS.workdir is None:
-    raise app.UsageError('artrm train needs --config=<file>[:arg] and --workdir=<dir>.')
+  flags.DEFINE_string('workdir', 'workdirs/ladder', 'Where the seven runs and ladder.md go.',
+                      flag_values=fv)
+  flags.DEFINE_string('task', 'copy', 'Task of the comparison: copy, reverse or addition.',
+                      flag_values=fv)
+  flags.DEFINE_integer('max_steps', None, 'Training steps per rung (default: the CPU config\'s).',
+                       flag_values=fv)
+
+
+def _main(f):
+  from artrm.tools import ladder
+  ladder.run_ladder(f.workdir, task=f.task, max_steps=f.max_steps)
+
+
+def _train_flags(fv, argv):
+  config_flags.DEFINE_config_file(
+      'config', None, 'Config file[:arg]; override any field with --config.<field>=<value>.',
+      flag_values=fv, lock_config=True, sys_argv=['artrm', *argv])
+  flags.DEFINE_string('workdir', None, 'Run directory: checkpoints, metrics, evaluations. A run '
+                      'there is resumed.', flag_values=fv)
+
+
+def _train(f):
   from artrm import parallel
   from artrm.training import train
   parallel.maybe_initialize_distributed()
-  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  train.train_and_evaluate(f.config, f.workdir)
 
 
-def _eval(argv):
+def _eval_flags(fv, argv):
   del argv
-  if FLAGS.workdir is None:
-    raise app.UsageError('artrm eval needs --workdir=<dir of a training run>.')
+  flags.DEFINE_string('workdir', None, 'Directory of a training run.', flag_values=fv)
+  flags.DEFINE_string('checkpoint', 'latest', "'latest', 'best' or a step number.",
+                      flag_values=fv)
+  flags.DEFINE_list('lengths', None, 'Lengths to evaluate (default: the run\'s eval.lengths).',
+                    flag_values=fv)
+  flags.DEFINE_integer('n_samples', None, 'Prompts per length (default: the run\'s).',
+                       flag_values=fv)
+  flags.DEFINE_enum('decoding', None, ['greedy', 'sample'], 'Decoding rule (default: the run\'s).',
+                    flag_values=fv)
+  flags.DEFINE_integer('inference_steps', None, 'Steps to run (weight-tied rungs; default: as '
+                       'trained).', flag_values=fv)
+  flags.DEFINE_bool('full_compute', None, 'Disable every early stop.', flag_values=fv)
+  flags.DEFINE_bool('kv_cache', None, 'KV-cached decoding (--nokv_cache: full recompute).',
+                    flag_values=fv)
+
+
+def _eval(f):
   from artrm.training import eval_checkpoint
-  overrides = {k: getattr(FLAGS, k) for k in ('n_samples', 'decoding', 'inference_steps',
-                                              'full_compute', 'kv_cache') if getattr(FLAGS, k) is not None}
-  if FLAGS.lengths:
-    overrides['lengths'] = [int(L) for L in FLAGS.lengths]
-  eval_checkpoint.evaluate_checkpoint(FLAGS.workdir, FLAGS.checkpoint, overrides, verbose=True)
+  overrides = {k: getattr(f, k) for k in ('n_samples', 'decoding', 'inference_steps',
+                                          'full_compute', 'kv_cache') if getattr(f, k) is not None}
+  if f.lengths:
+    overrides['lengths'] = [int(L) for L in f.lengths]
+  eval_checkpoint.evaluate_checkpoint(f.workdir, f.checkpoint, overrides, verbose=True)
 
 
-def _suite(argv):
+def _suite_flags(fv, argv):
   del argv
-  if not (FLAGS.suite and FLAGS.root):
-    raise app.UsageError('artrm suite needs --suite=experiments/<file>.py[:arg] and --root=<dir>.')
+  flags.DEFINE_string('suite', None, 'experiments/<file>.py[:arg].', flag_values=fv)
+  flags.DEFINE_string('root', None, 'Directory of the suite\'s runs, one workdir each.',
+                      flag_values=fv)
+  flags.DEFINE_enum('launcher', 'local', ['local', 'slurm', 'tpu'], 'Where to run.',
+                    flag_values=fv)
+  flags.DEFINE_integer('slots', 1, 'local: runs at once (per GPU with --gpus).', flag_values=fv)
+  flags.DEFINE_list('gpus', None, 'local: GPU ids for a one-run-per-GPU queue.', flag_values=fv)
+  flags.DEFINE_bool('dry_run', False, 'Print what would run or be submitted.', flag_values=fv)
+  flags.DEFINE_list('inference_sweep', None, 'Instead of training, re-evaluate finished '
+                    'weight-tied runs with these numbers of inference steps.', flag_values=fv)
+  flags.DEFINE_string('tpu_name', None, 'tpu: TPU VM name.', flag_values=fv)
+  flags.DEFINE_string('zone', None, 'tpu: its zone.', flag_values=fv)
+  flags.DEFINE_string('slurm_time', '02:00:00', 'slurm: time limit per run.', flag_values=fv)
+
+
+def _suite(f):
   from artrm.tools import launch
-  if FLAGS.inference_sweep:
-    launch.inference_sweep(FLAGS.suite, FLAGS.root, [int(n) for n in FLAGS.inference_sweep])
-  elif FLAGS.launcher == 'local':
-    codes = launch.run_local(FLAGS.suite, FLAGS.root, slots=FLAGS.slots, gpus=FLAGS.gpus,
-                             dry_run=FLAGS.dry_run)
+  if f.inference_sweep:
+    launch.inference_sweep(f.suite, f.root, [int(n) for n in f.inference_sweep])
+  elif f.launcher == 'local':
+    codes = launch.run_local(f.suite, f.root, slots=f.slots, gpus=f.gpus, dry_run=f.dry_run)
     if any(codes):
       sys.exit(f'{sum(c != 0 for c in codes)} run(s) failed; re-run the command to retry them.')
-  elif FLAGS.launcher == 'slurm':
-    launch.submit_slurm(FLAGS.suite, FLAGS.root, dry_run=FLAGS.dry_run, time_limit=FLAGS.slurm_time)
+  elif f.launcher == 'slurm':
+    launch.submit_slurm(f.suite, f.root, dry_run=f.dry_run, time_limit=f.slurm_time)
   else:
-    if not (FLAGS.tpu_name and FLAGS.zone):
-      raise app.UsageError('--launcher=tpu needs --tpu_name and --zone.')
-    launch.launch_tpu(FLAGS.suite, FLAGS.root, dry_run=FLAGS.dry_run, tpu_name=FLAGS.tpu_name,
-                      zone=FLAGS.zone)
+    if not (f.tpu_name and f.zone):
+      sys.exit('artrm suite --launcher=tpu needs --tpu_name and --zone.')
+    launch.launch_tpu(f.suite, f.root, dry_run=f.dry_run, tpu_name=f.tpu_name, zone=f.zone)
 
 
-def _gather(argv):
-  del argv
-  if not FLAGS.root:
-    raise app.UsageError('artrm gather needs --root=<dir of a suite>.')
+def _root_and_out_flags(out_help: str):
+  """gather's and report's flags: a suite's directory and where to write."""
+  def define(fv, argv):
+    del argv
+    flags.DEFINE_string('root', None, 'Directory of a suite\'s runs.', flag_values=fv)
+    flags.DEFINE_string('out', None, out_help, flag_values=fv)
+  return define
+
+
+def _gather(f):
   from artrm.tools import results
-  path = results.write_table(results.gather(FLAGS.root),
-                             FLAGS.out or os.path.join(FLAGS.root, 'results.csv'))
-  print(f'wrote {path}')
+  out = f.out or os.path.join(f.root, 'results.csv')
+  print(f'wrote {results.write_table(results.gather(f.root), out)}')
 
 
-def _report(argv):
-  del argv
-  if not (FLAGS.root and FLAGS.out):
-    raise app.UsageError('artrm report needs --root=<dir of a suite> and --out=<dir>.')
+def _report(f):
   from artrm.tools import report
-  print(f'wrote {report.make_report(FLAGS.root, FLAGS.out)}')
+  print(f'wrote {report.make_report(f.root, f.out)}')
 
 
-def _bench(argv):
+def _bench_flags(fv, argv):
   del argv
-  from artrm import bench
-  if FLAGS.versus_paper:
-    for path in FLAGS.versus_paper:
-      with open(path) as f:
-        result = json.load(f)
-      print(f'{path}\n{bench.markdown(result, bench.versus_paper(result))}\n')
+  flags.DEFINE_string('setup', 'small', 'small, paper or eval (benchmarks/README.md).',
+                      flag_values=fv)
+  flags.DEFINE_list('rungs', None, 'Rungs to measure (default: all seven).', flag_values=fv)
+  flags.DEFINE_integer('steps', 20, 'Timed training steps (median reported).', flag_values=fv)
+  flags.DEFINE_integer('warmup', 3, 'Untimed steps after compilation.', flag_values=fv)
+  flags.DEFINE_integer('eval_repeats', 5, 'Timed decoding calls per length.', flag_values=fv)
+  flags.DEFINE_list('eval_lengths', None, 'Decoding lengths (default: the setup\'s).',
+                    flag_values=fv)
+  flags.DEFINE_integer('eval_batch', None, 'Prompts per decoded batch (default 100).',
+                       flag_values=fv)
+  flags.DEFINE_bool('full_compute', False, 'Decode with every early stop off.', flag_values=fv)
+  flags.DEFINE_string('remat', None, 'model.remat, a key of models.block.REMAT_POLICIES '
+                      '(default: the training config\'s).', flag_values=fv)
+  flags.DEFINE_float('peak_flops', None, 'Device peak FLOP/s for MFU (default: known GPUs).',
+                     flag_values=fv)
+  flags.DEFINE_integer('devices', 1, 'Train and decode data-parallel over this many local '
+                       'devices (CPU: XLA_FLAGS=--xla_force_host_platform_device_count=N).',
+                       flag_values=fv)
+  flags.DEFINE_string('profile_dir', None, 'Also write a profiler trace per rung there and '
+                      'summarise it (time per model region and op kind) in the JSON.',
+                      flag_values=fv)
+  flags.DEFINE_string('out', None, 'JSON path (default: benchmarks/results/<device>_<setup>.json).',
+                      flag_values=fv)
+  flags.DEFINE_list('versus_paper', None, 'Only print saved CPU results (JSON paths) against the '
+                    'paper\'s code.', flag_values=fv)
+
+
+def _bench(f):
+  from artrm.bench import formatting, setups, timing
+  from artrm.models import RUNGS
+  if f.versus_paper:
+    for path in f.versus_paper:
+      with open(path) as file:
+        result = json.load(file)
+      print(f'{path}\n{formatting.markdown(result, formatting.versus_paper(result))}\n')
     return
-  setup = bench.get_setup(FLAGS.setup).replace(
-      eval_lengths=FLAGS.eval_lengths and tuple(int(L) for L in FLAGS.eval_lengths),
-      eval_batch=FLAGS.eval_batch, remat=FLAGS.remat)
-  result = bench.run_benchmark(setup, FLAGS.rungs or tuple(bench.RUNGS), steps=FLAGS.steps,
-                               warmup=FLAGS.warmup, eval_repeats=FLAGS.eval_repeats,
-                               full_compute=bool(FLAGS.full_compute), peak=FLAGS.peak_flops,
-                               devices=FLAGS.devices, profile_dir=FLAGS.profile_dir,
-                               verbose=True)
-  print('\n' + bench.markdown(result))
-  print(f'wrote {bench.write_results(result, FLAGS.out)}')
+  setup = setups.get_setup(f.setup).replace(
+      eval_lengths=f.eval_lengths and tuple(int(L) for L in f.eval_lengths),
+      eval_batch=f.eval_batch, remat=f.remat)
+  result = timing.run_benchmark(setup, f.rungs or tuple(RUNGS), steps=f.steps, warmup=f.warmup,
+                                eval_repeats=f.eval_repeats, full_compute=f.full_compute,
+                                peak=f.peak_flops, devices=f.devices,
+                                profile_dir=f.profile_dir, verbose=True)
+  print('\n' + formatting.markdown(result))
+  print(f'wrote {formatting.write_results(result, f.out)}')
 
 
-def _main(argv):
-  del argv
-  from artrm.tools import ladder
-  ladder.run_ladder(FLAGS.workdir or 'workdirs/ladder', task=FLAGS.task, max_steps=FLAGS.max_steps)
+COMMANDS = {
+    'main': Command('the main job: train the seven rungs on CPU, print and save their table',
+                    'artrm --task=reverse --max_steps=500', _main_flags, _main),
+    'train': Command('train one run from a config (resumes one already in --workdir)',
+                     'artrm train --config=artrm/configs/length_gen.py:model=trm,runlocal '
+                     '--workdir=runs/trm --config.max_steps=500', _train_flags, _train,
+                     ('config', 'workdir')),
+    'eval': Command('evaluate a run\'s checkpoint, at its own or new settings',
+                    'artrm eval --workdir=runs/trm --checkpoint=best --lengths=10,20',
+                    _eval_flags, _eval, ('workdir',)),
+    'suite': Command('run every run of an experiment suite (local queue, Slurm or TPU VM)',
+                     'artrm suite --suite=experiments/length_gen.py:runlocal '
+                     '--root=workdirs/length_gen_cpu --slots=2', _suite_flags, _suite,
+                     ('suite', 'root')),
+    'gather': Command('collect a suite\'s results into one table',
+                      'artrm gather --root=workdirs/length_gen_cpu',
+                      _root_and_out_flags('Table path, .csv or .parquet (default: '
+                                          '<root>/results.csv).'), _gather, ('root',)),
+    'report': Command('draw a suite\'s figures and tables',
+                      'artrm report --root=workdirs/length_gen_cpu '
+                      '--out=docs/results/length_gen_cpu',
+                      _root_and_out_flags('Output directory: figures, tables, README.md.'),
+                      _report, ('root', 'out')),
+    'bench': Command('measure each rung\'s compile time, step time, FLOPs and decoding speed',
+                     'artrm bench --setup=small --rungs=gpt,trm --steps=5', _bench_flags, _bench),
+}
 
 
-def main():
-  argv = list(sys.argv)
-  command = argv.pop(1) if len(argv) > 1 and argv[1] in _COMMANDS else 'main'
-  if len(argv) > 1 and not argv[1].startswith('-'):
-    sys.exit(f'Unknown command {argv[1]!r}; choose one of {list(_COMMANDS)}.')
-  commands = {'main': _main, 'train': _train, 'eval': _eval, 'suite': _suite, 'gather': _gather,
-              'report': _report, 'bench': _bench}
-  app.run(functools.partial(_quiet, commands[command]), argv=argv)
+# ----------------------------------------------------------------- parsing ---
+
+def flag_values(command: str, argv: Sequence[str] = ()) -> flags.FlagValues:
+  """The flags of one command, unparsed."""
+  fv = flags.FlagValues()
+  COMMANDS[command].define(fv, argv)
+  return fv
 
 
-def _quiet(fn, argv):
-  """Orbax logs every save at INFO; keep the terminal to progress and results."""
-  if not FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
-  fn(argv)
+def _takes(fv: flags.FlagValues, name: str) -> bool:
+  """Whether `--name` (or `--noname`) is one of fv's flags."""
+  return name in fv or (name.startswith('no') and name[2:] in fv and fv[name[2:]].boolean)
+
+
+def _foreign_flag(command: str, fv: flags.FlagValues, argv: Sequence[str]) -> str | None:
+  """The error for the first flag in argv that `command` does not take, if any."""
+  for arg in argv:
+    if arg == '--':
+      break
+    name = arg.lstrip('-').split('=', 1)[0].split('.', 1)[0]   # --config.x.y: config's
+    if arg.startswith('-') and not _takes(fv, name):
+      owners = [c for c in COMMANDS if c != command and _takes(flag_values(c), name)]
+      where = (f'it belongs to: {", ".join(owners)}' if owners
+               else f'`artrm {command} --help` lists its flags')
+      return f'--{name} is not a flag of `artrm {command}`; {where}.'
+  return None
+
+
+def command_help(command: str) -> str:
+  """Its summary, its flags with their defaults, an example."""
+  usage = 'artrm [main]' if command == 'main' else f'artrm {command}'
+  summary = COMMANDS[command].summary
+  lines = [f'usage: {usage} [--flag=value ...]', summary[0].upper() + summary[1:] + '.', '',
+           'flags:']
+  for name in (fv := flag_values(command)):
+    flag = fv[name]
+    required = ' (required)' if name in COMMANDS[command].required else ''
+    default = f' (default: {flag.default_as_str})' if flag.default is not None else ''
+    lines.append(f'  --{"[no]" * flag.boolean}{name}{required}')
+    lines += textwrap.wrap(flag.help + default, 90, initial_indent=' ' * 6,
+                           subsequent_indent=' ' * 6)
+  return '\n'.join(lines + ['', 'example:', f'  {COMMANDS[command].example}'])
+
+
+def overview() -> str:
+  """`artrm --help`: every command in a line."""
+  width = max(map(len, COMMANDS))
+  lines = [f'  {name:<{width}}  {c.summary}' for name, c in COMMANDS.items()]
+  return '\n'.join(['usage: artrm [<command>] [--flag=value ...]', '', 'commands:', *lines, '',
+                    '`artrm` alone runs `main`; `artrm <command> --help` shows its flags.'])
+
+
+def main(argv: Sequence[str] | None = None):
+  """Runs `artrm <argv>`; argv defaults to the command line."""
+  argv = list(sys.argv[1:] if argv is None else argv)
+  if argv[:1] in (['--help'], ['-h'], ['help']):
+    print(overview())
+    return
+  command = argv.pop(0) if argv and not argv[0].startswith('-') else 'main'
+  if command not in COMMANDS:
+    sys.exit(f'Unknown command {command!r}; choose one of {", ".join(COMMANDS)} '
+             '(`artrm --help`).')
+  if '--help' in argv or '-h' in argv:
+    print(command_help(command))
+    return
+  fv = flag_values(command, argv)
+  if error := _foreign_flag(command, fv, argv):
+    sys.exit(error)
+  try:
+    extra = fv([f'artrm {command}', *argv])[1:]
+  except flags.Error as e:
+    sys.exit(f'artrm {command}: {e}')
+  if extra:
+    sys.exit(f'artrm {command} takes no positional arguments; got {extra}.')
+  missing = [f'--{n}' for n in COMMANDS[command].required if fv[n].value is None]
+  if missing:
+    sys.exit(f'artrm {command} needs {" and ".join(missing)}; see `artrm {command} --help`.')
+  logging.set_verbosity(logging.WARNING)   # Orbax logs every save at INFO
+  COMMANDS[command].run(fv)

@@ -4,8 +4,9 @@ Train at L = 10, evaluate at 10..50; 3 seeds per run (vmapped, one program).
   paper scale: artrm suite --suite=experiments/length_gen.py --root=workdirs/length_gen
   CPU form:    artrm suite --suite=experiments/length_gen.py:runlocal --root=workdirs/length_gen_cpu
   report:      artrm report --root=workdirs/length_gen_cpu --out=docs/results/length_gen_cpu
-The CPU form trains a 64-wide model at budget 6 for 400 steps (batch 32) on L = 5
-and evaluates at 5 and 10; everything else is the paper's.
+The CPU form trains a 64-wide, 4-head model at budget 6 for 400 steps (batch 32) on
+L = 5 and evaluates 64 prompts at 5 and 10 every 200 steps (docs/experiments.md lists
+every change from the paper's form).
 """
 
 from artrm.configs import length_gen
@@ -17,7 +18,7 @@ TASKS = ('addition', 'copy', 'reverse')
 def get_config(arg=None):
   c, a = length_gen.suite_config(arg)
   if a.runlocal:
-    c.model.dropout = 0.1   # the paper's; only size, budget and steps shrink
+    c.model.dropout = 0.1   # the paper's (runlocal turns it off)
     c.train_length = 5
     c.eval.lengths = (5, 10)
   return c

@@ -6,11 +6,10 @@ import os
 
 import pytest
 
-from artrm import bench
-from artrm.bench import profiling
+from artrm.bench import flops, formatting, profiling, setups, timing
 from artrm.models import ModelConfig
 
-MICRO = bench.Setup('micro', n_embd=16, n_head=2, budget=4, batch_size=4, block_size=7,
+MICRO = setups.Setup('micro', n_embd=16, n_head=2, budget=4, batch_size=4, block_size=7,
                     task='copy', train_length=3, eval_lengths=(3,), eval_batch=4)
 
 
@@ -24,15 +23,15 @@ def _numbers(tree):
 
 def test_micro_run_writes_json(tmp_path):
   # Two cheap rungs: compiles are most of the cost.
-  result = bench.run_benchmark(MICRO, rungs=('gpt', 'gpt_level1'), steps=2, warmup=1,
+  result = timing.run_benchmark(MICRO, rungs=('gpt', 'gpt_level1'), steps=2, warmup=1,
                                eval_repeats=1, peak=1e12)
-  path = bench.write_results(result, str(tmp_path / 'micro.json'))
+  path = formatting.write_results(result, str(tmp_path / 'micro.json'))
   with open(path) as f:
     saved = json.load(f)
   assert {'device_kind', 'platform', 'jax', 'cpu_count'} <= set(saved['device'])
   assert saved['setup']['name'] == 'micro' and saved['settings']['steps'] == 2
   assert list(saved['rungs']) == ['gpt', 'gpt_level1']
-  for rung, row in saved['rungs'].items():
+  for row in saved['rungs'].values():
     t = row['train']
     assert t['seq_len'] == 7 and t['tokens_per_step'] == 4 * 7 and len(t['step_seconds_all']) == 2
     assert t['fwd_passes'] == t['bwd_passes'] == 4 and t['flops_per_step'] > 0
@@ -42,13 +41,13 @@ def test_micro_run_writes_json(tmp_path):
     assert row['eval']['3']['generate_cached']['matches_generate'] is True
     numbers = _numbers(row)
     assert numbers and all(math.isfinite(x) and x >= 0 for x in numbers)
-  assert '| gpt_level1 ' in bench.markdown(result)
-  assert bench.default_path(result).startswith('benchmarks/results/')
+  assert '| gpt_level1 ' in formatting.markdown(result)
+  assert formatting.default_path(result).startswith('benchmarks/results/')
 
 
 def test_data_parallel_step():
   """--devices=2 shards the batch over the two fake CPU devices; MFU counts both peaks."""
-  one, two = (bench.run_benchmark(MICRO, rungs=('gpt',), steps=1, warmup=0,
+  one, two = (timing.run_benchmark(MICRO, rungs=('gpt',), steps=1, warmup=0,
                                   eval_repeats=1, peak=1e12, devices=n) for n in (1, 2))
   assert two['settings']['devices'] == 2
   t1, t2 = one['rungs']['gpt']['train'], two['rungs']['gpt']['train']
@@ -61,13 +60,13 @@ def test_data_parallel_step():
 def test_profile_dir(tmp_path):
   """--profile_dir traces the training step and cached decoding of each rung and
   summarises what it ran."""
-  result = bench.run_benchmark(MICRO, rungs=('gpt',), steps=1, warmup=0, eval_repeats=1,
+  result = timing.run_benchmark(MICRO, rungs=('gpt',), steps=1, warmup=0, eval_repeats=1,
                                profile_dir=str(tmp_path))
   row = result['rungs']['gpt']
   for profile, where in ((row['train']['profile'], 'gpt/train'),
                          (row['eval'][3]['generate_cached']['profile'], 'gpt/decode/L3')):
     assert profile['trace_dir'] == str(tmp_path / where)
-    assert profile['calls'] == bench.PROFILED_CALLS
+    assert profile['calls'] == timing.PROFILED_CALLS
     assert list(tmp_path.glob(f'{where}/**/perfetto_trace.json.gz'))
     assert profile['span_ms'] > 0 and profile['op_ms']
     # Only XLA's op threads, never the Python thread that dispatched the calls.
@@ -86,30 +85,30 @@ def test_flops_by_hand():
   mc = ModelConfig(name='trm', n_embd=4, n_head=2, n_layer=1, n_outer_loops=2, n_inner_loops=2)
   B, T, C, V = 2, 3, 4, 14
   per_pass = 2 * B * T * 12 * C * C + 4 * B * T * T * C   # 2304 + 288
-  assert bench.pass_flops(B, T, C) == per_pass == 2592
+  assert flops.pass_flops(B, T, C) == per_pass == 2592
   head = 2 * B * T * C * V   # 672
-  assert bench.backprop_passes(mc, 6) == 3
-  assert bench.step_flops(mc, B, T, fwd_passes=6) == 2592 * (6 + 2 * 3) + 3 * head == 33120
+  assert flops.backprop_passes(mc, 6) == 3
+  assert flops.step_flops(mc, B, T, fwd_passes=6) == 2592 * (6 + 2 * 3) + 3 * head == 33120
   gpt = ModelConfig(name='gpt', n_embd=4, n_head=2, n_layer=6)
-  assert bench.step_flops(gpt, B, T, fwd_passes=6) == 2592 * 18 + 3 * head
+  assert flops.step_flops(gpt, B, T, fwd_passes=6) == 2592 * 18 + 3 * head
 
 
 def test_errors():
   with pytest.raises(ValueError, match='Unknown benchmark setup'):
-    bench.get_setup('huge')
+    setups.get_setup('huge')
   with pytest.raises(ValueError, match='Unknown model'):
-    bench.run_benchmark(MICRO, rungs=('gpt', 'transformer'))
+    timing.run_benchmark(MICRO, rungs=('gpt', 'transformer'))
   with pytest.raises(ValueError, match='device_count=3'):
-    bench.run_benchmark(MICRO, rungs=('gpt',), devices=3)
+    timing.run_benchmark(MICRO, rungs=('gpt',), devices=3)
   with pytest.raises(ValueError, match='batch_size=3 does not split over 2 devices'):
-    bench.run_benchmark(MICRO.replace(batch_size=3), rungs=('gpt',), devices=2)
+    timing.run_benchmark(MICRO.replace(batch_size=3), rungs=('gpt',), devices=2)
   with pytest.raises(ValueError, match='eval_batch=5 does not split over 2 devices'):
-    bench.run_benchmark(MICRO.replace(eval_batch=5), rungs=('gpt',), devices=2)
+    timing.run_benchmark(MICRO.replace(eval_batch=5), rungs=('gpt',), devices=2)
   with pytest.raises(ValueError, match='needs 152 positions'):
-    bench.run_benchmark(bench.SETUPS['small'].replace(eval_lengths=(50,)))
-  assert bench.peak_flops('NVIDIA H100 PCIe') == 378e12
-  assert bench.peak_flops('NVIDIA H100 80GB HBM3', 'bf16') == 989e12
-  assert bench.peak_flops('cpu') is None
+    timing.run_benchmark(setups.SETUPS['small'].replace(eval_lengths=(50,)))
+  assert flops.peak_flops('NVIDIA H100 PCIe') == 378e12
+  assert flops.peak_flops('NVIDIA H100 80GB HBM3', 'bf16') == 989e12
+  assert flops.peak_flops('cpu') is None
 
 
 def test_versus_paper_rows():
@@ -120,8 +119,8 @@ def test_versus_paper_rows():
                 rungs={'trm': dict(train=dict(step_seconds=0.0885, fwd_passes=12, bwd_passes=6),
                                    eval={'10': dict(generate_cached=dict(
                                        sequences_per_sec=1000.0, matches_generate=True))})})
-  [row] = bench.versus_paper(result)
+  [row] = formatting.versus_paper(result)
   assert row['paper ms/step'] == '177' and row['speedup'] == '2.00x'
   assert row['generate_cached ms/seq L=10'] == '1.000'
   assert row['generate_cached speedup L=10'] == '124x' and row['cached = full L=10'] == 'True'
-  assert '| trm ' in bench.markdown(result, [row])
+  assert '| trm ' in formatting.markdown(result, [row])

@@ -1,0 +1,85 @@
+"""The import graph: no cycles, the library imports no tooling, readers import no jax."""
+
+import ast
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+LIBRARY = ('artrm.models', 'artrm.data', 'artrm.configs', 'artrm.training', 'artrm.evaluation',
+           'artrm.parallel', 'artrm.workdir', 'artrm.tables')
+TOOLING = ('artrm.tools', 'artrm.bench', 'artrm.cli')
+
+
+def _module_name(path: pathlib.Path) -> str:
+  parts = path.relative_to(ROOT).with_suffix('').parts
+  return '.'.join(parts[:-1] if parts[-1] == '__init__' else parts)
+
+
+def _within(name: str, prefixes) -> bool:
+  return any(name == p or name.startswith(p + '.') for p in prefixes)
+
+
+def import_graph() -> dict[str, set[str]]:
+  """{module: the artrm modules it imports}, imports inside functions included.
+
+  `from artrm.x import y` counts as importing the module artrm.x.y where there is
+  one, else artrm.x.
+  """
+  paths = {_module_name(p): p for p in (ROOT / 'artrm').rglob('*.py')}
+  graph = {}
+  for name, path in paths.items():
+    targets = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+      if isinstance(node, ast.Import):
+        targets |= {a.name for a in node.names}
+      elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+        targets |= {f'{node.module}.{a.name}' if f'{node.module}.{a.name}' in paths
+                    else node.module for a in node.names}
+    graph[name] = {t for t in targets if t in paths and t != name}
+  return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+  """One import cycle as [a, b, ..., a], or None."""
+  state = {}   # 1: on the current path, 2: done
+
+  def visit(node, path):
+    state[node] = 1
+    for nxt in sorted(graph[node]):
+      if state.get(nxt) == 1:
+        return path[path.index(nxt):] + [nxt]
+      if nxt not in state and (cycle := visit(nxt, path + [nxt])):
+        return cycle
+    state[node] = 2
+    return None
+
+  for node in sorted(graph):
+    if node not in state and (cycle := visit(node, [node])):
+      return cycle
+  return None
+
+
+def test_graph_sees_the_packages():
+  graph = import_graph()
+  assert 'artrm.training.train' in graph['artrm.cli'] | graph['artrm.tools.ladder']
+  assert 'artrm.models.config' in graph['artrm.models']
+  assert find_cycle({'a': {'b'}, 'b': {'c'}, 'c': {'a'}}) == ['a', 'b', 'c', 'a']
+
+
+def test_no_import_cycle():
+  assert find_cycle(import_graph()) is None
+
+
+def test_library_imports_no_tooling():
+  bad = {f'{m} -> {t}' for m, targets in import_graph().items() if _within(m, LIBRARY)
+         for t in targets if _within(t, TOOLING)}
+  assert not bad, sorted(bad)
+
+
+def test_results_and_report_import_no_jax():
+  code = ('import sys, artrm.tools.results, artrm.tools.report, artrm.tools.suites; '
+          "print(sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'flax', 'orbax')))")
+  out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, check=True, capture_output=True,
+                       text=True).stdout
+  assert out.strip() == '[]'
