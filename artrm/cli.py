@@ -46,6 +46,7 @@ flags.DEFINE_list('inference_sweep', None,
 flags.DEFINE_string('tpu_name', None, 'suite --launcher=tpu: TPU VM name.')
 flags.DEFINE_string('zone', None, 'suite --launcher=tpu: its zone.')
 flags.DEFINE_string('slurm_time', '02:00:00', 'suite --launcher=slurm: time limit per run.')
+flags.DEFINE_integer('hosts', 1, 'suite --launcher=slurm: nodes per run, one process each.')
 flags.DEFINE_string('out', None, 'gather: table path (.csv or .parquet); report: output directory.')
 flags.DEFINE_string('setup', 'small', 'bench: small, paper or eval (--out: its JSON path, default '
                     'benchmarks/results/<device>_<setup>.json; --full_compute: no early stop).')
@@ -101,7 +102,8 @@ def _suite(argv):
     if any(codes):
       sys.exit(f'{sum(c != 0 for c in codes)} run(s) failed; re-run the command to retry them.')
   elif FLAGS.launcher == 'slurm':
-    launch.submit_slurm(FLAGS.suite, FLAGS.root, dry_run=FLAGS.dry_run, time_limit=FLAGS.slurm_time)
+    launch.submit_slurm(FLAGS.suite, FLAGS.root, dry_run=FLAGS.dry_run, time_limit=FLAGS.slurm_time,
+                        hosts=FLAGS.hosts)
   else:
     if not (FLAGS.tpu_name and FLAGS.zone):
       raise app.UsageError('--launcher=tpu needs --tpu_name and --zone.')
