@@ -36,7 +36,7 @@ SUITE = textwrap.dedent('''
       c = length_gen.get_config('model=gpt,task=copy,runlocal')
       c.model.update(n_embd=16, n_head=2, block_size=24)
       c.update(budget=2, train_length=3, batch_size=8, max_steps=4)
-      c.eval.update(lengths=(3, 4), every_steps=2, n_samples=6, batch_size=6)
+      c.eval.update(lengths=(3,), every_steps=2, n_samples=6, batch_size=6)
       c.log.update(every_steps=1, progress_bar=False)
       c.checkpoint.every_steps = 2
       return c
@@ -112,10 +112,11 @@ def free_port() -> int:
 
 
 def process_env(tmp_path, out_dir, **extra) -> dict:
-  """A subprocess environment: one CPU device, the hooks, fake cluster tools, a free port."""
-  env = {k: v for k, v in os.environ.items()
-         if not k.startswith(('ARTRM_', 'SLURM_', 'JAX_COMPILATION', 'TPU_'))}
+  """A subprocess environment: one CPU device, the hooks, fake cluster tools, a free port, and
+  a compilation cache that the second launch reads."""
+  env = {k: v for k, v in os.environ.items() if not k.startswith(('ARTRM_', 'SLURM_', 'TPU_'))}
   env.update(XLA_FLAGS='--xla_backend_optimization_level=0', JAX_PLATFORMS='cpu',
+             JAX_COMPILATION_CACHE_DIR=str(tmp_path / 'jax_cache'),
              PYTHONPATH=f'{tmp_path / "hooks"}:{REPO}', ARTRM_TEST_OUT=str(out_dir),
              PATH=f'{tmp_path / "bin"}:{env["PATH"]}', ARTRM_PORT=str(free_port()), **extra)
   os.makedirs(out_dir, exist_ok=True)
