@@ -24,12 +24,6 @@ PROCESS_ID_ENV = 'ARTRM_PROCESS_ID'
 _MULTIHOST_ENV = ('ARTRM_MULTIHOST', 'JAX_COORDINATOR_ADDRESS')
 
 
-def process_env(coordinator: str, num_processes: int, process_id: int) -> dict[str, str]:
-  """The environment that makes `artrm train` process `process_id` of `num_processes`."""
-  return {COORDINATOR_ENV: coordinator, NUM_PROCESSES_ENV: str(num_processes),
-          PROCESS_ID_ENV: str(process_id)}
-
-
 def distributed_args(environ=os.environ) -> dict | None:
   """`jax.distributed.initialize` arguments from ARTRM_COORDINATOR, ARTRM_NUM_PROCESSES and
   ARTRM_PROCESS_ID (None when none is set); a partial or malformed set is an error."""
@@ -56,14 +50,17 @@ def maybe_initialize_distributed(environ=os.environ) -> bool:
   On CPU, processes reduce over gloo (TCP).
   """
   args = distributed_args(environ)
-  multi_slurm = int(environ.get('SLURM_NTASKS', '1')) > 1
-  multi_tpu = bool(environ.get('TPU_WORKER_HOSTNAMES', '').count(','))
-  if args is not None and args['num_processes'] == 1:
-    return False
-  if args is None and not (any(environ.get(k) for k in _MULTIHOST_ENV) or multi_slurm or multi_tpu):
+  if args is None:
+    detected = (any(environ.get(k) for k in _MULTIHOST_ENV) or
+                int(environ.get('SLURM_NTASKS', '1')) > 1 or
+                environ.get('TPU_WORKER_HOSTNAMES', '').count(',') > 0)
+    if not detected:
+      return False
+    args = {}
+  elif args['num_processes'] == 1:
     return False
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-  jax.distributed.initialize(**(args or {}))
+  jax.distributed.initialize(**args)
   return True
 
 

@@ -226,7 +226,7 @@ def test_artrm_eval_in_one_process_reproduces_the_logged_metrics(runs):
 
 def test_distributed_args_from_the_environment():
   assert parallel.distributed_args({}) is None
-  env = parallel.process_env('10.0.0.1:1234', 2, 1)
+  env = {'ARTRM_COORDINATOR': '10.0.0.1:1234', 'ARTRM_NUM_PROCESSES': '2', 'ARTRM_PROCESS_ID': '1'}
   assert parallel.distributed_args(env) == dict(coordinator_address='10.0.0.1:1234',
                                                 num_processes=2, process_id=1)
   for bad in ({parallel.COORDINATOR_ENV: 'h:1'}, {**env, parallel.PROCESS_ID_ENV: '2'},
@@ -234,5 +234,6 @@ def test_distributed_args_from_the_environment():
     with pytest.raises(ValueError, match='ARTRM_COORDINATOR, ARTRM_NUM_PROCESSES, ARTRM_PROCESS_ID'):
       parallel.distributed_args(bad)
   # One process, explicitly or by default, starts no distributed runtime.
-  assert not parallel.maybe_initialize_distributed(parallel.process_env('h:1', 1, 0))
+  assert not parallel.maybe_initialize_distributed({**env, 'ARTRM_NUM_PROCESSES': '1',
+                                                    'ARTRM_PROCESS_ID': '0'})
   assert not parallel.maybe_initialize_distributed({'SLURM_NTASKS': '1'})
