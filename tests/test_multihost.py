@@ -56,7 +56,8 @@ HOOKS = textwrap.dedent('''
       from artrm.training import train, writers
 
       out, chunks = os.environ['ARTRM_TEST_OUT'], []
-      shard_batch, run, write = parallel.shard_batch, train.train_and_evaluate, writers.MetricWriter.write
+      shard_batch, run = parallel.shard_batch, train.train_and_evaluate
+      write = writers.MetricWriter.write
 
       def recording_shard_batch(x, mesh):
         y = shard_batch(x, mesh)
@@ -218,7 +219,7 @@ def test_files_are_written_once_and_match_one_process(runs):
 def test_artrm_eval_in_one_process_reproduces_the_logged_metrics(runs):
   workdir, _, _ = runs
   results = eval_checkpoint.evaluate_checkpoint(workdir)
-  [logged] = [r for r in workdir_lib.read_metrics(workdir) if r['kind'] == 'eval' and r['step'] == 4]
+  [logged] = [r for r in workdir_lib.read_metrics(workdir, 'eval') if r['step'] == 4]
   assert {'step': 4, 'kind': 'eval', 'seed': 1337, **train.eval_scalars(results[1337])} == logged
   final = workdir_lib.read_final_eval(workdir)['results']
   assert results == final
@@ -229,9 +230,9 @@ def test_distributed_args_from_the_environment():
   env = {'ARTRM_COORDINATOR': '10.0.0.1:1234', 'ARTRM_NUM_PROCESSES': '2', 'ARTRM_PROCESS_ID': '1'}
   assert parallel.distributed_args(env) == dict(coordinator_address='10.0.0.1:1234',
                                                 num_processes=2, process_id=1)
-  for bad in ({parallel.COORDINATOR_ENV: 'h:1'}, {**env, parallel.PROCESS_ID_ENV: '2'},
-              {**env, parallel.COORDINATOR_ENV: 'no-port'}, {**env, parallel.NUM_PROCESSES_ENV: 'x'}):
-    with pytest.raises(ValueError, match='ARTRM_COORDINATOR, ARTRM_NUM_PROCESSES, ARTRM_PROCESS_ID'):
+  for bad in ({'ARTRM_COORDINATOR': 'h:1'}, {**env, 'ARTRM_PROCESS_ID': '2'},
+              {**env, 'ARTRM_COORDINATOR': 'no-port'}, {**env, 'ARTRM_NUM_PROCESSES': 'x'}):
+    with pytest.raises(ValueError, match='ARTRM_NUM_PROCESSES, ARTRM_PROCESS_ID all set'):
       parallel.distributed_args(bad)
   # One process, explicitly or by default, starts no distributed runtime.
   assert not parallel.maybe_initialize_distributed({**env, 'ARTRM_NUM_PROCESSES': '1',

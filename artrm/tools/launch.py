@@ -87,12 +87,12 @@ SLURM_ONE_HOST = 'eval "$LINE"'
 
 # Several nodes, one process each, train one run: process 0's node is the
 # coordinator (port: ARTRM_PORT, or one from the job id), SLURM_PROCID the rank.
-SLURM_MULTIHOST = f"""\
-export {parallel.COORDINATOR_ENV}="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1):\
-${{ARTRM_PORT:-$((20000 + SLURM_JOB_ID % 20000))}}"
-export {parallel.NUM_PROCESSES_ENV}="$SLURM_NTASKS"
-srun --kill-on-bad-exit=1 bash -c "export {parallel.PROCESS_ID_ENV}=\\$SLURM_PROCID; $LINE"
-"""
+SLURM_MULTIHOST = '\n'.join([
+    f'export {parallel.COORDINATOR_ENV}='
+    '"$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1):'
+    '${ARTRM_PORT:-$((20000 + SLURM_JOB_ID % 20000))}"',
+    f'export {parallel.NUM_PROCESSES_ENV}="$SLURM_NTASKS"',
+    f'srun --kill-on-bad-exit=1 bash -c "export {parallel.PROCESS_ID_ENV}=\\$SLURM_PROCID; $LINE"'])
 
 
 def slurm_submission(spec: str, root: str, *, job_name: str = 'artrm', time_limit: str = '02:00:00',
