@@ -153,6 +153,7 @@ def runs(tmp_path_factory):
   [run] = suites.suite_runs(spec, root)
 
   reference = str(tmp_path / 'reference')
+  assert jax.device_count() == 2, 'conftest fakes two CPU devices: the batch split of two processes'
   train.train_and_evaluate(suites.run_config(spec, run), reference)
 
   # Launch 1: the rendered SLURM array script, run here as task 0 of a two-node job.
