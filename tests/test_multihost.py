@@ -27,6 +27,7 @@ from artrm.tools import launch, suites
 from artrm.training import eval_checkpoint, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.multiprocess
 KILL_AT = 3   # both processes die right after logging this step (checkpoint 2 saved)
 
 SUITE = textwrap.dedent('''
