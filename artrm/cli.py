@@ -98,6 +98,7 @@ def _suite_flags(fv, argv):
   flags.DEFINE_string('tpu_name', None, 'tpu: TPU VM name.', flag_values=fv)
   flags.DEFINE_string('zone', None, 'tpu: its zone.', flag_values=fv)
   flags.DEFINE_string('slurm_time', '02:00:00', 'slurm: time limit per run.', flag_values=fv)
+  flags.DEFINE_integer('hosts', 1, 'slurm: nodes per run, one process each.', flag_values=fv)
 
 
 def _suite(f):
@@ -109,7 +110,8 @@ def _suite(f):
     if any(codes):
       sys.exit(f'{sum(c != 0 for c in codes)} run(s) failed; re-run the command to retry them.')
   elif f.launcher == 'slurm':
-    launch.submit_slurm(f.suite, f.root, dry_run=f.dry_run, time_limit=f.slurm_time)
+    launch.submit_slurm(f.suite, f.root, dry_run=f.dry_run, time_limit=f.slurm_time,
+                        hosts=f.hosts)
   else:
     if not (f.tpu_name and f.zone):
       sys.exit('artrm suite --launcher=tpu needs --tpu_name and --zone.')

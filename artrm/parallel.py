@@ -10,24 +10,58 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = 'data'
 
-# Environment variables that mean "this process is one of several hosts".
+# One process of a multi-process run, named explicitly (the launchers in
+# artrm/tools/launch.py set these): process 0's host:port, the count, this one's id.
+COORDINATOR_ENV = 'ARTRM_COORDINATOR'
+NUM_PROCESSES_ENV = 'ARTRM_NUM_PROCESSES'
+PROCESS_ID_ENV = 'ARTRM_PROCESS_ID'
+# Environment variables that mean "one of several hosts; let JAX find the rest".
 _MULTIHOST_ENV = ('ARTRM_MULTIHOST', 'JAX_COORDINATOR_ADDRESS')
 
 
-def maybe_initialize_distributed():
-  """`jax.distributed.initialize()` when launched as one process of many.
+def distributed_args(environ=os.environ) -> dict | None:
+  """`jax.distributed.initialize` arguments from ARTRM_COORDINATOR, ARTRM_NUM_PROCESSES and
+  ARTRM_PROCESS_ID (None when none is set); a partial or malformed set is an error."""
+  names = (COORDINATOR_ENV, NUM_PROCESSES_ENV, PROCESS_ID_ENV)
+  values = [environ.get(k, '') for k in names]
+  if not any(values):
+    return None
+  try:
+    coordinator, count, index = values[0], int(values[1]), int(values[2])
+    if not (coordinator.rpartition(':')[2].isdigit() and 0 <= index < count):
+      raise ValueError
+  except ValueError:
+    raise ValueError(f'Multi-process runs need {", ".join(names)} all set: host:port, N and '
+                     f'0..N-1; got {dict(zip(names, values))}.') from None
+  return dict(coordinator_address=coordinator, num_processes=count, process_id=index)
 
-  SLURM and Cloud TPU pods are detected by JAX itself; ARTRM_MULTIHOST=1
-  forces it. A single process does nothing.
+
+def maybe_initialize_distributed(environ=os.environ) -> bool:
+  """`jax.distributed.initialize` when launched as one process of many; True if it ran.
+
+  ARTRM_COORDINATOR / ARTRM_NUM_PROCESSES / ARTRM_PROCESS_ID are passed as they are.
+  Otherwise SLURM (several tasks), Cloud TPU pods, ARTRM_MULTIHOST=1 or
+  JAX_COORDINATOR_ADDRESS let JAX detect them. A single process does nothing.
+  On CPU, processes reduce over gloo (TCP).
   """
-  multi_slurm = int(os.environ.get('SLURM_NTASKS', '1')) > 1
-  multi_tpu = bool(os.environ.get('TPU_WORKER_HOSTNAMES', '').count(','))
-  if any(os.environ.get(k) for k in _MULTIHOST_ENV) or multi_slurm or multi_tpu:
-    jax.distributed.initialize()
+  args = distributed_args(environ)
+  if args is None:
+    detected = (any(environ.get(k) for k in _MULTIHOST_ENV) or
+                int(environ.get('SLURM_NTASKS', '1')) > 1 or
+                environ.get('TPU_WORKER_HOSTNAMES', '').count(',') > 0)
+    if not detected:
+      return False
+    args = {}
+  elif args['num_processes'] == 1:
+    return False
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  jax.distributed.initialize(**args)
+  return True
 
 
 def data_mesh(devices=None) -> Mesh:
@@ -44,15 +78,21 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def shard_batch(x, mesh: Mesh | None) -> jax.Array:
-  """`x` split over `mesh` along its leading axis, so a jitted call on it (decoding) runs
-  data-parallel; on one device, or where the axis does not divide, where JAX puts it.
-
-  Single-process only: with several processes the output would not be addressable here.
-  """
-  if mesh is None or mesh.devices.size == 1 or x.shape[0] % mesh.devices.size or (
-      jax.process_count() > 1):
+  """`x` (the same on every process) split over `mesh` along its leading axis, so a jitted
+  call on it (decoding) runs data-parallel and each process computes its share; replicated
+  where the axis does not divide; on one device, where JAX puts it. `gather` undoes it."""
+  if mesh is None or mesh.devices.size == 1:
     return jnp.asarray(x)
-  return jax.device_put(x, batch_sharding(mesh))
+  x = np.asarray(x)
+  sharding = replicated(mesh) if x.shape[0] % mesh.devices.size else batch_sharding(mesh)
+  return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
+def gather(x: jax.Array) -> np.ndarray:
+  """The whole of `x` on every process, as numpy (from the other processes' shards too)."""
+  if x.is_fully_addressable or x.is_fully_replicated:
+    return np.asarray(x)
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def check_batch_divisible(batch_size: int, mesh: Mesh, what: str = 'batch_size'):

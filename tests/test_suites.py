@@ -90,6 +90,9 @@ def test_slurm_dry_run(suite_file, tmp_path):
   text = out[0]
   assert text.count('-m artrm train') == 2 and '--config.model.name=ut' in text
   assert not os.path.exists(tmp_path / 'slurm_array.sbatch'), 'dry run writes nothing'
+  assert 'srun' not in script and '--nodes' not in script   # one node per run unless asked
+  multi = launch.submit_slurm(suite_file, str(tmp_path), dry_run=True, log=out.append, hosts=2)
+  assert '#SBATCH --nodes=2' in multi and 'srun' in multi   # tests/test_multihost.py runs it
 
 
 def test_tpu_dry_run(suite_file, tmp_path):
@@ -98,7 +101,7 @@ def test_tpu_dry_run(suite_file, tmp_path):
                           tpu_name='v4-32', zone='us-central2-b')
   assert cmd[:6] == ['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh', 'v4-32']
   assert '--worker=all' in cmd
-  assert 'ARTRM_MULTIHOST=1' in out[0] and f'--suite={suite_file}' in out[0]
+  assert 'ARTRM_PROCESS_ID=' in out[0] and f'--suite={suite_file}' in out[0]   # tests/test_multihost.py runs it
 
 
 def test_suite_files_load():

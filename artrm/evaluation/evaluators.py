@@ -70,7 +70,7 @@ class LengthEvaluator:
           decoding=self.decoding,
           key=jax.random.fold_in(length_key, chunk), inference_steps=self.inference_steps,
           full_compute=self.full_compute)
-      preds.append(np.asarray(pred_BxA)[:len(prompts_BxP)])
+      preds.append(parallel.gather(pred_BxA)[:len(prompts_BxP)])
     return np.concatenate(preds), answers_NxA
 
   def run(self, model, params, mesh=None) -> dict[int, dict]:

@@ -9,6 +9,7 @@ import os
 import subprocess
 import time
 
+from artrm import parallel
 from artrm.tools import suites
 
 
@@ -67,7 +68,7 @@ def run_local(spec: str, root: str, *, slots: int = 1, gpus: list[str] | None = 
 SLURM_TEMPLATE = """#!/bin/bash
 #SBATCH --job-name={job_name}
 #SBATCH --array=0-{last}%{max_parallel}
-#SBATCH --gres=gpu:1
+{hosts_lines}#SBATCH --gres=gpu:1
 #SBATCH --cpus-per-task={cpus}
 #SBATCH --time={time}
 #SBATCH --requeue
@@ -79,22 +80,37 @@ SLURM_TEMPLATE = """#!/bin/bash
 set -euo pipefail
 cd {repo}
 LINE=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" {runs_file})
-eval "$LINE"
+{run}
 """
+
+SLURM_ONE_HOST = 'eval "$LINE"'
+
+# Several nodes, one process each, train one run: process 0's node is the
+# coordinator (port: ARTRM_PORT, or one from the job id), SLURM_PROCID the rank.
+SLURM_MULTIHOST = '\n'.join([
+    f'export {parallel.COORDINATOR_ENV}='
+    '"$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1):'
+    '${ARTRM_PORT:-$((20000 + SLURM_JOB_ID % 20000))}"',
+    f'export {parallel.NUM_PROCESSES_ENV}="$SLURM_NTASKS"',
+    f'srun --kill-on-bad-exit=1 bash -c "export {parallel.PROCESS_ID_ENV}=\\$SLURM_PROCID; $LINE"'])
 
 
 def slurm_submission(spec: str, root: str, *, job_name: str = 'artrm', time_limit: str = '02:00:00',
-                     max_parallel: int = 8, cpus: int = 8, extra: str = '',
+                     max_parallel: int = 8, cpus: int = 8, extra: str = '', hosts: int = 1,
                      python: str = 'python') -> tuple[str, str]:
-  """(sbatch script, runs file) for the suite's pending runs."""
+  """(sbatch script, runs file) for the suite's pending runs; each run on `hosts` nodes."""
+  if hosts < 1:
+    raise ValueError(f'hosts={hosts}: a run needs at least one node.')
   todo, _ = pending_runs(spec, root)
   if not todo:
     raise ValueError(f'Every run of {spec} in {root} is finished: nothing to submit.')
   runs_file = os.path.join(root, 'slurm_runs.txt')
   lines = '\n'.join(suites.shell_line(suites.train_command(spec, r, python=python)) for r in todo)
+  hosts_lines = f'#SBATCH --nodes={hosts}\n#SBATCH --ntasks-per-node=1\n' if hosts > 1 else ''
   script = SLURM_TEMPLATE.format(job_name=job_name, last=len(todo) - 1, max_parallel=max_parallel,
-                                 cpus=cpus, time=time_limit, root=root, extra=extra,
-                                 runs_file=runs_file, repo=os.getcwd())
+                                 hosts_lines=hosts_lines, cpus=cpus, time=time_limit, root=root,
+                                 extra=extra, runs_file=runs_file, repo=os.getcwd(),
+                                 run=SLURM_MULTIHOST if hosts > 1 else SLURM_ONE_HOST)
   return script, lines + '\n'
 
 
@@ -115,16 +131,27 @@ def submit_slurm(spec: str, root: str, *, dry_run: bool, log=print, **kwargs) ->
   return script
 
 
+# Run on every host of a Cloud TPU VM / pod: its number, the host count and worker 0's address
+# from the VM's metadata (as jax.distributed finds them itself), port ARTRM_PORT or 8476.
+TPU_PROCESS_ENV = (
+    'md() { curl -sf -H Metadata-Flavor:Google '
+    'http://metadata.google.internal/computeMetadata/v1/instance/attributes/$1; }; '
+    'HOSTS=$(md worker-network-endpoints | tr , "\\n" | awk -F: "{print \\$NF}"); '
+    f'export {parallel.COORDINATOR_ENV}=$(echo "$HOSTS" | head -n 1):${{ARTRM_PORT:-8476}} '
+    f'{parallel.NUM_PROCESSES_ENV}=$(echo "$HOSTS" | wc -l) '
+    f'{parallel.PROCESS_ID_ENV}=$(md agent-worker-number); ')
+
+
 def tpu_command(spec: str, root: str, *, tpu_name: str, zone: str, repo_dir: str = '~/artrm',
                 project: str | None = None) -> list[str]:
   """gcloud command running the suite on every host of a TPU VM / pod.
 
-  Each host executes the same queue (one run at a time over all chips); runs
-  call jax.distributed.initialize() (ARTRM_MULTIHOST=1). `root` must be a
-  filesystem every host sees (NFS, or a gcsfuse mount of a bucket), so that
-  all hosts agree on which runs are finished.
+  Each host executes the same queue, one run at a time, as one process of
+  that run (`TPU_PROCESS_ENV`). `root` must be a filesystem every host sees
+  (NFS, or a gcsfuse mount of a bucket), so that all hosts agree on which
+  runs are finished.
   """
-  inner = (f'cd {repo_dir} && ARTRM_MULTIHOST=1 python -m artrm suite '
+  inner = (f'cd {repo_dir} && {TPU_PROCESS_ENV}python -m artrm suite '
            f'--suite={spec} --root={root} --launcher=local')
   cmd = ['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh', tpu_name, f'--zone={zone}', '--worker=all',
          f'--command={inner}']
