@@ -307,3 +307,19 @@ def test_exact_resume_with_the_full_recipe(tmp_path):
   assert resumed['eval'] == straight['eval']
   (setup,) = workdir.read_metrics(str(tmp_path / 'straight'), 'setup')
   assert setup['n_sup'] == 2 and setup['inference_passes'] == 2 * setup['forward_passes']
+
+
+def test_results_table_carries_recipe_and_compute():
+  """trm at the paper's budget 24: 24 passes forward, 3 with gradient (the last cycle)."""
+  from artrm.tools import results
+  c = length_gen.get_config('model=trm')
+  assert results.run_compute(train.config_dict(c)) == dict(
+      recipe='paper', forward_passes=24, grad_passes=3, train_passes_per_token=27,
+      inference_passes=24)
+  c.recipe.update(n_sup=2, grad_reach='all')
+  assert results.run_compute(train.config_dict(c)) == dict(
+      recipe='grad_reach=all,n_sup=2', forward_passes=24, grad_passes=24,
+      train_passes_per_token=96, inference_passes=48)
+  c.model.name = 'ut_level2'
+  c.recipe.update(n_sup=1, grad_reach='paper')
+  assert results.run_compute(train.config_dict(c))['grad_passes'] == 4 * 3

@@ -11,7 +11,11 @@ import csv
 import glob
 import os
 
+import dataclasses
+
 from artrm import workdir as workdir_lib
+from artrm.models.config import ModelConfig, get_rung, normalize_budget
+from artrm.models.recipe import Recipe, compute_record
 from artrm.workdir import metric_rows
 
 CONFIG_COLUMNS = {
@@ -20,7 +24,11 @@ CONFIG_COLUMNS = {
     'n_outer_loops': 'model.n_outer_loops', 'n_inner_loops': 'model.n_inner_loops',
     'max_steps': 'max_steps',
 }
-COLUMNS = ['suite', 'run', *CONFIG_COLUMNS, 'seed', 'kind', 'step', 'inference_steps',
+# The run's training recipe (its non-default switches, 'paper' if none) and
+# compute (docs/compute.md), so that recipes compare at matched compute.
+COMPUTE_COLUMNS = ('recipe', 'forward_passes', 'grad_passes', 'train_passes_per_token',
+                   'inference_passes')
+COLUMNS = ['suite', 'run', *CONFIG_COLUMNS, *COMPUTE_COLUMNS, 'seed', 'kind', 'step', 'inference_steps',
            'eval_length', 'metric', 'value']
 
 
@@ -30,10 +38,23 @@ def _get(config: dict, dotted: str):
   return None if config == {} else config
 
 
+def run_compute(config: dict) -> dict:
+  """The COMPUTE_COLUMNS of a run's saved config."""
+  mc = ModelConfig.from_mapping(config['model'])
+  mc = normalize_budget(mc, config['budget']) if config.get('budget') else mc
+  recipe = Recipe.from_mapping(config.get('recipe'))
+  changed = [f'{f.name}={getattr(recipe, f.name)}' for f in dataclasses.fields(Recipe)
+             if getattr(recipe, f.name) != f.default]
+  record = compute_record(get_rung(mc.name), mc, recipe)
+  return dict(recipe=','.join(changed) or 'paper',
+              **{k: record[k] for k in COMPUTE_COLUMNS[1:]})
+
+
 def run_rows(workdir: str, suite: str = '') -> list[dict]:
   config = workdir_lib.read_config(workdir)
   base = dict(suite=suite, run=os.path.basename(os.path.normpath(workdir)),
-              **{col: _get(config, key) for col, key in CONFIG_COLUMNS.items()})
+              **{col: _get(config, key) for col, key in CONFIG_COLUMNS.items()},
+              **run_compute(config))
   rows = []
   final = workdir_lib.read_final_eval(workdir)
   if final is not None:
