@@ -107,7 +107,8 @@ def test_tpu_dry_run(suite_file, tmp_path):
 def test_suite_files_load():
   """Every suite under experiments/ builds its configs (paper and CPU forms)."""
   root = os.path.join(os.path.dirname(__file__), '..', 'experiments')
-  for name in ('length_gen', 'compute_optimal', 'hl_structure', 'scaling', 'train_length'):
+  for name in ('length_gen', 'compute_optimal', 'hl_structure', 'scaling', 'train_length',
+               'why_trm'):
     for arg in ('', ':runlocal'):
       spec = os.path.join(root, f'{name}.py') + arg
       runs = suites.suite_runs(spec, '/tmp/unused')
@@ -115,3 +116,14 @@ def test_suite_files_load():
       assert configs and all(c.num_seeds == 3 for c in configs), spec
   paper = suites.suite_runs(os.path.join(root, 'length_gen.py'), '/tmp/unused')
   assert len(paper) == 21
+
+
+def test_why_trm_rows_are_valid_recipes():
+  """Every row of the study builds its model (its recipe fits its rung)."""
+  from artrm.training import train
+  spec = os.path.join(os.path.dirname(__file__), '..', 'experiments', 'why_trm.py:runlocal')
+  runs = suites.suite_runs(spec, '/tmp/unused')
+  assert len(runs) == 3 * 21
+  for r in runs:
+    model = train.run_model(suites.run_config(spec, r))
+    assert model.rung.block_passes(model.config) == 12
