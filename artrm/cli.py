@@ -84,7 +84,7 @@ def _eval(argv):
   overrides = {k: getattr(FLAGS, k) for k in ('n_samples', 'decoding', 'inference_steps',
                                               'full_compute', 'kv_cache') if getattr(FLAGS, k) is not None}
   if FLAGS.lengths:
-    overrides['lengths'] = [int(L) for L in FLAGS.lengths]
+    overrides['lengths'] = FLAGS.lengths   # checked by the library
   eval_checkpoint.evaluate_checkpoint(FLAGS.workdir, FLAGS.checkpoint, overrides, verbose=True)
 
 

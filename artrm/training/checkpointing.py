@@ -179,8 +179,9 @@ class RunCheckpoints:
         self._skip(which, bad, reason, move_aside)
       return step, state, saved
     listed = '; '.join(f'step {s}: {why}' for s, why in damaged)
+    what = f'{which} checkpoint' if which in ('latest', 'best') else f'checkpoint at step {which}'
     raise CheckpointError(
-        f'No intact {which} checkpoint in {self.workdir} ({listed}). Nothing was changed; '
+        f'No intact {what} in {self.workdir} ({listed}). Nothing was changed; '
         'move the damaged step directories aside to start over there, or use a fresh --workdir.')
 
   def _read_state(self, which: str, step: int, abstract_state) -> tuple[str, Any]:

@@ -9,7 +9,7 @@ from artrm import parallel
 from artrm import workdir as workdir_lib
 from artrm.models import build_model
 from artrm.tables import markdown_table
-from artrm.training import checkpointing, train
+from artrm.training import checkpointing, train, validation
 
 
 def load_checkpoint(workdir: str, which: str | int = 'latest'):
@@ -53,6 +53,8 @@ def evaluate_checkpoint(workdir: str, which: str | int = 'latest',
                         overrides: dict[str, Any] | None = None, verbose: bool = False
                         ) -> dict[int, dict[int, dict]]:
   """{seed: {length: metrics}} of checkpoint `which` ('latest', 'best' or a step)."""
+  if overrides and 'lengths' in overrides:
+    overrides = {**overrides, 'lengths': validation.parse_lengths(overrides['lengths'])}
   config, model, state, step = load_checkpoint(workdir, which)
   results = evaluate_loaded(config, model, state, step, workdir, f'checkpoint_{which}', overrides)
   if verbose:
