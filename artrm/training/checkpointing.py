@@ -18,6 +18,7 @@ newest good one is used.
 import dataclasses
 import hashlib
 import os
+import sys
 from typing import Any, Callable
 
 import jax
@@ -74,6 +75,34 @@ def fingerprint(tree) -> dict[str, str]:
     host = np.asarray(x.addressable_data(0) if isinstance(x, jax.Array) else x)
     return hashlib.sha256(np.ascontiguousarray(host).tobytes()).hexdigest()[:16]
   return {jax.tree_util.keystr(k): digest(x) for k, x in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _is_orphaned_read(exc: BaseException | None) -> bool:
+  """A TensorStore read that finished after a failed Orbax read had closed its event loop."""
+  tb = exc and exc.__traceback__
+  while tb and tb.tb_next:
+    tb = tb.tb_next
+  return (isinstance(exc, RuntimeError) and str(exc) == 'Event loop is closed' and tb is not None
+          and tb.tb_frame.f_code.co_filename.endswith(os.path.join('asyncio', 'base_events.py')))
+
+
+def _ignore_orphaned_reads():
+  """Keeps the terminal free of what a failed read of a damaged checkpoint leaves behind.
+
+  The reads still in flight call back into Orbax's closed event loop, and
+  Python prints a traceback for each (from TensorStore's threads, or as an
+  ignored exception). Those alone are dropped; every other report stands.
+  """
+  if getattr(sys.excepthook, 'ignores_orphaned_reads', False):
+    return
+  def quiet(report, exc_of):
+    def hook(*args):
+      if not _is_orphaned_read(exc_of(*args)):
+        report(*args)
+    hook.ignores_orphaned_reads = True
+    return hook
+  sys.excepthook = quiet(sys.excepthook, lambda kind, value, tb: value)
+  sys.unraisablehook = quiet(sys.unraisablehook, lambda unraisable: unraisable.exc_value)
 
 
 def _first_line(e: Exception) -> str:
@@ -190,6 +219,7 @@ class RunCheckpoints:
     items = dict(state=ocp.args.StandardRestore(abstract_state))
     if has_fingerprint:   # absent from checkpoints saved before it was recorded
       items['fingerprint'] = ocp.args.JsonRestore()
+    _ignore_orphaned_reads()
     try:
       restored = self._read(which, step, **items)
     except Exception as e:  # pylint: disable=broad-except
