@@ -151,12 +151,6 @@ class RunCheckpoints:
                               f'saved steps: {self.periodic.all_steps()}.')
     return step
 
-  def saved_config(self, which: str | int = 'latest') -> dict | None:
-    step = self.resolve_step(which)
-    if step is None:
-      return None
-    return self._read(which, step, config=ocp.args.JsonRestore())['config']
-
   def best_metrics(self, move_aside: bool = False) -> dict | None:
     """The best checkpoint's metrics; None (with a warning) if there is none or it is damaged."""
     step = self.best.latest_step()
@@ -243,7 +237,8 @@ class RunCheckpoints:
     if move_aside:
       target = next(f'{where}.corrupt{i or ""}' for i in range(1000)
                     if not os.path.exists(f'{where}.corrupt{i or ""}'))
-      os.rename(where, target)
+      if jax.process_index() == 0:   # the workdir is shared by a multi-host run's processes
+        os.rename(where, target)
       self.manager(which).reload()
       where = f'{where} (moved to {os.path.basename(target)})'
     logging.warning('Skipped damaged checkpoint %s: %s', where, why)
