@@ -34,7 +34,7 @@ def _number(low: float, high: float = math.inf, *, open_low: bool = False,
             open_high: bool = False):
   ok = lambda v: (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
                   and (v > low if open_low else v >= low) and (v < high if open_high else v <= high))
-  bounds = f'{"(" if open_low else "["}{low:g}, {high:g}{")" if open_high else "]"}'
+  bounds = f'{"(" if open_low else "["}{low:g}, {high:g}{")" if open_high or high == math.inf else "]"}'
   return ok, f'a finite number in {bounds}'
 
 
