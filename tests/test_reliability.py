@@ -190,7 +190,8 @@ def test_overflowing_update_is_never_checkpointed(tmp_path):
   c = tiny_config()
   c.optimizer.learning_rate = 1e39
   c.checkpoint.every_steps = 1
-  with pytest.raises(FloatingPointError, match='after the update at step 1.*No checkpoint was saved'):
+  with pytest.raises(FloatingPointError,
+                     match='after the update at step 1.*No checkpoint was saved'):
     train.train_and_evaluate(c, str(tmp_path))
   assert workdir_lib.checkpoint_steps(str(tmp_path)) == []
 

@@ -300,7 +300,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   if changes:
     logging.warning('Resuming at step %d with %s', int(state.step[0]),
                     ', '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in changes.items()))
-    writer.write(int(state.step[0]), 'resume', dict(changes={k: list(v) for k, v in changes.items()}))
+    writer.write(int(state.step[0]), 'resume',
+                 dict(changes={k: list(v) for k, v in changes.items()}))
   if is_main:
     workdir_lib.write_json(workdir, workdir_lib.CONFIG, cfg)
 

@@ -32,9 +32,12 @@ def _at_least(low: int):
 
 def _number(low: float, high: float = math.inf, *, open_low: bool = False,
             open_high: bool = False):
+  open_high = open_high or high == math.inf
+  above = lambda v: v > low if open_low else v >= low
+  below = lambda v: v < high if open_high else v <= high
   ok = lambda v: (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-                  and (v > low if open_low else v >= low) and (v < high if open_high else v <= high))
-  bounds = f'{"(" if open_low else "["}{low:g}, {high:g}{")" if open_high or high == math.inf else "]"}'
+                  and above(v) and below(v))
+  bounds = f'{"(" if open_low else "["}{low:g}, {high:g}{")" if open_high else "]"}'
   return ok, f'a finite number in {bounds}'
 
 
