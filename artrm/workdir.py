@@ -1,7 +1,7 @@
 """What a run's workdir holds: every file name, and readers that need no jax.
 
   config.json            the run's config (written at start)
-  metrics.jsonl          one JSON record a line: kind 'setup', 'train', 'eval'
+  metrics.jsonl          one JSON record a line: kind 'setup', 'train', 'eval', 'resume'
   eval/                  one JSON per evaluation, and metrics.csv (tidy rows)
   final_eval.json        the last evaluation and its settings; marks a finished run
   inference_eval.json    re-evaluations with other numbers of inference steps
@@ -55,14 +55,17 @@ def write_json(workdir: str, name: str, obj: Any):
   os.replace(tmp, target)
 
 
-def checkpoint_steps(workdir: str) -> list[int]:
-  """The steps of the periodic checkpoints on disk (finished or not), without Orbax."""
-  p = path(workdir, CHECKPOINTS)
+def checkpoint_steps(workdir: str, which: str = CHECKPOINTS) -> list[int]:
+  """The steps of the checkpoints (CHECKPOINTS or BEST) on disk, finished or not, without Orbax."""
+  p = path(workdir, which)
   return sorted(int(n) for n in os.listdir(p) if n.isdigit()) if os.path.isdir(p) else []
 
 
 def read_metrics(workdir: str, kind: str | None = None) -> list[dict]:
-  """The records of metrics.jsonl, optionally of one kind ('setup', 'train', 'eval')."""
+  """The records of metrics.jsonl, optionally of one kind ('setup', 'train', 'eval', 'resume').
+
+  A last line cut short by a crash is dropped with a warning.
+  """
   p = path(workdir, METRICS)
   if not os.path.exists(p):
     return []

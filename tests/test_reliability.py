@@ -49,13 +49,13 @@ def copy_of(trained, tmp_path) -> str:
   return workdir
 
 
-def damage(workdir: str, kind: str, step: int = 8):
+def damage(workdir: str, kind: str, step: int = 8, which: str = 'checkpoints'):
   """Damages checkpoint `step` as a disk, a crash or a careless hand would.
 
   Array damage hits every data file of the state: which of them hold the
   arrays (and which only index nodes that a restore never reads) varies.
   """
-  ckpt = os.path.join(workdir, 'checkpoints', str(step))
+  ckpt = os.path.join(workdir, which, str(step))
   arrays = glob.glob(f'{ckpt}/state/**/d/*', recursive=True)
   for path in arrays if kind in ('truncated', 'deleted', 'flipped') else []:
     size = os.path.getsize(path)
@@ -105,6 +105,10 @@ def test_eval_falls_back_and_changes_nothing(trained, tmp_path, caplog):
   assert eval_checkpoint.load_checkpoint(workdir, 'latest')[3] == 4, 'a save in flight is unseen'
   with pytest.raises(checkpointing.CheckpointError, match='No intact checkpoint at step 8'):
     eval_checkpoint.load_checkpoint(workdir, 8)
+  [best] = workdir_lib.checkpoint_steps(workdir, workdir_lib.BEST)
+  damage(workdir, 'truncated', best, workdir_lib.BEST)
+  with pytest.raises(checkpointing.CheckpointError, match=f'No intact best checkpoint .*step {best}'):
+    eval_checkpoint.load_checkpoint(workdir, 'best')
 
 
 def test_no_intact_checkpoint_is_a_clear_error_and_moves_nothing(trained, tmp_path):
