@@ -79,7 +79,7 @@ def _eval(f):
   overrides = {k: getattr(f, k) for k in ('n_samples', 'decoding', 'inference_steps',
                                           'full_compute', 'kv_cache') if getattr(f, k) is not None}
   if f.lengths:
-    overrides['lengths'] = [int(L) for L in f.lengths]
+    overrides['lengths'] = f.lengths   # checked by the library
   eval_checkpoint.evaluate_checkpoint(f.workdir, f.checkpoint, overrides, verbose=True)
 
 
@@ -293,4 +293,18 @@ def main(argv: Sequence[str] | None = None):
   if missing:
     sys.exit(f'artrm {command} needs {" and ".join(missing)}; see `artrm {command} --help`.')
   logging.set_verbosity(logging.WARNING)   # Orbax logs every save at INFO
-  COMMANDS[command].run(fv)
+  try:
+    COMMANDS[command].run(fv)
+  except (ValueError, FileNotFoundError, FloatingPointError, RuntimeError) as e:
+    # The library's refusals say what to change: one line, not a traceback.
+    if os.environ.get('ARTRM_TRACEBACK') or not _is_user_error(e):
+      raise
+    sys.exit(f'artrm {command}: {e}')
+
+
+def _is_user_error(e: Exception) -> bool:
+  """ValueError / FileNotFoundError / FloatingPointError (bad input, a missing run, a
+  diverged run) and the workdir's and checkpoints' own errors; a RuntimeError from
+  anywhere else is a bug and keeps its traceback."""
+  return not isinstance(e, RuntimeError) or type(e).__name__ in (
+      'CheckpointError', 'WorkdirBusyError')

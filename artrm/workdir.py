@@ -1,20 +1,26 @@
 """What a run's workdir holds: every file name, and readers that need no jax.
 
   config.json            the run's config (written at start)
-  metrics.jsonl          one JSON record a line: kind 'setup', 'train', 'eval'
+  metrics.jsonl          one JSON record a line: kind 'setup', 'train', 'eval', 'resume'
   eval/                  one JSON per evaluation, and metrics.csv (tidy rows)
   final_eval.json        the last evaluation and its settings; marks a finished run
   inference_eval.json    re-evaluations with other numbers of inference steps
   checkpoints/<step>/    periodic Orbax checkpoints (the newest is 'latest')
   best/<step>/           the best checkpoint by the configured metric
+  lock                   who trains here: held (flock) by the one trainer of the workdir
 
 Tooling (suites, results, report) reads runs through this module alone, so
 gathering results or drawing figures imports neither jax nor the trainer.
 """
 
+import contextlib
+import fcntl
 import json
 import os
+import socket
 from typing import Any
+
+from absl import logging
 
 CONFIG = 'config.json'
 METRICS = 'metrics.jsonl'
@@ -24,6 +30,11 @@ FINAL_EVAL = 'final_eval.json'
 INFERENCE_EVAL = 'inference_eval.json'
 CHECKPOINTS = 'checkpoints'
 BEST = 'best'
+LOCK = 'lock'
+
+
+class WorkdirBusyError(RuntimeError):
+  pass
 
 
 def path(workdir: str, name: str) -> str:
@@ -44,14 +55,54 @@ def write_json(workdir: str, name: str, obj: Any):
   os.replace(tmp, target)
 
 
+def checkpoint_steps(workdir: str, which: str = CHECKPOINTS) -> list[int]:
+  """The steps of the checkpoints (CHECKPOINTS or BEST) on disk, finished or not, without Orbax."""
+  p = path(workdir, which)
+  return sorted(int(n) for n in os.listdir(p) if n.isdigit()) if os.path.isdir(p) else []
+
+
 def read_metrics(workdir: str, kind: str | None = None) -> list[dict]:
-  """The records of metrics.jsonl, optionally of one kind ('setup', 'train', 'eval')."""
+  """The records of metrics.jsonl, optionally of one kind ('setup', 'train', 'eval', 'resume').
+
+  A last line cut short by a crash is dropped with a warning.
+  """
   p = path(workdir, METRICS)
   if not os.path.exists(p):
     return []
   with open(p) as f:
-    records = [json.loads(line) for line in f if line.strip()]
+    lines = [line for line in f if line.strip()]
+  records = [json.loads(line) for line in lines[:-1]]
+  if lines:
+    try:
+      records.append(json.loads(lines[-1]))
+    except json.JSONDecodeError:   # torn by a crash mid-write: the run re-logs that step
+      logging.warning('%s: dropped its last line, cut short: %r', p, lines[-1][:80])
   return [r for r in records if kind is None or r['kind'] == kind]
+
+
+@contextlib.contextmanager
+def lock(workdir: str):
+  """Holds the workdir's lock: one trainer per workdir.
+
+  An OS lock (flock) on workdir/lock, released by the kernel when its process
+  dies: a killed trainer leaves no stale lock, and the next one takes over.
+  The file names the holder, for the message of whoever is refused.
+  """
+  os.makedirs(workdir, exist_ok=True)
+  fd = os.open(path(workdir, LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    holder = os.pread(fd, 256, 0).decode(errors='replace').strip() or 'another process'
+    os.close(fd)
+    raise WorkdirBusyError(f'{workdir} is being trained by {holder}; wait for it to end, '
+                           'or use another --workdir.') from None
+  try:
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f'PID {os.getpid()} on host {socket.gethostname()}\n'.encode(), 0)
+    yield
+  finally:
+    os.close(fd)   # releases the lock
 
 
 def _int_keys(by_seed: dict) -> dict[int, dict[int, dict]]:

@@ -81,3 +81,16 @@ def test_python_dash_m_artrm():
   refused = subprocess.run([sys.executable, '-m', 'artrm', 'train', '--steps=5'],
                            capture_output=True, text=True)
   assert refused.returncode == 1 and 'it belongs to: bench' in refused.stderr
+
+
+def test_user_errors_are_one_line(tmp_path, monkeypatch):
+  """A refused recipe (or any bad input the library names) ends the command with one line,
+  before any work; ARTRM_TRACEBACK=1 keeps the traceback."""
+  argv = ['train', f'--config={CONFIG_FILE}:model=gpt,runlocal', '--config.recipe.n_sup=2',
+          f'--workdir={tmp_path / "run"}']
+  message = _refusal(argv)
+  assert message.startswith('artrm train: Recipe not valid for gpt') and '\n' not in message
+  assert 'n_sup=1' in message and not os.path.exists(tmp_path / 'run')
+  monkeypatch.setenv('ARTRM_TRACEBACK', '1')
+  with pytest.raises(ValueError, match='deep supervision'):
+    cli.main(argv)

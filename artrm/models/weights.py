@@ -34,6 +34,8 @@ def _scalar(value: np.ndarray) -> Any:
 
 
 def config_from_neutral(arrays: Mapping[str, np.ndarray]) -> ModelConfig:
+  if 'config/model' not in arrays:
+    raise ValueError('A neutral file names its rung in config/model; this one has no such entry.')
   raw = {k[len('config/'):]: _scalar(v) for k, v in arrays.items() if k.startswith('config/')}
   fields = {_CONFIG_KEYS[k]: v for k, v in raw.items() if k in _CONFIG_KEYS}
   types = {f: type(getattr(ModelConfig(), f)) for f in fields}
@@ -66,7 +68,25 @@ def load_neutral(path: str | os.PathLike) -> tuple[RecursiveLM, dict, dict[str, 
   config = config_from_neutral(arrays)
   rest = {k: v for k, v in arrays.items() if not k.startswith(('param/', 'config/'))}
   rest.update({k: v for k, v in arrays.items() if k.startswith('config/')})
-  return build_model(config), params_from_neutral(arrays), rest
+  model, params = build_model(config), params_from_neutral(arrays)
+  check_params(model, params, where=str(path))
+  return model, params, rest
+
+
+def check_params(model: RecursiveLM, params: dict, where: str = 'params'):
+  """Fails naming every missing, unexpected or mis-shaped array unless `params` fit `model`."""
+  idx_1xT = jnp.zeros((1, model.config.block_size), jnp.int32)
+  expected = jax.eval_shape(model.init, jax.random.key(0), idx_1xT)['params']
+  shapes = lambda tree: {'/'.join(k.key for k in path): tuple(x.shape)
+                         for path, x in jax.tree_util.tree_leaves_with_path(tree)}
+  want, got = shapes(expected), shapes(params)
+  problems = ([f'missing {k} {want[k]}' for k in sorted(set(want) - set(got))]
+              + [f'unexpected {k}' for k in sorted(set(got) - set(want))]
+              + [f'{k} is {got[k]}, expected {want[k]}' for k in sorted(set(want) & set(got))
+                 if want[k] != got[k]])
+  if problems:
+    raise ValueError(f'{where} does not fit {model.config.name} '
+                     f'(in Flax names, blocks stacked): {"; ".join(problems)}.')
 
 
 def _set(tree: dict, path: tuple[str, ...], value: np.ndarray) -> None:

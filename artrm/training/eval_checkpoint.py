@@ -1,35 +1,39 @@
 """`artrm eval`: evaluate a saved checkpoint with the config it was trained with."""
 
+import os
 from typing import Any
 
-import jax
 import ml_collections
 
 from artrm import parallel
 from artrm import workdir as workdir_lib
 from artrm.tables import markdown_table
-from artrm.training import checkpointing, train
+from artrm.training import checkpointing, train, validation
 
 
 def load_checkpoint(workdir: str, which: str | int = 'latest'):
-  """(config, model, state stacked over seeds, step) of checkpoint `which`."""
-  ckpts = checkpointing.RunCheckpoints(workdir)
+  """(config, model, state stacked over seeds, step) of checkpoint `which`.
+
+  'latest' skips damaged checkpoints (with a warning) for the newest good one;
+  only finished checkpoints are seen, so a run may be training meanwhile.
+  Nothing is written to the workdir.
+  """
+  which = checkpointing.parse_which(which)
+  if not os.path.isdir(workdir_lib.path(workdir, workdir_lib.CHECKPOINTS)):
+    raise FileNotFoundError(f'No training run in {workdir}: train there first '
+                            '(artrm train --workdir=...).')
+  model_of = lambda saved: train.run_model(ml_collections.ConfigDict(saved))
+  replicated = parallel.replicated(parallel.data_mesh())
+  ckpts = checkpointing.RunCheckpoints(workdir, create=False)
   try:
-    saved = ckpts.saved_config(which)
-    if saved is None:
+    if ckpts.resolve_step(which) is None:
       raise FileNotFoundError(f'No {which} checkpoint in {workdir}: train there first '
                               '(artrm train --workdir=...).')
-    config = ml_collections.ConfigDict(saved)
-    model = train.run_model(config)
-    replicated = parallel.replicated(parallel.data_mesh())
-    abstract = jax.eval_shape(lambda: train.init_seeds(
-        model, train.make_optimizer(config.optimizer, model.recipe), train.seeds_of(config)))
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-                            abstract)
-    step, state = ckpts.restore(which, abstract, saved)
+    step, state, saved = ckpts.restore(
+        which, lambda saved: train.abstract_state(model_of(saved), saved, replicated), None)
   finally:
     ckpts.close()
-  return config, model, state, step
+  return ml_collections.ConfigDict(saved), model_of(saved), state, step
 
 
 def evaluate_loaded(config, model, state, step: int, workdir: str, name: str,
@@ -48,6 +52,8 @@ def evaluate_checkpoint(workdir: str, which: str | int = 'latest',
                         overrides: dict[str, Any] | None = None, verbose: bool = False
                         ) -> dict[int, dict[int, dict]]:
   """{seed: {length: metrics}} of checkpoint `which` ('latest', 'best' or a step)."""
+  if overrides and 'lengths' in overrides:
+    overrides = {**overrides, 'lengths': validation.parse_lengths(overrides['lengths'])}
   config, model, state, step = load_checkpoint(workdir, which)
   results = evaluate_loaded(config, model, state, step, workdir, f'checkpoint_{which}', overrides)
   if verbose:

@@ -8,6 +8,7 @@ same batches and dropout masks, and the result is bitwise identical to an
 uninterrupted run.
 """
 
+import contextlib
 import functools
 import json
 import math
@@ -22,6 +23,7 @@ import ml_collections
 import numpy as np
 import optax
 import tqdm
+from absl import logging
 
 from artrm import parallel
 from artrm import workdir as workdir_lib
@@ -29,7 +31,7 @@ from artrm.data import IGNORE_INDEX, get_task, sample_batch
 from artrm.evaluation.evaluators import LengthEvaluator
 from artrm.models import ModelConfig, build_model, init_params, normalize_budget
 from artrm.models.recipe import Recipe, compute_record
-from artrm.training import checkpointing
+from artrm.training import checkpointing, validation
 from artrm.training.writers import MetricWriter
 
 
@@ -174,7 +176,7 @@ def apply_gradients(state: TrainState, grads, loss, optimizer, ema_decay: float)
   grad_norm = optax.tree.norm(grads)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & all_finite((params, opt_state))
   keep_good = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
   ema = None if state.ema_params is None else ema_update(state.ema_params, params, ema_decay)
   return state.replace(params=keep_good(params, state.params),
@@ -235,6 +237,12 @@ def train_step(state: TrainState, *, model, optimizer, task: str, length: int, b
         state, grads_sum, metrics['loss'], optimizer, recipe.ema_decay)
     metrics['finite'] = metrics['finite'] & finite
   return state.replace(step=state.step + 1), metrics
+
+
+def all_finite(tree) -> jax.Array:
+  """Whether every float in `tree` is finite: an update may overflow from finite gradients."""
+  leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
+  return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in leaves]))
 
 
 def make_step_fn(config: ml_collections.ConfigDict, model, optimizer: optax.GradientTransformation,
@@ -299,11 +307,11 @@ class _Window:
     self.pending, self.start = [], time.perf_counter()
     bad = [i for i, m in enumerate(host) if not np.all(m['finite'])]
     if bad:
-      raise FloatingPointError(
-          f'Non-finite loss or gradient at step {step - n + 1 + bad[0]} '
-          f'(loss={host[bad[0]]["loss"].tolist()}). '
-          'The last good checkpoint in the workdir is kept; lower optimizer.learning_rate or set '
-          'optimizer.grad_clip_norm, and re-run to resume from it.')
+      m = host[bad[0]]
+      what = ('loss or gradient' if not np.all(np.isfinite(m['loss']) & np.isfinite(m['grad_norm']))
+              else 'params or optimizer state after the update')
+      raise FloatingPointError(f'Non-finite {what} at step {step - n + 1 + bad[0]} '
+                               f'(loss={m["loss"].tolist()}); that update was not kept.')
     means = {k: np.mean([m[k] for m in host], axis=0) for k in host[0] if k != 'finite'}
     n_seeds = len(means['loss'])
     speed = dict(steps_per_sec=n / seconds,
@@ -315,8 +323,55 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """Trains (or resumes) the run of `config` in `workdir`.
 
   Returns the final state (stacked over seeds), the last evaluation
-  {seed: {length: metrics}}, the best mean metric and the model.
+  {seed: {length: metrics}}, the best mean metric and the model. The config
+  is validated before any work, and the workdir locked: one trainer at a time.
   """
+  validation.check_config(config)
+  # Processes of a multi-host run share the workdir: the first holds the lock for all.
+  lock = workdir_lib.lock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
+  with lock:
+    try:
+      return _train_and_evaluate(config, workdir)
+    except FloatingPointError as e:
+      raise FloatingPointError(f'{e} {divergence_advice(config, workdir)}') from None
+
+
+def divergence_advice(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """What to do after a non-finite step: the exact flags that resume from the last checkpoint."""
+  lr, clip = config.optimizer.learning_rate, config.optimizer.grad_clip_norm
+  remedy = (f'--config.optimizer.learning_rate={lr / 10:g} (now {lr:g})'
+            + ('' if clip else ' or --config.optimizer.grad_clip_norm=1.0'))
+  steps = workdir_lib.checkpoint_steps(workdir)
+  if not steps:
+    return f'No checkpoint was saved; re-run the same command with {remedy} to start over.'
+  return (f'The checkpoint at step {max(steps)} holds finite params; re-run the same command '
+          f'with {remedy} to resume from it (these optimizer fields may change on resume).')
+
+
+def abstract_state(model, saved: dict, sharding) -> TrainState:
+  """The shapes (placed on `sharding`) of the state a checkpoint saved with config `saved` holds."""
+  c = ml_collections.ConfigDict(saved)
+  abstract = jax.eval_shape(lambda: init_seeds(model, make_optimizer(c.optimizer, model.recipe),
+                                               seeds_of(c)))
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), abstract)
+
+
+def _resume(ckpts: checkpointing.RunCheckpoints, state: TrainState, model, cfg: dict,
+            replicated) -> tuple[TrainState, dict[str, tuple]]:
+  """The latest good checkpoint's state, and the optimizer fields changed since it was saved
+  (`checkpointing.RESUME_CHANGES`; the optimizer state carries over to the new optimizer)."""
+  _, restored, saved = ckpts.restore(
+      'latest', lambda saved: abstract_state(model, saved, replicated), cfg,
+      checkpointing.MUTABLE_FIELDS + checkpointing.RESUME_CHANGES, move_aside=True)
+  # Gradient clipping adds a stateless stage: the same arrays in another tree.
+  opt_state = jax.tree.unflatten(jax.tree.structure(state.opt_state),
+                                 jax.tree.leaves(restored.opt_state))
+  changes = {k: v for k, v in checkpointing.changed_fields(saved, cfg).items()
+             if k in checkpointing.RESUME_CHANGES}
+  return restored.replace(opt_state=opt_state), changes
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   model = run_model(config)
   mc = model.config
   task = get_task(config.task)
@@ -338,11 +393,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   is_main = jax.process_index() == 0
   writer = MetricWriter(workdir, tensorboard=config.log.tensorboard,
                         wandb_project=config.log.wandb_project, config=cfg, enabled=is_main)
-  best = -math.inf
+  best, changes = -math.inf, {}
   if ckpts.periodic.latest_step() is not None:
-    _, state = ckpts.restore('latest', checkpointing.abstract_like(state), cfg)
-    writer.truncate_after(int(state.step[0]))
-    best = (ckpts.best_metrics() or {}).get('value', -math.inf)
+    state, changes = _resume(ckpts, state, model, cfg, replicated)
+    best = (ckpts.best_metrics(move_aside=True) or {}).get('value', -math.inf)
+  writer.truncate_after(int(state.step[0]))   # records of steps after the checkpoint, torn lines
+  if changes:
+    logging.warning('Resuming at step %d with %s', int(state.step[0]),
+                    ', '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in changes.items()))
+    writer.write(int(state.step[0]), 'resume',
+                 dict(changes={k: list(v) for k, v in changes.items()}))
   if is_main:
     workdir_lib.write_json(workdir, workdir_lib.CONFIG, cfg)
 

@@ -45,12 +45,15 @@ class MetricWriter:
                                name=os.path.basename(os.path.abspath(workdir)), resume='allow')
 
   def truncate_after(self, step: int):
-    """Drops records past `step`: a resumed run re-logs the steps it repeats."""
+    """Drops records past `step` (and a line torn by a crash): a run that starts at `step`
+    re-logs the steps after it. Rewritten atomically, so a kill loses no record."""
     if not (self.enabled and os.path.exists(self.path)):
       return
     kept = [r for r in workdir_lib.read_metrics(os.path.dirname(self.path)) if r['step'] <= step]
-    with open(self.path, 'w') as f:
+    tmp = f'{self.path}.tmp{os.getpid()}'
+    with open(tmp, 'w') as f:
       f.writelines(json.dumps(r) + '\n' for r in kept)
+    os.replace(tmp, self.path)
 
   def write(self, step: int, kind: str, scalars: Mapping[str, Any]):
     if not self.enabled:

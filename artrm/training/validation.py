@@ -1,0 +1,106 @@
+"""The checks a training config passes before any compile or write.
+
+Each refusal is one line naming the field, its value and what it may be, so a
+typo costs seconds, not a run's first checkpoint interval.
+"""
+
+import math
+from typing import Any
+
+import ml_collections
+
+from artrm.data import get_task
+from artrm.evaluation.decoding import DECODINGS
+from artrm.models.config import get_rung
+from artrm.models.recipe import Recipe
+
+# Metrics the best checkpoint may be picked by: present at every length
+# (`artrm.evaluation.metrics.answer_metrics`).
+BEST_METRICS = ('seq_acc', 'char_acc', 'first_char_acc', 'last_char_acc')
+
+
+class ConfigError(ValueError):
+  pass
+
+
+def _is_int(v) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _at_least(low: int):
+  return lambda v: _is_int(v) and v >= low, f'an integer >= {low}'
+
+
+def _number(low: float, high: float = math.inf, *, open_low: bool = False,
+            open_high: bool = False):
+  open_high = open_high or high == math.inf
+  above = lambda v: v > low if open_low else v >= low
+  below = lambda v: v < high if open_high else v <= high
+  ok = lambda v: (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                  and above(v) and below(v))
+  bounds = f'{"(" if open_low else "["}{low:g}, {high:g}{")" if open_high else "]"}'
+  return ok, f'a finite number in {bounds}'
+
+
+def _one_of(choices):
+  return lambda v: v in choices, f'one of {sorted(choices)}'
+
+
+def _lengths(v) -> bool:
+  return isinstance(v, (list, tuple)) and len(v) > 0 and all(_is_int(L) and L >= 1 for L in v)
+
+
+_CHECKS = {
+    'seed': (_is_int, 'an integer'),
+    'num_seeds': _at_least(1),
+    'train_length': _at_least(1),
+    'batch_size': _at_least(1),
+    'max_steps': _at_least(1),
+    'budget': _at_least(0),
+    'optimizer.learning_rate': _number(0, open_low=True),
+    'optimizer.b1': _number(0, 1, open_high=True),
+    'optimizer.b2': _number(0, 1, open_high=True),
+    'optimizer.eps': _number(0),
+    'optimizer.weight_decay': _number(0),
+    'optimizer.grad_clip_norm': _number(0),
+    'eval.lengths': (_lengths, 'a non-empty tuple of integers >= 1'),
+    'eval.every_steps': _at_least(1),
+    'eval.n_samples': _at_least(1),
+    'eval.batch_size': _at_least(1),
+    'eval.decoding': _one_of(DECODINGS),
+    'eval.inference_steps': _at_least(0),
+    'checkpoint.every_steps': _at_least(0),
+    'checkpoint.max_to_keep': _at_least(0),
+    'checkpoint.best_metric': _one_of(BEST_METRICS),
+    'log.every_steps': _at_least(1),
+}
+
+
+def _get(config: ml_collections.ConfigDict, key: str) -> Any:
+  for name in key.split('.'):
+    config = config[name]
+  return config
+
+
+def check_config(config: ml_collections.ConfigDict):
+  """Raises on the first field out of range (model shapes: `ModelConfig`, the trainer)."""
+  get_task(config.task)          # their errors name the known ones
+  get_rung(config.model.name)
+  recipe = config.get('recipe')
+  Recipe.from_mapping(recipe.to_dict() if recipe is not None else None).check(config.model.name)
+  for key, (ok, allowed) in _CHECKS.items():
+    value = _get(config, key)
+    if not ok(value):
+      raise ConfigError(f'config.{key}={value!r}: must be {allowed}.')
+
+
+def parse_lengths(lengths) -> list[int]:
+  """Eval lengths from the command line ('10', '20', ...) as integers >= 1."""
+  try:
+    out = [int(L) for L in lengths]
+  except (TypeError, ValueError):
+    out = []
+  if not out or min(out) < 1:
+    raise ConfigError(f'lengths={",".join(map(str, lengths))}: must be integers >= 1, '
+                      'e.g. --lengths=10,20.')
+  return out

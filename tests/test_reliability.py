@@ -1,0 +1,254 @@
+"""What a run survives: damaged checkpoints, torn logs, two trainers, divergence, bad input."""
+
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+from artrm import workdir as workdir_lib
+from artrm.configs import length_gen
+from artrm.training import checkpointing, eval_checkpoint, train, validation
+
+REPO = os.path.join(os.path.dirname(__file__), '..')
+
+
+def tiny_config(**overrides):
+  """8 steps of a 16-wide gpt on copy: checkpoints at 4 and 8, evaluations at 4 and 8."""
+  c = length_gen.get_config('model=gpt,task=copy,runlocal')
+  c.model.update(n_embd=16, n_head=2, block_size=16)
+  c.budget = 2
+  c.train_length = 3
+  c.batch_size = 8
+  c.max_steps = 8
+  c.eval.update(lengths=(3,), every_steps=4, n_samples=8, batch_size=8)
+  c.checkpoint.every_steps = 4
+  c.log.update(every_steps=2, progress_bar=False)
+  for k, v in overrides.items():
+    c[k] = v
+  return c
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+  """(workdir of a finished 8-step run, its final params): copied, never changed, by tests."""
+  workdir = str(tmp_path_factory.mktemp('trained') / 'run')
+  out = train.train_and_evaluate(tiny_config(), workdir)
+  return workdir, jax.device_get(out['state'].params)
+
+
+def copy_of(trained, tmp_path) -> str:
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(trained[0], workdir)
+  return workdir
+
+
+def damage(workdir: str, kind: str, step: int = 8, which: str = 'checkpoints'):
+  """Damages checkpoint `step` as a disk, a crash or a careless hand would.
+
+  Array damage hits every data file of the state: which of them hold the
+  arrays (and which only index nodes that a restore never reads) varies.
+  """
+  ckpt = os.path.join(workdir, which, str(step))
+  arrays = glob.glob(f'{ckpt}/state/**/d/*', recursive=True)
+  for path in arrays if kind in ('truncated', 'deleted', 'flipped') else []:
+    size = os.path.getsize(path)
+    if kind == 'truncated':
+      os.truncate(path, size // 2)
+    elif kind == 'deleted':
+      os.remove(path)
+    else:   # same size: only a checksum can tell
+      with open(path, 'r+b') as f:
+        f.seek(size // 2)
+        chunk = f.read(8)
+        f.seek(-len(chunk), os.SEEK_CUR)
+        f.write(bytes(b ^ 0xFF for b in chunk))
+  if kind == 'no_manifest':
+    os.remove(f'{ckpt}/state/manifest.ocdbt')
+  elif kind in ('garbage_metadata', 'garbage_config'):
+    name = 'state/_METADATA' if kind == 'garbage_metadata' else 'config/metadata'
+    with open(f'{ckpt}/{name}', 'wb') as f:
+      f.write(b'\xff\xfe not json')
+
+
+DAMAGE = ['truncated', 'deleted', 'no_manifest', 'garbage_metadata', 'garbage_config', 'flipped']
+
+
+@pytest.mark.parametrize('kind', DAMAGE)
+def test_resume_falls_back_past_a_damaged_checkpoint(trained, tmp_path, kind, caplog):
+  """Resume skips the damaged latest checkpoint, keeps it aside, and ends bitwise equal to
+  the uninterrupted run."""
+  workdir = copy_of(trained, tmp_path)
+  damage(workdir, kind)
+  out = train.train_and_evaluate(tiny_config(), workdir)
+  chex.assert_trees_all_equal(jax.device_get(out['state'].params), trained[1])
+  assert 'Skipped damaged checkpoint' in caplog.text and '8.corrupt' in caplog.text
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['4', '8', '8.corrupt']
+  steps = [r['step'] for r in workdir_lib.read_metrics(workdir, 'train')]
+  assert steps == [2, 4, 6, 8], 'the repeated steps are logged once'
+
+
+def test_eval_falls_back_and_changes_nothing(trained, tmp_path, caplog):
+  workdir = copy_of(trained, tmp_path)
+  damage(workdir, 'flipped')
+  _, _, state, step = eval_checkpoint.load_checkpoint(workdir, 'latest')
+  assert step == 4 and int(state.step[0]) == 4
+  assert 'Skipped damaged checkpoint' in caplog.text
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['4', '8']   # a reader
+  os.makedirs(os.path.join(workdir, 'checkpoints', '12.orbax-checkpoint-tmp-1', 'state'))
+  assert eval_checkpoint.load_checkpoint(workdir, 'latest')[3] == 4, 'a save in flight is unseen'
+  with pytest.raises(checkpointing.CheckpointError, match='No intact checkpoint at step 8'):
+    eval_checkpoint.load_checkpoint(workdir, 8)
+  [best] = workdir_lib.checkpoint_steps(workdir, workdir_lib.BEST)
+  damage(workdir, 'truncated', best, workdir_lib.BEST)
+  with pytest.raises(checkpointing.CheckpointError, match=f'No intact best checkpoint .*step {best}'):
+    eval_checkpoint.load_checkpoint(workdir, 'best')
+
+
+def test_no_intact_checkpoint_is_a_clear_error_and_moves_nothing(trained, tmp_path):
+  workdir = copy_of(trained, tmp_path)
+  damage(workdir, 'deleted', 8)
+  damage(workdir, 'garbage_config', 4)
+  with pytest.raises(checkpointing.CheckpointError,
+                     match=r'step 8: state unreadable .*; step 4: config unreadable'):
+    train.train_and_evaluate(tiny_config(), workdir)
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['4', '8']
+
+
+def test_torn_last_metrics_line_is_dropped(trained, tmp_path, caplog):
+  workdir = copy_of(trained, tmp_path)
+  path = workdir_lib.path(workdir, workdir_lib.METRICS)
+  with open(path, 'a') as f:
+    f.write('{"step": 9, "kind": "tra')   # a power cut mid-write
+  assert len(workdir_lib.read_metrics(workdir)) > 0 and 'cut short' in caplog.text
+  train.train_and_evaluate(tiny_config(), workdir)   # finished: re-running repairs the log
+  with open(path) as f:
+    assert all(json.loads(line)['step'] <= 8 for line in f)
+
+
+def test_kill_before_first_checkpoint_logs_no_step_twice(tmp_path, monkeypatch):
+  workdir = str(tmp_path / 'run')
+  def killed(*args, **kwargs):
+    raise KeyboardInterrupt
+  with monkeypatch.context() as m:
+    m.setattr(checkpointing.RunCheckpoints, 'save', killed)
+    with pytest.raises(KeyboardInterrupt):
+      train.train_and_evaluate(tiny_config(), workdir)
+  assert [r['step'] for r in workdir_lib.read_metrics(workdir, 'train')] == [2, 4]
+  train.train_and_evaluate(tiny_config(), workdir)
+  assert [r['step'] for r in workdir_lib.read_metrics(workdir, 'train')] == [2, 4, 6, 8]
+  assert [r['step'] for r in workdir_lib.read_metrics(workdir, 'eval')] == [4, 8]
+
+
+def test_one_trainer_per_workdir_and_a_dead_ones_lock_is_taken_over(tmp_path):
+  workdir = str(tmp_path / 'run')
+  holder = subprocess.Popen(
+      [sys.executable, '-c', 'import sys, time; from artrm import workdir\n'
+       'with workdir.lock(sys.argv[1]):\n  print("held", flush=True); time.sleep(120)', workdir],
+      stdout=subprocess.PIPE, text=True, env={**os.environ, 'PYTHONPATH': REPO})
+  try:
+    assert holder.stdout.readline().strip() == 'held'
+    with pytest.raises(workdir_lib.WorkdirBusyError, match=f'PID {holder.pid} on host'):
+      train.train_and_evaluate(tiny_config(), workdir)
+    assert os.listdir(workdir) == ['lock'], 'the refused trainer wrote nothing'
+  finally:
+    holder.kill()   # SIGKILL: no cleanup runs, the lock file stays
+    holder.wait()
+  with workdir_lib.lock(workdir):
+    with open(workdir_lib.path(workdir, workdir_lib.LOCK)) as f:
+      assert f.read().startswith(f'PID {os.getpid()} ')
+
+
+def test_divergence_advice_resumes_with_the_new_optimizer(trained, tmp_path):
+  """The overflowing update is not kept; the flags the message names resume the run."""
+  workdir = copy_of(trained, tmp_path)
+  diverging = tiny_config(max_steps=12)
+  diverging.optimizer.learning_rate = 1e39
+  with pytest.raises(FloatingPointError,
+                     match=r'params or optimizer state after the update at step 9.*step 8 holds '
+                           r'finite params.*--config.optimizer.learning_rate=1e\+38 \(now 1e\+39\) '
+                           r'or --config.optimizer.grad_clip_norm=1.0'):
+    train.train_and_evaluate(diverging, workdir)
+  assert workdir_lib.checkpoint_steps(workdir) == [4, 8]
+  remedied = tiny_config(max_steps=12)
+  remedied.optimizer.update(learning_rate=1e-4, grad_clip_norm=1.0)   # clipping: a new opt state
+  out = train.train_and_evaluate(remedied, workdir)
+  assert int(out['state'].step[0]) == 12
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(out['state'].params)))
+  resume = workdir_lib.read_metrics(workdir, 'resume')[-1]   # the diverging attempt's, then this
+  assert resume['step'] == 8 and resume['changes'] == {
+      'optimizer.grad_clip_norm': [0.0, 1.0], 'optimizer.learning_rate': [3e-4, 1e-4]}
+  other = tiny_config(max_steps=16)
+  other.optimizer.update(learning_rate=1e-4, grad_clip_norm=1.0, b1=0.5)
+  with pytest.raises(checkpointing.ConfigMismatchError, match='optimizer.b1'):   # others may not
+    train.train_and_evaluate(other, workdir)
+
+
+def test_overflowing_update_is_never_checkpointed(tmp_path):
+  c = tiny_config()
+  c.optimizer.learning_rate = 1e39
+  c.checkpoint.every_steps = 1
+  with pytest.raises(FloatingPointError,
+                     match='after the update at step 1.*No checkpoint was saved'):
+    train.train_and_evaluate(c, str(tmp_path))
+  assert workdir_lib.checkpoint_steps(str(tmp_path)) == []
+
+
+@pytest.mark.parametrize('field,value,match', [
+    ('batch_size', 0, r'config.batch_size=0: must be an integer >= 1'),
+    ('eval.every_steps', 0, r'config.eval.every_steps=0: must be an integer >= 1'),
+    ('log.every_steps', 0, r'config.log.every_steps=0'),
+    ('eval.n_samples', 0, r'config.eval.n_samples=0'),
+    ('num_seeds', 0, r'config.num_seeds=0'),
+    ('max_steps', -5, r'config.max_steps=-5: must be an integer >= 1'),
+    ('checkpoint.best_metric', 'accuracy', r"best_metric='accuracy': must be one of \["),
+    ('optimizer.learning_rate', -1.0, r'learning_rate=-1.0: must be a finite number in \(0'),
+    ('eval.lengths', (), r'eval.lengths=\(\): must be a non-empty tuple'),
+])
+def test_bad_config_is_refused_before_any_work(tmp_path, field, value, match):
+  c = tiny_config()
+  section, _, key = field.rpartition('.')
+  (c[section] if section else c)[key] = value
+  with pytest.raises(validation.ConfigError, match=match):
+    train.train_and_evaluate(c, str(tmp_path / 'run'))
+  assert not os.path.exists(tmp_path / 'run')
+
+
+def test_bad_eval_input_is_refused_and_writes_nothing(trained, tmp_path):
+  missing = str(tmp_path / 'nothing_here')
+  with pytest.raises(FileNotFoundError, match='No training run in'):
+    eval_checkpoint.evaluate_checkpoint(missing)
+  assert not os.path.exists(missing)
+  with pytest.raises(ValueError, match="checkpoint must be 'latest', 'best' or a step number, "
+                                       "got 'last'"):
+    eval_checkpoint.evaluate_checkpoint(trained[0], 'last')
+  with pytest.raises(validation.ConfigError, match='lengths=abc: must be integers >= 1'):
+    eval_checkpoint.evaluate_checkpoint(trained[0], 'latest', {'lengths': ['abc']})
+
+
+GOLDEN_DIR = os.environ.get('ARTRM_GOLDEN_DIR', os.path.join(REPO, '..', 'shared', 'golden'))
+
+
+def test_neutral_loader_names_what_does_not_fit(tmp_path):
+  from artrm.models import load_neutral
+  golden = os.path.join(GOLDEN_DIR, 'trm.npz')
+  if not os.path.exists(golden):
+    pytest.skip(f'no golden files in {GOLDEN_DIR}')
+  with np.load(golden) as f:
+    arrays = dict(f)
+  params = sorted(k for k in arrays if k.startswith('param/block/'))
+  broken = {k: v for k, v in arrays.items() if k != params[0]}
+  broken[params[1]] = broken[params[1]][..., :-1]
+  broken['param/extra'] = np.zeros(3)
+  np.savez(tmp_path / 'broken.npz', **broken)
+  with pytest.raises(ValueError, match=r'does not fit trm .*missing .*unexpected extra.* is \('):
+    load_neutral(tmp_path / 'broken.npz')
+  np.savez(tmp_path / 'no_model.npz', **{k: v for k, v in arrays.items() if k != 'config/model'})
+  with pytest.raises(ValueError, match='no such entry'):   # it used to load as gpt
+    load_neutral(tmp_path / 'no_model.npz')
