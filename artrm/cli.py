@@ -7,7 +7,7 @@
               [--launcher=local|slurm|tpu] [--slots=2] [--gpus=0,1] [--dry_run]
   artrm gather --root=workdirs/length_gen_cpu [--out=results.csv]
   artrm report --root=workdirs/length_gen_cpu --out=docs/results/length_gen_cpu
-  artrm bench  --setup=small|paper|eval [--rungs=gpt,trm] [--steps=20] [--out=x.json]
+  artrm bench  --setup=small|paper|eval [--rungs=gpt,trm] [--steps=20] [--dtype=bfloat16] [--out=x.json]
 
 `python -m artrm ...` is the same.
 """
@@ -57,6 +57,8 @@ flags.DEFINE_list('eval_lengths', None, 'bench: decoding lengths (default: the s
 flags.DEFINE_integer('eval_batch', None, 'bench: prompts per decoded batch (default 100).')
 flags.DEFINE_string('remat', None, 'bench: model.remat, a key of models.block.REMAT_POLICIES '
                     '(default: the training config\'s).')
+flags.DEFINE_enum('dtype', None, ['float32', 'bfloat16'], 'bench: model.dtype, the compute dtype '
+                  '(default: the training config\'s, float32; bfloat16 on GPUs).')
 flags.DEFINE_list('versus_paper', None,
                   'bench: only print saved CPU results (JSON paths) against the paper\'s code.')
 flags.DEFINE_float('peak_flops', None, 'bench: device peak FLOP/s for MFU (default: known GPUs).')
@@ -138,7 +140,7 @@ def _bench(argv):
     return
   setup = bench.get_setup(FLAGS.setup).replace(
       eval_lengths=FLAGS.eval_lengths and tuple(int(L) for L in FLAGS.eval_lengths),
-      eval_batch=FLAGS.eval_batch, remat=FLAGS.remat)
+      eval_batch=FLAGS.eval_batch, remat=FLAGS.remat, dtype=FLAGS.dtype)
   result = bench.run_benchmark(setup, FLAGS.rungs or tuple(bench.RUNGS), steps=FLAGS.steps,
                                warmup=FLAGS.warmup, eval_repeats=FLAGS.eval_repeats,
                                full_compute=bool(FLAGS.full_compute), peak=FLAGS.peak_flops,

@@ -60,6 +60,7 @@ class Setup:
   train_length: int = 10
   dropout: float = 0.1
   remat: str | None = None   # model.remat; None: the training config's
+  dtype: str | None = None   # model.dtype; None: the training config's (float32)
 
   def replace(self, **overrides) -> 'Setup':
     """A copy with the overrides that are not None (unset CLI flags)."""
@@ -75,8 +76,9 @@ SETUPS = {
 
 PROFILED_CALLS = 3   # steps or decoding calls per profiler trace (--profile_dir)
 
-# Dense peak FLOP/s per device by matmul input type. JAX's default precision
-# runs float32 matmuls as TF32 on Hopper, so that is the basis of f32 models.
+# Dense peak FLOP/s per device by matmul input type (`peak_basis`: bf16 for
+# model.dtype bfloat16; for float32, tf32 at JAX's default matmul precision on
+# Hopper, fp32 at matmul_precision 'float32').
 _PEAKS = {
     'H100 PCIe': dict(bf16=756e12, tf32=378e12, fp32=51.2e12),
     'H100': dict(bf16=989e12, tf32=494.7e12, fp32=66.9e12),
@@ -97,6 +99,8 @@ def run_config(setup: Setup, rung: str):
                  block_size=setup.block_size, dropout=setup.dropout)
   if setup.remat is not None:
     c.model.remat = setup.remat
+  if setup.dtype is not None:
+    c.model.dtype = setup.dtype
   c.update(task=setup.task, train_length=setup.train_length, batch_size=setup.batch_size,
            budget=setup.budget, num_seeds=1)
   return c
@@ -142,6 +146,13 @@ def step_flops(config: ModelConfig, batch: int, seq_len: int, fwd_passes: float)
   bwd = backprop_passes(config, fwd_passes)
   return per_pass * (fwd_passes + 2 * bwd) + 3 * head_flops(batch, seq_len, config.n_embd,
                                                             config.vocab_size)
+
+
+def peak_basis(config: ModelConfig) -> str:
+  """The input type the model's matmuls run at on a GPU: the row of `_PEAKS` for its MFU."""
+  if config.dtype == 'bfloat16':
+    return 'bf16'
+  return 'fp32' if config.matmul_precision == 'float32' else 'tf32'
 
 
 def peak_flops(device_kind: str, dtype: str = 'tf32') -> float | None:
@@ -311,8 +322,8 @@ def run_benchmark(setup: Setup, rungs: Sequence[str] = tuple(RUNGS), steps: int 
     decoding.check_fits(setup.block_size, task.prompt_len(L), task.answer_len(L),
                         what=f'{setup.task} at length {L}')
   device = device_info()
-  basis = 'given' if peak else 'tf32 dense (f32 matmuls at JAX\'s default precision)'
-  peak = peak or peak_flops(device['device_kind'])
+  basis = 'given' if peak else f'{peak_basis(train.model_config(run_config(setup, rungs[0])))} dense'
+  peak = peak or peak_flops(device['device_kind'], basis.split()[0])
   result = dict(device=device, setup=dataclasses.asdict(setup),
                 settings=dict(steps=steps, warmup=warmup, eval_repeats=eval_repeats,
                               full_compute=full_compute, peak_flops=peak, devices=devices,
@@ -325,7 +336,7 @@ def run_benchmark(setup: Setup, rungs: Sequence[str] = tuple(RUNGS), steps: int 
     model = build_model(mc)
     H, L = model.rung.cycles(model.config)   # (1, 1) unless nested
     row = dict(title=get_rung(rung).title, n_layer=mc.n_layer, n_outer_loops=H, n_inner_loops=L,
-               remat=mc.remat)
+               remat=mc.remat, dtype=mc.dtype, matmul_precision=mc.matmul_precision)
     if setup.train:
       row['train'], params = bench_train(config, model, steps, warmup, mesh,
                                          profile_dir and os.path.join(profile_dir, rung, 'train'))
