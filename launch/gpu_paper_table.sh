@@ -110,7 +110,7 @@ for spec in $(for r in $BENCH_RUNGS; do echo "bfloat16:$r"; done; for r in $F32_
 done
 
 # 4. grid: the estimate from the bench's step times, then the suite until the deadline
-"$PY" - "$OUT" "$SUITE" "$SLOTS" "$(($(left) - REPORT_S))" <<'EOF' | tee "$OUT/grid_plan.log"
+(($(left) - REPORT_S > 5)) && "$PY" - "$OUT" "$SUITE" "$SLOTS" "$(($(left) - REPORT_S))" <<'EOF'
 import glob, json, os, sys
 from artrm.tools import suites
 out, spec, slots, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])

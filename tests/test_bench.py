@@ -110,6 +110,11 @@ def test_errors():
   assert bench.peak_flops('NVIDIA H100 PCIe') == 378e12
   assert bench.peak_flops('NVIDIA H100 80GB HBM3', 'bf16') == 989e12
   assert bench.peak_flops('cpu') is None
+  # MFU's basis is what the matmuls run at: the configs' float32 is full fp32, not TF32.
+  assert bench.peak_basis(bench.train.model_config(bench.run_config(MICRO, 'trm'))) == 'fp32'
+  assert bench.peak_basis(ModelConfig(dtype='bfloat16')) == 'bf16'
+  assert bench.peak_basis(ModelConfig()) == 'tf32'
+  assert bench.run_config(MICRO.replace(dtype='bfloat16'), 'gpt').model.dtype == 'bfloat16'
 
 
 def test_versus_paper_rows():

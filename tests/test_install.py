@@ -1,6 +1,9 @@
-"""The offline GPU install: the library runs without the TFDS extra, and the wheels
-script asks for exactly what a jax + flax image lacks."""
+"""The offline GPU install and the prepared GPU run: the library runs without the TFDS
+extra, the wheels script asks for exactly what a jax + flax image lacks, and the GPU
+script keeps to its deadline. (Its SMOKE=1 form runs every step at a tiny scale in
+minutes on CPU: docs/performance.md, "On a GPU".)"""
 
+import json
 import os
 import subprocess
 import sys
@@ -39,3 +42,18 @@ def test_gpu_wheels_lists_what_the_image_lacks():
   assert out.stdout.split() == ['ml-collections>=0.1.1', 'tqdm>=4.66']
   bad = subprocess.run(['bash', 'launch/gpu_wheels.sh'], cwd=ROOT, capture_output=True, text=True)
   assert bad.returncode == 2 and 'usage' in bad.stderr
+
+
+def test_gpu_script_stops_at_its_deadline_and_says_so(tmp_path):
+  """With 3 seconds, every step past the import check is skipped, not run over time,
+  and the summary still records each."""
+  out = subprocess.run(['bash', 'launch/gpu_paper_table.sh'], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120,
+                       env={**os.environ, 'PYTHON': sys.executable, 'OUT': str(tmp_path),
+                            'DEADLINE_S': '3', 'SMOKE': '1', 'REPORT_S': '0'})
+  assert out.returncode == 0, out.stdout + out.stderr
+  summary = json.loads((tmp_path / 'summary.json').read_text())
+  steps = {s['step']: s['exit_code'] for s in summary['steps']}
+  assert steps == {'smoke': 'skipped', 'bench_bfloat16_gpt': 'skipped',
+                   'bench_float32_gpt': 'skipped', 'grid': 'skipped'}, steps
+  assert summary['finished_runs'] == [] and summary['wall_seconds'] < 60

@@ -322,8 +322,9 @@ def run_benchmark(setup: Setup, rungs: Sequence[str] = tuple(RUNGS), steps: int 
     decoding.check_fits(setup.block_size, task.prompt_len(L), task.answer_len(L),
                         what=f'{setup.task} at length {L}')
   device = device_info()
-  basis = 'given' if peak else f'{peak_basis(train.model_config(run_config(setup, rungs[0])))} dense'
-  peak = peak or peak_flops(device['device_kind'], basis.split()[0])
+  matmul_type = peak_basis(train.model_config(run_config(setup, rungs[0])))   # same for all rungs
+  basis = 'given' if peak else f'{matmul_type} dense'
+  peak = peak or peak_flops(device['device_kind'], matmul_type)
   result = dict(device=device, setup=dataclasses.asdict(setup),
                 settings=dict(steps=steps, warmup=warmup, eval_repeats=eval_repeats,
                               full_compute=full_compute, peak_flops=peak, devices=devices,
