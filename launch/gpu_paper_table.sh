@@ -124,9 +124,9 @@ if bench:
   configs = [suites.run_config(spec, r) for r in runs]
   per_run = [bench[c.model.name]['step_seconds'] * c.max_steps + bench[c.model.name]['compile_seconds']
              for c in configs if c.model.name in bench]
-  plan.update(estimated_train_seconds_serial=sum(per_run),
+  plan.update(runs_estimated=len(per_run), estimated_train_seconds_serial=sum(per_run),
               estimated_train_seconds_if_slots_overlap=sum(per_run) / slots,
-              note='training only (no evaluation); the bench steps at batch 64 on addition L=10')
+              note='compile + max_steps x the bench step of each benched rung; no evaluation')
 print(json.dumps(plan, indent=1))
 json.dump(plan, open(os.path.join(out, 'grid_plan.json'), 'w'), indent=1)
 EOF
