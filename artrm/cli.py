@@ -153,6 +153,8 @@ def _bench_flags(fv, argv):
   flags.DEFINE_bool('full_compute', False, 'Decode with every early stop off.', flag_values=fv)
   flags.DEFINE_string('remat', None, 'model.remat, a key of models.block.REMAT_POLICIES '
                       '(default: the training config\'s).', flag_values=fv)
+  flags.DEFINE_enum('dtype', None, ['float32', 'bfloat16'], 'model.dtype, the compute dtype '
+                    '(default: the training config\'s, float32).', flag_values=fv)
   flags.DEFINE_float('peak_flops', None, 'Device peak FLOP/s for MFU (default: known GPUs).',
                      flag_values=fv)
   flags.DEFINE_integer('devices', 1, 'Train and decode data-parallel over this many local '
@@ -178,7 +180,7 @@ def _bench(f):
     return
   setup = setups.get_setup(f.setup).replace(
       eval_lengths=f.eval_lengths and tuple(int(L) for L in f.eval_lengths),
-      eval_batch=f.eval_batch, remat=f.remat)
+      eval_batch=f.eval_batch, remat=f.remat, dtype=f.dtype)
   result = timing.run_benchmark(setup, f.rungs or tuple(RUNGS), steps=f.steps, warmup=f.warmup,
                                 eval_repeats=f.eval_repeats, full_compute=f.full_compute,
                                 peak=f.peak_flops, devices=f.devices,

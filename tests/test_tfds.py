@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 
 from artrm.data import eval_digits, eval_set, format_example, python_rows
-from artrm.data.tfds_builder import LENGTHS, SPLIT_SEEDS, ArtrmAlgorithmic, load_split
+
+pytest.importorskip('tensorflow_datasets', reason='the TFDS extra: pip install -e ".[tfds]"')
+from artrm.data.tfds_builder import LENGTHS, SPLIT_SEEDS, ArtrmAlgorithmic, load_split  # noqa: E402
 
 SIZES = {'train': 12, 'validation': 4, 'test': 6}
 

@@ -6,8 +6,9 @@ however many steps it runs.
 
 from artrm.models import ModelConfig, get_rung
 
-# Dense peak FLOP/s per device by matmul input type. JAX's default precision
-# runs float32 matmuls as TF32 on Hopper, so that is the basis of f32 models.
+# Dense peak FLOP/s per device by matmul input type (`peak_basis`: bf16 for
+# model.dtype bfloat16; for float32, tf32 at JAX's default matmul precision on
+# Hopper, fp32 at matmul_precision 'float32').
 _PEAKS = {
     'H100 PCIe': dict(bf16=756e12, tf32=378e12, fp32=51.2e12),
     'H100': dict(bf16=989e12, tf32=494.7e12, fp32=66.9e12),
@@ -53,6 +54,13 @@ def step_flops(config: ModelConfig, batch: int, seq_len: int, fwd_passes: float)
   bwd = backprop_passes(config, fwd_passes)
   return per_pass * (fwd_passes + 2 * bwd) + 3 * head_flops(batch, seq_len, config.n_embd,
                                                             config.vocab_size)
+
+
+def peak_basis(config) -> str:
+  """The input type the model's matmuls run at on a GPU: the row of `_PEAKS` for its MFU."""
+  if config.dtype == 'bfloat16':
+    return 'bf16'
+  return 'fp32' if config.matmul_precision == 'float32' else 'tf32'
 
 
 def peak_flops(device_kind: str, dtype: str = 'tf32') -> float | None:

@@ -28,6 +28,7 @@ class Setup:
   train_length: int = 10
   dropout: float = 0.1
   remat: str | None = None   # model.remat; None: the training config's
+  dtype: str | None = None   # model.dtype; None: the training config's (float32)
 
   def replace(self, **overrides) -> 'Setup':
     """A copy with the overrides that are not None (unset CLI flags)."""
@@ -55,6 +56,8 @@ def run_config(setup: Setup, rung: str):
                  block_size=setup.block_size, dropout=setup.dropout)
   if setup.remat is not None:
     c.model.remat = setup.remat
+  if setup.dtype is not None:
+    c.model.dtype = setup.dtype
   c.update(task=setup.task, train_length=setup.train_length, batch_size=setup.batch_size,
            budget=setup.budget, num_seeds=1)
   return c

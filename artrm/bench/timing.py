@@ -26,7 +26,7 @@ import numpy as np
 
 from artrm import parallel
 from artrm.bench import formatting, profiling
-from artrm.bench.flops import backprop_passes, peak_flops, step_flops
+from artrm.bench.flops import backprop_passes, peak_basis, peak_flops, step_flops
 from artrm.bench.setups import Setup, run_config
 from artrm.data import eval_set, get_task
 from artrm.evaluation import decoding
@@ -193,8 +193,9 @@ def run_benchmark(setup: Setup, rungs: Sequence[str] = tuple(RUNGS), steps: int 
     decoding.check_fits(setup.block_size, task.prompt_len(L), task.answer_len(L),
                         what=f'{setup.task} at length {L}')
   device = device_info()
-  basis = 'given' if peak else 'tf32 dense (f32 matmuls at JAX\'s default precision)'
-  peak = peak or peak_flops(device['device_kind'])
+  matmul_type = peak_basis(train.model_config(run_config(setup, rungs[0])))   # same for all rungs
+  basis = 'given' if peak else f'{matmul_type} dense'
+  peak = peak or peak_flops(device['device_kind'], matmul_type)
   result = dict(device=device, setup=dataclasses.asdict(setup),
                 settings=dict(steps=steps, warmup=warmup, eval_repeats=eval_repeats,
                               full_compute=full_compute, peak_flops=peak, devices=devices,
@@ -207,7 +208,7 @@ def run_benchmark(setup: Setup, rungs: Sequence[str] = tuple(RUNGS), steps: int 
     model = build_model(mc)
     H, L = model.rung.cycles(model.config)   # (1, 1) unless nested
     row = dict(title=get_rung(rung).title, n_layer=mc.n_layer, n_outer_loops=H, n_inner_loops=L,
-               remat=mc.remat)
+               remat=mc.remat, dtype=mc.dtype, matmul_precision=mc.matmul_precision)
     if setup.train:
       row['train'], params = bench_train(config, model, steps, warmup, mesh,
                                          profile_dir and os.path.join(profile_dir, rung, 'train'))

@@ -5,6 +5,8 @@ Paper scale, one rung and task:
 Small CPU variant (minutes on a laptop):
   artrm train --config=artrm/configs/length_gen.py:model=trm,task=copy,runlocal --workdir=/tmp/trm
 Any field can be overridden on the command line, e.g. `--config.max_steps=1000`.
+On a GPU, add `--config.model.dtype=bfloat16`: activations and matmuls in bf16
+(tensor cores), params, softmax, LayerNorm statistics and the loss in float32.
 
 This file also holds the base config that the suites in experiments/ build on.
 `arg` is comma-separated `key=value` pairs plus bare flags (big_vision style),
@@ -61,6 +63,10 @@ def base_config() -> ml_collections.ConfigDict:
   # the small CPU setup, even at paper scale; docs/performance.md). `none`
   # keeps them all.
   c.model.remat = 'full'
+  # float32 here, as the goldens; bfloat16 on GPUs (see the docstring). float32
+  # matmuls run in full float32, as torch runs them by default: JAX's 'default'
+  # would round their inputs to TF32 on Ampere and Hopper GPUs (CPUs ignore it).
+  c.model.update(dtype='float32', matmul_precision='float32')
 
   # How the model is trained beyond the optimizer: the TRM recipe's
   # ingredients (artrm/models/recipe.py, docs/recipes.md); all off = the paper.
@@ -105,8 +111,11 @@ def get_config(arg: str | None = None):
 
 
 def suite_config(arg: str | None, task: str = 'addition'):
-  """(config, parsed arg) for a suite in experiments/: `runlocal` and `seeds=N` (default 3)."""
-  a = parse_arg(arg, runlocal=False, seeds=3)
+  """(config, parsed arg) for a suite in experiments/: `runlocal`, `seeds=N` (default 3),
+  `dtype=bfloat16` (model.dtype, for GPUs) and `steps=N` (max_steps; 0 keeps the config's)."""
+  a = parse_arg(arg, runlocal=False, seeds=3, dtype='float32', steps=0)
   c = get_config(f'task={task}' + (',runlocal' if a.runlocal else ''))
   c.num_seeds = a.seeds
+  c.model.dtype = a.dtype
+  c.max_steps = a.steps or c.max_steps
   return c, a

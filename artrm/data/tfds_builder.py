@@ -10,9 +10,14 @@ data_dir, since TFDS keys prepared data by name and version only.
 """
 
 import dataclasses
+
 import numpy as np
-import tensorflow_datasets as tfds
-from etils import epath
+
+try:
+  import tensorflow_datasets as tfds
+  from etils import epath
+except ImportError as e:   # an extra: training and evaluation never import this module
+  raise ImportError('artrm.data.tfds_builder needs TFDS: pip install -e ".[tfds]".') from e
 
 from artrm.data import tasks as tasks_lib
 

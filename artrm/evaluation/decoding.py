@@ -102,11 +102,12 @@ def generate(model, params, prompts_NxP: jax.Array, answer_len: int, *, decoding
 
 
 def init_cache(model, batch: int, length: int, inference_steps: int | None = None) -> KVCache:
-  """An empty cache of `length` positions for every block pass of a forward that runs all steps."""
+  """An empty cache of `length` positions for every block pass of a forward that runs all
+  steps, in the model's compute dtype."""
   cfg = model.config
   steps = inference_steps or model.rung.default_steps(cfg)
   shape = (model.passes_per_forward(steps), batch, cfg.n_head, length, cfg.n_embd // cfg.n_head)
-  return KVCache(jnp.zeros(shape), jnp.zeros(shape), jnp.zeros((), jnp.int32),
+  return KVCache(jnp.zeros(shape, cfg.dtype), jnp.zeros(shape, cfg.dtype), jnp.zeros((), jnp.int32),
                  jnp.full((batch,), steps, jnp.int32))
 
 

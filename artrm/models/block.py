@@ -2,9 +2,13 @@
 
 Parameter names mirror the neutral golden format (`ln1`, `attn/query`, ...), so
 that `artrm.models.weights` maps foreign weights onto this module one to one.
+
+`dtype` is the compute dtype: params are float32 and cast for each matmul;
+attention logits accumulate and the softmax runs in float32, and Flax's
+LayerNorm takes its statistics in float32 before casting back.
 """
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -14,14 +18,15 @@ INIT = nn.initializers.normal(stddev=0.02)
 LN_EPS = 1e-5
 
 
-def layer_norm(name: str) -> nn.LayerNorm:
+def layer_norm(name: str, dtype: Any = jnp.float32) -> nn.LayerNorm:
   # The two-pass variance matches torch's LayerNorm to float32 accuracy; the
   # fast E[x^2]-E[x]^2 form drifts on the deliberately large golden weights.
-  return nn.LayerNorm(epsilon=LN_EPS, use_fast_variance=False, name=name)
+  return nn.LayerNorm(epsilon=LN_EPS, use_fast_variance=False, dtype=dtype, name=name)
 
 
-def dense(features: int, name: str) -> nn.Dense:
-  return nn.Dense(features, kernel_init=INIT, bias_init=nn.initializers.zeros, name=name)
+def dense(features: int, name: str, dtype: Any = jnp.float32) -> nn.Dense:
+  return nn.Dense(features, kernel_init=INIT, bias_init=nn.initializers.zeros, dtype=dtype,
+                  name=name)
 
 
 class KVSlot(NamedTuple):
@@ -49,6 +54,7 @@ class CausalSelfAttention(nn.Module):
 
   n_head: int
   dropout: float
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x_BxTxC: jax.Array, deterministic: bool, slot: KVSlot | None = None):
@@ -57,7 +63,7 @@ class CausalSelfAttention(nn.Module):
       raise ValueError(f'n_embd={C} is not divisible by n_head={self.n_head}: '
                        'choose n_head that divides n_embd.')
     D = C // self.n_head
-    proj = lambda name: self.param(name, INIT, (self.n_head, C, D))
+    proj = lambda name: self.param(name, INIT, (self.n_head, C, D)).astype(self.dtype)
     q_BxTxHxD = jnp.einsum('btc,hcd->bthd', x_BxTxC, proj('query'))
     # Keys and values head-major: cached slices then feed the attention
     # matmuls without a transpose per pass.
@@ -72,13 +78,14 @@ class CausalSelfAttention(nn.Module):
       k_BxHxSxD, v_BxHxSxD = (jax.lax.dynamic_index_in_dim(a, slot.pass_index, keepdims=False)
                               for a in (slot.key_PxBxHxSxD, slot.value_PxBxHxSxD))
     T, S = x_BxTxC.shape[1], k_BxHxSxD.shape[2]
-    logits_BxHxTxS = jnp.einsum('bqhd,bhkd->bhqk', q_BxTxHxD, k_BxHxSxD) / jnp.sqrt(D).astype(x_BxTxC.dtype)
+    logits_BxHxTxS = jnp.einsum('bqhd,bhkd->bhqk', q_BxTxHxD, k_BxHxSxD,
+                                preferred_element_type=jnp.float32) / jnp.sqrt(D).astype(jnp.float32)
     causal_TxS = jnp.arange(S)[None, :] <= start + jnp.arange(T)[:, None]
     logits_BxHxTxS = jnp.where(causal_TxS, logits_BxHxTxS, jnp.finfo(logits_BxHxTxS.dtype).min)
-    weights_BxHxTxS = jax.nn.softmax(logits_BxHxTxS, axis=-1)
+    weights_BxHxTxS = jax.nn.softmax(logits_BxHxTxS, axis=-1).astype(self.dtype)
     weights_BxHxTxS = nn.Dropout(self.dropout)(weights_BxHxTxS, deterministic=deterministic)
     y_BxTxHxD = jnp.einsum('bhqk,bhkd->bqhd', weights_BxHxTxS, v_BxHxSxD)
-    y_BxTxC = dense(C, 'out')(y_BxTxHxD.reshape(x_BxTxC.shape))
+    y_BxTxC = dense(C, 'out', self.dtype)(y_BxTxHxD.reshape(x_BxTxC.shape))
     y_BxTxC = nn.Dropout(self.dropout)(y_BxTxC, deterministic=deterministic)
     return y_BxTxC, slot
 
@@ -95,6 +102,7 @@ class CausalMLPMixer(nn.Module):
   n_head: int   # unused: the signature of the attention it replaces
   dropout: float
   max_len: int
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x_BxTxC: jax.Array, deterministic: bool, slot: KVSlot | None = None):
@@ -105,18 +113,21 @@ class CausalMLPMixer(nn.Module):
     w_SxS = self.param('mix', INIT, (self.max_len, self.max_len))
     b_S = self.param('mix_bias', nn.initializers.zeros, (self.max_len,))
     w_TxT = jnp.where(jnp.tri(T, dtype=bool), w_SxS[:T, :T], 0.0)
-    y_BxTxC = jnp.einsum('ts,bsc->btc', w_TxT, x_BxTxC) + b_S[:T, None]
+    y_BxTxC = (jnp.einsum('ts,bsc->btc', w_TxT.astype(self.dtype), x_BxTxC.astype(self.dtype))
+               + b_S[:T, None].astype(self.dtype))
     return nn.Dropout(self.dropout)(y_BxTxC, deterministic=deterministic), None
 
 
 class MLP(nn.Module):
   dropout: float
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x_BxTxC: jax.Array, deterministic: bool) -> jax.Array:
     C = x_BxTxC.shape[-1]
-    h_BxTx4C = jax.nn.gelu(dense(4 * C, 'fc1')(x_BxTxC), approximate=False)
-    return nn.Dropout(self.dropout)(dense(C, 'fc2')(h_BxTx4C), deterministic=deterministic)
+    h_BxTx4C = jax.nn.gelu(dense(4 * C, 'fc1', self.dtype)(x_BxTxC), approximate=False)
+    return nn.Dropout(self.dropout)(dense(C, 'fc2', self.dtype)(h_BxTx4C),
+                                    deterministic=deterministic)
 
 
 class Block(nn.Module):
@@ -128,17 +139,20 @@ class Block(nn.Module):
 
   n_head: int
   dropout: float = 0.0
-  mixer: str = 'attention'   # a key of MIXERS (recipe.mixer)
+  mixer: str = 'attention'   # 'attention' or 'mlp' (recipe.mixer)
   max_len: int = 0           # positions the MLP mixer spans (model.block_size)
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x_BxTxC: jax.Array, deterministic: bool = True,
                slot: KVSlot | None = None) -> tuple[jax.Array, KVSlot | None]:
-    mix = (CausalSelfAttention(self.n_head, self.dropout, name='attn') if self.mixer == 'attention'
-           else CausalMLPMixer(self.n_head, self.dropout, self.max_len, name='mix'))
-    attn_BxTxC, slot = mix(layer_norm('ln1')(x_BxTxC), deterministic, slot)
+    mix = (CausalSelfAttention(self.n_head, self.dropout, self.dtype, name='attn')
+           if self.mixer == 'attention'
+           else CausalMLPMixer(self.n_head, self.dropout, self.max_len, self.dtype, name='mix'))
+    attn_BxTxC, slot = mix(layer_norm('ln1', self.dtype)(x_BxTxC), deterministic, slot)
     h_BxTxC = x_BxTxC + attn_BxTxC
-    out_BxTxC = h_BxTxC + MLP(self.dropout, name='mlp')(layer_norm('ln2')(h_BxTxC), deterministic)
+    out_BxTxC = h_BxTxC + MLP(self.dropout, self.dtype, name='mlp')(
+        layer_norm('ln2', self.dtype)(h_BxTxC), deterministic)
     return out_BxTxC, slot
 
 

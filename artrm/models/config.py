@@ -4,6 +4,12 @@ recipes over one module) and the paper's compute-budget rule.
 No jax here: tooling that only names rungs or counts passes (results,
 reports, suites) imports this module alone.
 
+`dtype` is the compute dtype of activations and matmuls; params stay float32
+and softmax, LayerNorm statistics, the halting heads and the loss run in
+float32 whatever it is. `matmul_precision` is how float32 matmuls run: JAX's
+'default' lets GPUs from Ampere on use TF32 tensor cores (CPUs compute full
+float32 either way); 'float32' asks for full float32, as torch does by default.
+
 The paper equalises rungs by block passes (applications of the shared block
 in one forward pass), not by parameters or FLOPs; `normalize_budget` is its
 `--compute-budget` rule, fallback order included (paper-spec "Compute
@@ -13,6 +19,10 @@ normalisation").
 import dataclasses
 import logging
 from typing import Any, Mapping
+
+DTYPES = ('float32', 'bfloat16')
+# Values of jax.default_matmul_precision for float32 matmuls ('default': JAX's own choice).
+MATMUL_PRECISIONS = ('default', 'tensorfloat32', 'float32')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +41,15 @@ class ModelConfig:
   ponder_cost_weight: float = 0.01
   halt_exploration_prob: float = 0.25
   remat: str = 'none'             # activations kept for backward: block.REMAT_POLICIES
+  dtype: str = 'float32'          # compute dtype (DTYPES); params are float32 always
+  matmul_precision: str = 'default'   # float32 matmuls (MATMUL_PRECISIONS)
+
+  def __post_init__(self):
+    if self.dtype not in DTYPES:
+      raise ValueError(f'Unknown model.dtype {self.dtype!r}; choose one of {DTYPES}.')
+    if self.matmul_precision not in MATMUL_PRECISIONS:
+      raise ValueError(f'Unknown model.matmul_precision {self.matmul_precision!r}; choose one '
+                       f'of {MATMUL_PRECISIONS}.')
 
   @property
   def act_steps(self) -> int:

@@ -16,6 +16,11 @@ stop of ACT and TRM is an `nn.cond` inside the scan that skips the block work.
 Each trunk also returns the number of block passes it executed, threaded
 through the loops as a counter, so tests can check the compute accounting.
 
+`config.dtype` is the compute dtype of embeddings, streams, blocks and the LM
+head (params stay float32); the halting heads, ACT's weighted output and the
+returned logits are float32. `config.matmul_precision` wraps the forward in
+`jax.default_matmul_precision`, so training, evaluation and decoding share it.
+
 KV-cached decoding rides on that counter: in a forward that runs every step,
 the count is the index of the block pass, and each pass (a `gpt` layer, a
 tied step, a z- or y-update) attends to the cached keys/values of the earlier
@@ -76,11 +81,13 @@ class _LayerStep(nn.Module):
   remat: str
   mixer: str
   max_len: int
+  dtype: Any
 
   @nn.compact
   def __call__(self, carry, deterministic: bool):
     h_BxTxC, passes = carry
-    block = block_class(self.remat)(self.n_head, self.dropout, self.mixer, self.max_len, name='block')
+    block = block_class(self.remat)(self.n_head, self.dropout, self.mixer, self.max_len, self.dtype,
+                                    name='block')
     return apply_block(block, h_BxTxC, passes, deterministic), None
 
 
@@ -94,11 +101,11 @@ class RecursiveLM(nn.Module):
 
   def setup(self):
     cfg, rung, recipe = self.config, self.rung, self.recipe
-    self.tok_emb = nn.Embed(cfg.vocab_size, cfg.n_embd, embedding_init=INIT)
+    self.tok_emb = nn.Embed(cfg.vocab_size, cfg.n_embd, embedding_init=INIT, dtype=self.dtype)
     self.pos_emb = self.param('pos_emb', INIT, (cfg.block_size, cfg.n_embd))
     if self.uses_step_embeddings:
       self.step_emb = self.param('step_emb', INIT, (rung.default_steps(cfg), cfg.n_embd))
-    block_args = (cfg.n_head, cfg.dropout, recipe.mixer, cfg.block_size)
+    block_args = (cfg.n_head, cfg.dropout, recipe.mixer, cfg.block_size, self.dtype)
     if rung.tied:
       self.block = block_class(cfg.remat)(*block_args)
     else:
@@ -111,14 +118,20 @@ class RecursiveLM(nn.Module):
       init = nn.initializers.normal(stddev=1.0) if recipe.fixed_init else INIT
       self.y_init = self.param('y_init', init, (cfg.n_embd,))
       self.z_init = self.param('z_init', init, (cfg.n_embd,))
+    # The halting heads stay float32: their inputs are cast up, and a halting
+    # decision is a threshold on their output.
     if rung.halting == 'act':
-      self.act_halt = nn.Dense(1, kernel_init=INIT, name='act_halt',
+      self.act_halt = nn.Dense(1, kernel_init=INIT, name='act_halt', dtype=jnp.float32,
                                bias_init=nn.initializers.constant(recipe.act_halt_bias))
     if rung.halting == 'q':
-      self.q_halt = nn.Dense(1, kernel_init=nn.initializers.zeros,
+      self.q_halt = nn.Dense(1, kernel_init=nn.initializers.zeros, dtype=jnp.float32,
                              bias_init=nn.initializers.constant(-5.0), name='q_halt')
-    self.ln_f = layer_norm('ln_f')
-    self.lm_head = dense(cfg.vocab_size, 'lm_head')
+    self.ln_f = layer_norm('ln_f', self.dtype)
+    self.lm_head = dense(cfg.vocab_size, 'lm_head', self.dtype)
+
+  @property
+  def dtype(self) -> jnp.dtype:
+    return jnp.dtype(self.config.dtype)
 
   @property
   def uses_step_embeddings(self) -> bool:
@@ -172,8 +185,20 @@ class RecursiveLM(nn.Module):
         raise ValueError(f'The KV cache holds {cache.key_PxBxHxSxD.shape[0]} block passes but '
                          f'{steps} steps x {sup_passes} supervision passes run {need}: build it '
                          'with decoding.init_cache(model, ..., inference_steps) for these steps.')
-    start = 0 if cache is None else cache.index
-    x_BxTxC = self.tok_emb(idx_BxT) + jax.lax.dynamic_slice_in_dim(self.pos_emb, start, T)
+      if cache.key_PxBxHxSxD.dtype != self.dtype:
+        raise ValueError(f'The KV cache is {cache.key_PxBxHxSxD.dtype} but model.dtype is '
+                         f'{cfg.dtype}: build it with decoding.init_cache(model, ...).')
+    forward = functools.partial(self._forward, idx_BxT, steps, deterministic, full_compute, cache,
+                                carry, sup_passes)
+    if cfg.matmul_precision == 'default':   # whatever JAX is configured with
+      return forward()
+    with jax.default_matmul_precision(cfg.matmul_precision):
+      return forward()
+
+  def _forward(self, idx_BxT, steps, deterministic, full_compute, cache, carry, sup_passes):
+    start, T = (0 if cache is None else cache.index), idx_BxT.shape[1]
+    x_BxTxC = self.tok_emb(idx_BxT) + jax.lax.dynamic_slice_in_dim(
+        self.pos_emb.astype(self.dtype), start, T)
     if cache is not None and self.halting in ('act', 'q_trained'):
       # Halted positions keep evolving and later positions attend to every
       # pass of theirs: a new token must fill the cache at all steps.
@@ -197,14 +222,14 @@ class RecursiveLM(nn.Module):
       aux['carry'] = stream
     if cache is not None:
       aux['cache'] = passes.kv._replace(index=start + T)
-    return self.lm_head(self.ln_f(h_BxTxC)), aux
+    return self.lm_head(self.ln_f(h_BxTxC)).astype(jnp.float32), aux
 
   # -- one step of each stream kind -------------------------------------------
 
   def _step_embedding(self, s: jax.Array) -> jax.Array | float:
     if not self.uses_step_embeddings:
       return 0.0
-    return self.step_emb[jnp.minimum(s, self.step_emb.shape[0] - 1)]
+    return self.step_emb[jnp.minimum(s, self.step_emb.shape[0] - 1)].astype(self.dtype)
 
   def _apply_block(self, h_BxTxC, passes, deterministic):
     return apply_block(self.block, h_BxTxC, passes, deterministic)
@@ -213,7 +238,8 @@ class RecursiveLM(nn.Module):
     if self.rung.stream == 'single':
       return (x_BxTxC,)
     fixed = jax.lax.stop_gradient if self.recipe.fixed_init else (lambda v: v)
-    return tuple(jnp.broadcast_to(fixed(v), x_BxTxC.shape) for v in (self.y_init, self.z_init))
+    return tuple(jnp.broadcast_to(fixed(v).astype(self.dtype), x_BxTxC.shape)
+                 for v in (self.y_init, self.z_init))
 
   def _step(self, x_BxTxC, stream, s, passes, deterministic, steps):
     """One step: returns (new stream, passes); the readout state is stream[0]."""
