@@ -17,41 +17,56 @@ from ml_collections import config_flags
 
 
 class Command(NamedTuple):
-  summary: str                     # its line in `artrm --help`
+  summary: str  # its line in `artrm --help`
   example: str
-  define: Callable[[flags.FlagValues, Sequence[str]], None]   # its flags (argv: --config's)
+  define: Callable[[flags.FlagValues, Sequence[str]], None]  # its flags (argv: --config's)
   run: Callable[[flags.FlagValues], None]
   required: tuple[str, ...] = ()
 
 
 # ---------------------------------------------------------------- commands ---
 
+
 def _main_flags(fv, argv):
   del argv
-  flags.DEFINE_string('workdir', 'workdirs/ladder', 'Where the seven runs and ladder.md go.',
-                      flag_values=fv)
-  flags.DEFINE_string('task', 'copy', 'Task of the comparison: copy, reverse or addition.',
-                      flag_values=fv)
-  flags.DEFINE_integer('max_steps', None, 'Training steps per rung (default: the CPU config\'s).',
-                       flag_values=fv)
+  flags.DEFINE_string(
+    'workdir', 'workdirs/ladder', 'Where the seven runs and ladder.md go.', flag_values=fv
+  )
+  flags.DEFINE_string(
+    'task', 'copy', 'Task of the comparison: copy, reverse or addition.', flag_values=fv
+  )
+  flags.DEFINE_integer(
+    'max_steps', None, "Training steps per rung (default: the CPU config's).", flag_values=fv
+  )
 
 
 def _main(f):
   from artrm.tools import ladder
+
   ladder.run_ladder(f.workdir, task=f.task, max_steps=f.max_steps)
 
 
 def _train_flags(fv, argv):
   config_flags.DEFINE_config_file(
-      'config', None, 'Config file[:arg]; override any field with --config.<field>=<value>.',
-      flag_values=fv, lock_config=True, sys_argv=['artrm', *argv])
-  flags.DEFINE_string('workdir', None, 'Run directory: checkpoints, metrics, evaluations. A run '
-                      'there is resumed.', flag_values=fv)
+    'config',
+    None,
+    'Config file[:arg]; override any field with --config.<field>=<value>.',
+    flag_values=fv,
+    lock_config=True,
+    sys_argv=['artrm', *argv],
+  )
+  flags.DEFINE_string(
+    'workdir',
+    None,
+    'Run directory: checkpoints, metrics, evaluations. A run there is resumed.',
+    flag_values=fv,
+  )
 
 
 def _train(f):
   from artrm import parallel
   from artrm.training import train
+
   parallel.maybe_initialize_distributed()
   train.train_and_evaluate(f.config, f.workdir)
 
@@ -59,42 +74,58 @@ def _train(f):
 def _eval_flags(fv, argv):
   del argv
   flags.DEFINE_string('workdir', None, 'Directory of a training run.', flag_values=fv)
-  flags.DEFINE_string('checkpoint', 'latest', "'latest', 'best' or a step number.",
-                      flag_values=fv)
-  flags.DEFINE_list('lengths', None, 'Lengths to evaluate (default: the run\'s eval.lengths).',
-                    flag_values=fv)
-  flags.DEFINE_integer('n_samples', None, 'Prompts per length (default: the run\'s).',
-                       flag_values=fv)
-  flags.DEFINE_enum('decoding', None, ['greedy', 'sample'], 'Decoding rule (default: the run\'s).',
-                    flag_values=fv)
-  flags.DEFINE_integer('inference_steps', None, 'Steps to run (weight-tied rungs; default: as '
-                       'trained).', flag_values=fv)
+  flags.DEFINE_string('checkpoint', 'latest', "'latest', 'best' or a step number.", flag_values=fv)
+  flags.DEFINE_list(
+    'lengths', None, "Lengths to evaluate (default: the run's eval.lengths).", flag_values=fv
+  )
+  flags.DEFINE_integer(
+    'n_samples', None, "Prompts per length (default: the run's).", flag_values=fv
+  )
+  flags.DEFINE_enum(
+    'decoding', None, ['greedy', 'sample'], "Decoding rule (default: the run's).", flag_values=fv
+  )
+  flags.DEFINE_integer(
+    'inference_steps',
+    None,
+    'Steps to run (weight-tied rungs; default: as trained).',
+    flag_values=fv,
+  )
   flags.DEFINE_bool('full_compute', None, 'Disable every early stop.', flag_values=fv)
-  flags.DEFINE_bool('kv_cache', None, 'KV-cached decoding (--nokv_cache: full recompute).',
-                    flag_values=fv)
+  flags.DEFINE_bool(
+    'kv_cache', None, 'KV-cached decoding (--nokv_cache: full recompute).', flag_values=fv
+  )
 
 
 def _eval(f):
   from artrm.training import eval_checkpoint
-  overrides = {k: getattr(f, k) for k in ('n_samples', 'decoding', 'inference_steps',
-                                          'full_compute', 'kv_cache') if getattr(f, k) is not None}
+
+  overrides = {
+    k: getattr(f, k)
+    for k in ('n_samples', 'decoding', 'inference_steps', 'full_compute', 'kv_cache')
+    if getattr(f, k) is not None
+  }
   if f.lengths:
-    overrides['lengths'] = f.lengths   # checked by the library
+    overrides['lengths'] = f.lengths  # checked by the library
   eval_checkpoint.evaluate_checkpoint(f.workdir, f.checkpoint, overrides, verbose=True)
 
 
 def _suite_flags(fv, argv):
   del argv
   flags.DEFINE_string('suite', None, 'experiments/<file>.py[:arg].', flag_values=fv)
-  flags.DEFINE_string('root', None, 'Directory of the suite\'s runs, one workdir each.',
-                      flag_values=fv)
-  flags.DEFINE_enum('launcher', 'local', ['local', 'slurm', 'tpu'], 'Where to run.',
-                    flag_values=fv)
+  flags.DEFINE_string(
+    'root', None, "Directory of the suite's runs, one workdir each.", flag_values=fv
+  )
+  flags.DEFINE_enum('launcher', 'local', ['local', 'slurm', 'tpu'], 'Where to run.', flag_values=fv)
   flags.DEFINE_integer('slots', 1, 'local: runs at once (per GPU with --gpus).', flag_values=fv)
   flags.DEFINE_list('gpus', None, 'local: GPU ids for a one-run-per-GPU queue.', flag_values=fv)
   flags.DEFINE_bool('dry_run', False, 'Print what would run or be submitted.', flag_values=fv)
-  flags.DEFINE_list('inference_sweep', None, 'Instead of training, re-evaluate finished '
-                    'weight-tied runs with these numbers of inference steps.', flag_values=fv)
+  flags.DEFINE_list(
+    'inference_sweep',
+    None,
+    'Instead of training, re-evaluate finished '
+    'weight-tied runs with these numbers of inference steps.',
+    flag_values=fv,
+  )
   flags.DEFINE_string('tpu_name', None, 'tpu: TPU VM name.', flag_values=fv)
   flags.DEFINE_string('zone', None, 'tpu: its zone.', flag_values=fv)
   flags.DEFINE_string('slurm_time', '02:00:00', 'slurm: time limit per run.', flag_values=fv)
@@ -103,6 +134,7 @@ def _suite_flags(fv, argv):
 
 def _suite(f):
   from artrm.tools import launch
+
   if f.inference_sweep:
     launch.inference_sweep(f.suite, f.root, [int(n) for n in f.inference_sweep])
   elif f.launcher == 'local':
@@ -110,8 +142,7 @@ def _suite(f):
     if any(codes):
       sys.exit(f'{sum(c != 0 for c in codes)} run(s) failed; re-run the command to retry them.')
   elif f.launcher == 'slurm':
-    launch.submit_slurm(f.suite, f.root, dry_run=f.dry_run, time_limit=f.slurm_time,
-                        hosts=f.hosts)
+    launch.submit_slurm(f.suite, f.root, dry_run=f.dry_run, time_limit=f.slurm_time, hosts=f.hosts)
   else:
     if not (f.tpu_name and f.zone):
       sys.exit('artrm suite --launcher=tpu needs --tpu_name and --zone.')
@@ -120,58 +151,89 @@ def _suite(f):
 
 def _root_and_out_flags(out_help: str):
   """gather's and report's flags: a suite's directory and where to write."""
+
   def define(fv, argv):
     del argv
-    flags.DEFINE_string('root', None, 'Directory of a suite\'s runs.', flag_values=fv)
+    flags.DEFINE_string('root', None, "Directory of a suite's runs.", flag_values=fv)
     flags.DEFINE_string('out', None, out_help, flag_values=fv)
+
   return define
 
 
 def _gather(f):
   from artrm.tools import results
+
   out = f.out or os.path.join(f.root, 'results.csv')
   print(f'wrote {results.write_table(results.gather(f.root), out)}')
 
 
 def _report(f):
   from artrm.tools import report
+
   print(f'wrote {report.make_report(f.root, f.out)}')
 
 
 def _bench_flags(fv, argv):
   del argv
-  flags.DEFINE_string('setup', 'small', 'small, paper or eval (benchmarks/README.md).',
-                      flag_values=fv)
+  flags.DEFINE_string(
+    'setup', 'small', 'small, paper or eval (benchmarks/README.md).', flag_values=fv
+  )
   flags.DEFINE_list('rungs', None, 'Rungs to measure (default: all seven).', flag_values=fv)
   flags.DEFINE_integer('steps', 20, 'Timed training steps (median reported).', flag_values=fv)
   flags.DEFINE_integer('warmup', 3, 'Untimed steps after compilation.', flag_values=fv)
   flags.DEFINE_integer('eval_repeats', 5, 'Timed decoding calls per length.', flag_values=fv)
-  flags.DEFINE_list('eval_lengths', None, 'Decoding lengths (default: the setup\'s).',
-                    flag_values=fv)
-  flags.DEFINE_integer('eval_batch', None, 'Prompts per decoded batch (default 100).',
-                       flag_values=fv)
+  flags.DEFINE_list(
+    'eval_lengths', None, "Decoding lengths (default: the setup's).", flag_values=fv
+  )
+  flags.DEFINE_integer(
+    'eval_batch', None, 'Prompts per decoded batch (default 100).', flag_values=fv
+  )
   flags.DEFINE_bool('full_compute', False, 'Decode with every early stop off.', flag_values=fv)
-  flags.DEFINE_string('remat', None, 'model.remat, a key of models.block.REMAT_POLICIES '
-                      '(default: the training config\'s).', flag_values=fv)
-  flags.DEFINE_enum('dtype', None, ['float32', 'bfloat16'], 'model.dtype, the compute dtype '
-                    '(default: the training config\'s, float32).', flag_values=fv)
-  flags.DEFINE_float('peak_flops', None, 'Device peak FLOP/s for MFU (default: known GPUs).',
-                     flag_values=fv)
-  flags.DEFINE_integer('devices', 1, 'Train and decode data-parallel over this many local '
-                       'devices (CPU: XLA_FLAGS=--xla_force_host_platform_device_count=N).',
-                       flag_values=fv)
-  flags.DEFINE_string('profile_dir', None, 'Also write a profiler trace per rung there and '
-                      'summarise it (time per model region and op kind) in the JSON.',
-                      flag_values=fv)
-  flags.DEFINE_string('out', None, 'JSON path (default: benchmarks/results/<device>_<setup>.json).',
-                      flag_values=fv)
-  flags.DEFINE_list('versus_paper', None, 'Only print saved CPU results (JSON paths) against the '
-                    'paper\'s code.', flag_values=fv)
+  flags.DEFINE_string(
+    'remat',
+    None,
+    "model.remat, a key of models.block.REMAT_POLICIES (default: the training config's).",
+    flag_values=fv,
+  )
+  flags.DEFINE_enum(
+    'dtype',
+    None,
+    ['float32', 'bfloat16'],
+    "model.dtype, the compute dtype (default: the training config's, float32).",
+    flag_values=fv,
+  )
+  flags.DEFINE_float(
+    'peak_flops', None, 'Device peak FLOP/s for MFU (default: known GPUs).', flag_values=fv
+  )
+  flags.DEFINE_integer(
+    'devices',
+    1,
+    'Train and decode data-parallel over this many local '
+    'devices (CPU: XLA_FLAGS=--xla_force_host_platform_device_count=N).',
+    flag_values=fv,
+  )
+  flags.DEFINE_string(
+    'profile_dir',
+    None,
+    'Also write a profiler trace per rung there and '
+    'summarise it (time per model region and op kind) in the JSON.',
+    flag_values=fv,
+  )
+  flags.DEFINE_string(
+    'out', None, 'JSON path (default: benchmarks/results/<device>_<setup>.json).', flag_values=fv
+  )
+  flags.DEFINE_list(
+    'versus_paper',
+    None,
+    "Only print saved CPU results (JSON paths) against the paper's code.",
+    flag_values=fv,
+  )
 
 
 def _bench(f):
   from artrm.bench import formatting, setups, timing
   from artrm.models import RUNGS
+
   if f.versus_paper:
     for path in f.versus_paper:
       with open(path) as file:
@@ -179,45 +241,82 @@ def _bench(f):
       print(f'{path}\n{formatting.markdown(result, formatting.versus_paper(result))}\n')
     return
   setup = setups.get_setup(f.setup).replace(
-      eval_lengths=f.eval_lengths and tuple(int(L) for L in f.eval_lengths),
-      eval_batch=f.eval_batch, remat=f.remat, dtype=f.dtype)
-  result = timing.run_benchmark(setup, f.rungs or tuple(RUNGS), steps=f.steps, warmup=f.warmup,
-                                eval_repeats=f.eval_repeats, full_compute=f.full_compute,
-                                peak=f.peak_flops, devices=f.devices,
-                                profile_dir=f.profile_dir, verbose=True)
+    eval_lengths=f.eval_lengths and tuple(int(L) for L in f.eval_lengths),
+    eval_batch=f.eval_batch,
+    remat=f.remat,
+    dtype=f.dtype,
+  )
+  result = timing.run_benchmark(
+    setup,
+    f.rungs or tuple(RUNGS),
+    steps=f.steps,
+    warmup=f.warmup,
+    eval_repeats=f.eval_repeats,
+    full_compute=f.full_compute,
+    peak=f.peak_flops,
+    devices=f.devices,
+    profile_dir=f.profile_dir,
+    verbose=True,
+  )
   print('\n' + formatting.markdown(result))
   print(f'wrote {formatting.write_results(result, f.out)}')
 
 
 COMMANDS = {
-    'main': Command('the main job: train the seven rungs on CPU, print and save their table',
-                    'artrm --task=reverse --max_steps=500', _main_flags, _main),
-    'train': Command('train one run from a config (resumes one already in --workdir)',
-                     'artrm train --config=artrm/configs/length_gen.py:model=trm,runlocal '
-                     '--workdir=runs/trm --config.max_steps=500', _train_flags, _train,
-                     ('config', 'workdir')),
-    'eval': Command('evaluate a run\'s checkpoint, at its own or new settings',
-                    'artrm eval --workdir=runs/trm --checkpoint=best --lengths=10,20',
-                    _eval_flags, _eval, ('workdir',)),
-    'suite': Command('run every run of an experiment suite (local queue, Slurm or TPU VM)',
-                     'artrm suite --suite=experiments/length_gen.py:runlocal '
-                     '--root=workdirs/length_gen_cpu --slots=2', _suite_flags, _suite,
-                     ('suite', 'root')),
-    'gather': Command('collect a suite\'s results into one table',
-                      'artrm gather --root=workdirs/length_gen_cpu',
-                      _root_and_out_flags('Table path, .csv or .parquet (default: '
-                                          '<root>/results.csv).'), _gather, ('root',)),
-    'report': Command('draw a suite\'s figures and tables',
-                      'artrm report --root=workdirs/length_gen_cpu '
-                      '--out=docs/results/length_gen_cpu',
-                      _root_and_out_flags('Output directory: figures, tables, README.md.'),
-                      _report, ('root', 'out')),
-    'bench': Command('measure each rung\'s compile time, step time, FLOPs and decoding speed',
-                     'artrm bench --setup=small --rungs=gpt,trm --steps=5', _bench_flags, _bench),
+  'main': Command(
+    'the main job: train the seven rungs on CPU, print and save their table',
+    'artrm --task=reverse --max_steps=500',
+    _main_flags,
+    _main,
+  ),
+  'train': Command(
+    'train one run from a config (resumes one already in --workdir)',
+    'artrm train --config=artrm/configs/length_gen.py:model=trm,runlocal '
+    '--workdir=runs/trm --config.max_steps=500',
+    _train_flags,
+    _train,
+    ('config', 'workdir'),
+  ),
+  'eval': Command(
+    "evaluate a run's checkpoint, at its own or new settings",
+    'artrm eval --workdir=runs/trm --checkpoint=best --lengths=10,20',
+    _eval_flags,
+    _eval,
+    ('workdir',),
+  ),
+  'suite': Command(
+    'run every run of an experiment suite (local queue, Slurm or TPU VM)',
+    'artrm suite --suite=experiments/length_gen.py:runlocal '
+    '--root=workdirs/length_gen_cpu --slots=2',
+    _suite_flags,
+    _suite,
+    ('suite', 'root'),
+  ),
+  'gather': Command(
+    "collect a suite's results into one table",
+    'artrm gather --root=workdirs/length_gen_cpu',
+    _root_and_out_flags('Table path, .csv or .parquet (default: <root>/results.csv).'),
+    _gather,
+    ('root',),
+  ),
+  'report': Command(
+    "draw a suite's figures and tables",
+    'artrm report --root=workdirs/length_gen_cpu --out=docs/results/length_gen_cpu',
+    _root_and_out_flags('Output directory: figures, tables, README.md.'),
+    _report,
+    ('root', 'out'),
+  ),
+  'bench': Command(
+    "measure each rung's compile time, step time, FLOPs and decoding speed",
+    'artrm bench --setup=small --rungs=gpt,trm --steps=5',
+    _bench_flags,
+    _bench,
+  ),
 }
 
 
 # ----------------------------------------------------------------- parsing ---
+
 
 def flag_values(command: str, argv: Sequence[str] = ()) -> flags.FlagValues:
   """The flags of one command, unparsed."""
@@ -236,11 +335,14 @@ def _foreign_flag(command: str, fv: flags.FlagValues, argv: Sequence[str]) -> st
   for arg in argv:
     if arg == '--':
       break
-    name = arg.lstrip('-').split('=', 1)[0].split('.', 1)[0]   # --config.x.y: config's
+    name = arg.lstrip('-').split('=', 1)[0].split('.', 1)[0]  # --config.x.y: config's
     if arg.startswith('-') and not _takes(fv, name):
       owners = [c for c in COMMANDS if c != command and _takes(flag_values(c), name)]
-      where = (f'it belongs to: {", ".join(owners)}' if owners
-               else f'`artrm {command} --help` lists its flags')
+      where = (
+        f'it belongs to: {", ".join(owners)}'
+        if owners
+        else f'`artrm {command} --help` lists its flags'
+      )
       return f'--{name} is not a flag of `artrm {command}`; {where}.'
   return None
 
@@ -249,15 +351,20 @@ def command_help(command: str) -> str:
   """Its summary, its flags with their defaults, an example."""
   usage = 'artrm [main]' if command == 'main' else f'artrm {command}'
   summary = COMMANDS[command].summary
-  lines = [f'usage: {usage} [--flag=value ...]', summary[0].upper() + summary[1:] + '.', '',
-           'flags:']
+  lines = [
+    f'usage: {usage} [--flag=value ...]',
+    summary[0].upper() + summary[1:] + '.',
+    '',
+    'flags:',
+  ]
   for name in (fv := flag_values(command)):
     flag = fv[name]
     required = ' (required)' if name in COMMANDS[command].required else ''
     default = f' (default: {flag.default_as_str})' if flag.default is not None else ''
     lines.append(f'  --{"[no]" * flag.boolean}{name}{required}')
-    lines += textwrap.wrap(flag.help + default, 90, initial_indent=' ' * 6,
-                           subsequent_indent=' ' * 6)
+    lines += textwrap.wrap(
+      flag.help + default, 90, initial_indent=' ' * 6, subsequent_indent=' ' * 6
+    )
   return '\n'.join(lines + ['', 'example:', f'  {COMMANDS[command].example}'])
 
 
@@ -265,8 +372,16 @@ def overview() -> str:
   """`artrm --help`: every command in a line."""
   width = max(map(len, COMMANDS))
   lines = [f'  {name:<{width}}  {c.summary}' for name, c in COMMANDS.items()]
-  return '\n'.join(['usage: artrm [<command>] [--flag=value ...]', '', 'commands:', *lines, '',
-                    '`artrm` alone runs `main`; `artrm <command> --help` shows its flags.'])
+  return '\n'.join(
+    [
+      'usage: artrm [<command>] [--flag=value ...]',
+      '',
+      'commands:',
+      *lines,
+      '',
+      '`artrm` alone runs `main`; `artrm <command> --help` shows its flags.',
+    ]
+  )
 
 
 def main(argv: Sequence[str] | None = None):
@@ -277,8 +392,7 @@ def main(argv: Sequence[str] | None = None):
     return
   command = argv.pop(0) if argv and not argv[0].startswith('-') else 'main'
   if command not in COMMANDS:
-    sys.exit(f'Unknown command {command!r}; choose one of {", ".join(COMMANDS)} '
-             '(`artrm --help`).')
+    sys.exit(f'Unknown command {command!r}; choose one of {", ".join(COMMANDS)} (`artrm --help`).')
   if '--help' in argv or '-h' in argv:
     print(command_help(command))
     return
@@ -294,7 +408,7 @@ def main(argv: Sequence[str] | None = None):
   missing = [f'--{n}' for n in COMMANDS[command].required if fv[n].value is None]
   if missing:
     sys.exit(f'artrm {command} needs {" and ".join(missing)}; see `artrm {command} --help`.')
-  logging.set_verbosity(logging.WARNING)   # Orbax logs every save at INFO
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
   try:
     COMMANDS[command].run(fv)
   except (ValueError, FileNotFoundError, FloatingPointError, RuntimeError) as e:
@@ -309,4 +423,6 @@ def _is_user_error(e: Exception) -> bool:
   diverged run) and the workdir's and checkpoints' own errors; a RuntimeError from
   anywhere else is a bug and keeps its traceback."""
   return not isinstance(e, RuntimeError) or type(e).__name__ in (
-      'CheckpointError', 'WorkdirBusyError')
+    'CheckpointError',
+    'WorkdirBusyError',
+  )

@@ -8,10 +8,11 @@ from the same key (threefry is partitionable), and params are replicated.
 import os
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+import numpy as np
 
 DATA_AXIS = 'data'
 
@@ -36,8 +37,10 @@ def distributed_args(environ=os.environ) -> dict | None:
     if not (coordinator.rpartition(':')[2].isdigit() and 0 <= index < count):
       raise ValueError
   except ValueError:
-    raise ValueError(f'Multi-process runs need {", ".join(names)} all set: host:port, N and '
-                     f'0..N-1; got {dict(zip(names, values))}.') from None
+    raise ValueError(
+      f'Multi-process runs need {", ".join(names)} all set: host:port, N and '
+      f'0..N-1; got {dict(zip(names, values))}.'
+    ) from None
   return dict(coordinator_address=coordinator, num_processes=count, process_id=index)
 
 
@@ -51,9 +54,11 @@ def maybe_initialize_distributed(environ=os.environ) -> bool:
   """
   args = distributed_args(environ)
   if args is None:
-    detected = (any(environ.get(k) for k in _MULTIHOST_ENV) or
-                int(environ.get('SLURM_NTASKS', '1')) > 1 or
-                environ.get('TPU_WORKER_HOSTNAMES', '').count(',') > 0)
+    detected = (
+      any(environ.get(k) for k in _MULTIHOST_ENV)
+      or int(environ.get('SLURM_NTASKS', '1')) > 1
+      or environ.get('TPU_WORKER_HOSTNAMES', '').count(',') > 0
+    )
     if not detected:
       return False
     args = {}
@@ -98,5 +103,4 @@ def gather(x: jax.Array) -> np.ndarray:
 def check_batch_divisible(batch_size: int, mesh: Mesh, what: str = 'batch_size'):
   n = mesh.devices.size
   if batch_size % n:
-    raise ValueError(f'{what}={batch_size} does not split over {n} devices; '
-                     f'use a multiple of {n}.')
+    raise ValueError(f'{what}={batch_size} does not split over {n} devices; use a multiple of {n}.')

@@ -75,7 +75,7 @@ def read_metrics(workdir: str, kind: str | None = None) -> list[dict]:
   if lines:
     try:
       records.append(json.loads(lines[-1]))
-    except json.JSONDecodeError:   # torn by a crash mid-write: the run re-logs that step
+    except json.JSONDecodeError:  # torn by a crash mid-write: the run re-logs that step
       logging.warning('%s: dropped its last line, cut short: %r', p, lines[-1][:80])
   return [r for r in records if kind is None or r['kind'] == kind]
 
@@ -95,14 +95,15 @@ def lock(workdir: str):
   except BlockingIOError:
     holder = os.pread(fd, 256, 0).decode(errors='replace').strip() or 'another process'
     os.close(fd)
-    raise WorkdirBusyError(f'{workdir} is being trained by {holder}; wait for it to end, '
-                           'or use another --workdir.') from None
+    raise WorkdirBusyError(
+      f'{workdir} is being trained by {holder}; wait for it to end, or use another --workdir.'
+    ) from None
   try:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f'PID {os.getpid()} on host {socket.gethostname()}\n'.encode(), 0)
     yield
   finally:
-    os.close(fd)   # releases the lock
+    os.close(fd)  # releases the lock
 
 
 def _int_keys(by_seed: dict) -> dict[int, dict[int, dict]]:
@@ -134,8 +135,9 @@ def read_inference_eval(workdir: str) -> dict | None:
     return None
   with open(p) as f:
     raw = json.load(f)
-  return dict(step=raw['step'],
-              results={int(n): _int_keys(by_seed) for n, by_seed in raw['results'].items()})
+  return dict(
+    step=raw['step'], results={int(n): _int_keys(by_seed) for n, by_seed in raw['results'].items()}
+  )
 
 
 def metric_rows(results: dict[int, dict], **base) -> list[dict]:
@@ -146,7 +148,10 @@ def metric_rows(results: dict[int, dict], **base) -> list[dict]:
   rows = []
   for L, metrics in results.items():
     for name, value in metrics.items():
-      named = ([(f'pos{i}', v) for i, v in enumerate(value)] if isinstance(value, list)
-               else [(name, value)])
+      named = (
+        [(f'pos{i}', v) for i, v in enumerate(value)]
+        if isinstance(value, list)
+        else [(name, value)]
+      )
       rows += [{**base, 'eval_length': int(L), 'metric': n, 'value': float(v)} for n, v in named]
   return rows

@@ -19,13 +19,13 @@ import jax
 import jax.numpy as jnp
 
 SHAPES = {
-    'small q/k/v (1056x128x128)': (1056, 128, 128),
-    'small fc1 (1056x128x512)': (1056, 128, 512),
-    'small fc2 (1056x512x128)': (1056, 512, 128),
-    'paper q/k/v (2112x384x384)': (2112, 384, 384),
-    'paper fc1 (2112x384x1536)': (2112, 384, 1536),
-    'paper fc2 (2112x1536x384)': (2112, 1536, 384),
-    'large (4096x1024x1024)': (4096, 1024, 1024),
+  'small q/k/v (1056x128x128)': (1056, 128, 128),
+  'small fc1 (1056x128x512)': (1056, 128, 512),
+  'small fc2 (1056x512x128)': (1056, 512, 128),
+  'paper q/k/v (2112x384x384)': (2112, 384, 384),
+  'paper fc1 (2112x384x1536)': (2112, 384, 1536),
+  'paper fc2 (2112x1536x384)': (2112, 1536, 384),
+  'large (4096x1024x1024)': (4096, 1024, 1024),
 }
 
 
@@ -56,6 +56,7 @@ def copy_gbps(n_floats: int = 50_000_000, calls: int = 10) -> float:
     for _ in range(n):
       x[0] = copy(x[0])
     return x[0]
+
   return 2 * 4 * n_floats / best_seconds(run, calls) / 1e9
 
 
@@ -63,9 +64,12 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--out', help='JSON path for the numbers')
   args = parser.parse_args()
-  result = dict(device=jax.devices()[0].device_kind, jax=jax.__version__,
-                gflops={name: gflops(*shape) for name, shape in SHAPES.items()},
-                copy_gbps=copy_gbps())
+  result = dict(
+    device=jax.devices()[0].device_kind,
+    jax=jax.__version__,
+    gflops={name: gflops(*shape) for name, shape in SHAPES.items()},
+    copy_gbps=copy_gbps(),
+  )
   for name, value in result['gflops'].items():
     print(f'{name:32s} {value:7.1f} GFLOP/s')
   print(f'{"copy (read + write)":32s} {result["copy_gbps"]:7.1f} GB/s')

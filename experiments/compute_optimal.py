@@ -1,7 +1,7 @@
 """Compute-optimal widths: every rung on addition at n_embd 128..512, budget 24, (H, L) = (1, 2).
 
-  artrm suite --suite=experiments/compute_optimal.py --root=workdirs/compute_optimal
-  artrm suite --suite=experiments/compute_optimal.py:runlocal --root=workdirs/compute_optimal_cpu
+artrm suite --suite=experiments/compute_optimal.py --root=workdirs/compute_optimal
+artrm suite --suite=experiments/compute_optimal.py:runlocal --root=workdirs/compute_optimal_cpu
 """
 
 from artrm.configs import length_gen
@@ -18,5 +18,8 @@ def get_config(arg=None):
 
 def get_sweep(arg=None):
   widths = (32, 64) if 'runlocal' in (arg or '') else (128, 256, 384, 512)
-  return [{'model.name': name, 'model.n_embd': w, 'model.n_head': max(1, w // 64)}
-          for w in widths for name in RUNGS]
+  return [
+    {'model.name': name, 'model.n_embd': w, 'model.n_head': max(1, w // 64)}
+    for w in widths
+    for name in RUNGS
+  ]

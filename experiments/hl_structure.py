@@ -24,6 +24,15 @@ def get_config(arg=None):
 def get_sweep(arg=None):
   local = 'runlocal' in (arg or '')
   hl, lengths = (HL[:3], TRAIN_LENGTHS[:2]) if local else (HL, TRAIN_LENGTHS)
-  return [{'model.name': name, 'model.n_outer_loops': H, 'model.n_inner_loops': L,
-           'train_length': n, 'eval.lengths': (n, 2 * n, 3 * n)}
-          for name in ('ut_level2', 'trm') for H, L in hl for n in lengths]
+  return [
+    {
+      'model.name': name,
+      'model.n_outer_loops': H,
+      'model.n_inner_loops': L,
+      'train_length': n,
+      'eval.lengths': (n, 2 * n, 3 * n),
+    }
+    for name in ('ut_level2', 'trm')
+    for H, L in hl
+    for n in lengths
+  ]

@@ -18,7 +18,7 @@ TASKS = ('addition', 'copy', 'reverse')
 def get_config(arg=None):
   c, a = length_gen.suite_config(arg)
   if a.runlocal:
-    c.model.dropout = 0.1   # the paper's (runlocal turns it off)
+    c.model.dropout = 0.1  # the paper's (runlocal turns it off)
     c.train_length = 5
     c.eval.lengths = (5, 10)
   return c

@@ -21,5 +21,9 @@ def get_config(arg=None):
 def get_sweep(arg=None):
   local = 'runlocal' in (arg or '')
   widths, budgets = ((32, 64), (6, 12)) if local else ((192, 384), (12, 24))
-  return [{'model.name': name, 'model.n_embd': w, 'model.n_head': max(1, w // 64), 'budget': b}
-          for w in widths for b in budgets for name in RUNGS]
+  return [
+    {'model.name': name, 'model.n_embd': w, 'model.n_head': max(1, w // 64), 'budget': b}
+    for w in widths
+    for b in budgets
+    for name in RUNGS
+  ]

@@ -23,8 +23,12 @@ ACT), train L 5, eval 5 and 10, 400 steps.
 from artrm.configs import length_gen
 
 TASKS = ('copy', 'reverse', 'addition')
-FULL = {'recipe.n_sup': 4, 'recipe.halt_loss_weight': 0.5, 'recipe.ema_decay': 0.999,
-        'recipe.fixed_init': True}
+FULL = {
+  'recipe.n_sup': 4,
+  'recipe.halt_loss_weight': 0.5,
+  'recipe.ema_decay': 0.999,
+  'recipe.fixed_init': True,
+}
 
 
 def rows(max_steps: int) -> list[dict]:
@@ -35,9 +39,12 @@ def rows(max_steps: int) -> list[dict]:
   out += [{'model.name': 'ut_level2', 'recipe.grad_reach': r} for r in ('last_step', 'all')]
   for n in (2, 4):
     out += [{**trm, 'recipe.n_sup': n, 'recipe.grad_reach': r} for r in ('paper', 'all')]
-    out.append({**trm, 'max_steps': n * max_steps})   # the compute-matched control
-  out += [{**trm, 'recipe.halt_loss_weight': 0.5}, {**trm, 'recipe.ema_decay': 0.999},
-          {**trm, 'recipe.fixed_init': True}]
+    out.append({**trm, 'max_steps': n * max_steps})  # the compute-matched control
+  out += [
+    {**trm, 'recipe.halt_loss_weight': 0.5},
+    {**trm, 'recipe.ema_decay': 0.999},
+    {**trm, 'recipe.fixed_init': True},
+  ]
   out += [{**trm, **FULL}, {**trm, **FULL, 'recipe.mixer': 'mlp', 'eval.kv_cache': False}]
   return out
 

@@ -10,8 +10,18 @@ from artrm.bench import flops, formatting, profiling, setups, timing
 from artrm.models import ModelConfig
 from artrm.training import train
 
-MICRO = setups.Setup('micro', n_embd=16, n_head=2, budget=4, batch_size=4, block_size=7,
-                    task='copy', train_length=3, eval_lengths=(3,), eval_batch=4)
+MICRO = setups.Setup(
+  'micro',
+  n_embd=16,
+  n_head=2,
+  budget=4,
+  batch_size=4,
+  block_size=7,
+  task='copy',
+  train_length=3,
+  eval_lengths=(3,),
+  eval_batch=4,
+)
 
 
 def _numbers(tree):
@@ -24,8 +34,9 @@ def _numbers(tree):
 
 def test_micro_run_writes_json(tmp_path):
   # Two cheap rungs: compiles are most of the cost.
-  result = timing.run_benchmark(MICRO, rungs=('gpt', 'gpt_level1'), steps=2, warmup=1,
-                               eval_repeats=1, peak=1e12)
+  result = timing.run_benchmark(
+    MICRO, rungs=('gpt', 'gpt_level1'), steps=2, warmup=1, eval_repeats=1, peak=1e12
+  )
   path = formatting.write_results(result, str(tmp_path / 'micro.json'))
   with open(path) as f:
     saved = json.load(f)
@@ -48,8 +59,12 @@ def test_micro_run_writes_json(tmp_path):
 
 def test_data_parallel_step():
   """--devices=2 shards the batch over the two fake CPU devices; MFU counts both peaks."""
-  one, two = (timing.run_benchmark(MICRO, rungs=('gpt',), steps=1, warmup=0,
-                                  eval_repeats=1, peak=1e12, devices=n) for n in (1, 2))
+  one, two = (
+    timing.run_benchmark(
+      MICRO, rungs=('gpt',), steps=1, warmup=0, eval_repeats=1, peak=1e12, devices=n
+    )
+    for n in (1, 2)
+  )
   assert two['settings']['devices'] == 2
   t1, t2 = one['rungs']['gpt']['train'], two['rungs']['gpt']['train']
   assert t2['flops_per_step'] == t1['flops_per_step']
@@ -61,11 +76,14 @@ def test_data_parallel_step():
 def test_profile_dir(tmp_path):
   """--profile_dir traces the training step and cached decoding of each rung and
   summarises what it ran."""
-  result = timing.run_benchmark(MICRO, rungs=('gpt',), steps=1, warmup=0, eval_repeats=1,
-                               profile_dir=str(tmp_path))
+  result = timing.run_benchmark(
+    MICRO, rungs=('gpt',), steps=1, warmup=0, eval_repeats=1, profile_dir=str(tmp_path)
+  )
   row = result['rungs']['gpt']
-  for profile, where in ((row['train']['profile'], 'gpt/train'),
-                         (row['eval'][3]['generate_cached']['profile'], 'gpt/decode/L3')):
+  for profile, where in (
+    (row['train']['profile'], 'gpt/train'),
+    (row['eval'][3]['generate_cached']['profile'], 'gpt/decode/L3'),
+  ):
     assert profile['trace_dir'] == str(tmp_path / where)
     assert profile['calls'] == timing.PROFILED_CALLS
     assert list(tmp_path.glob(f'{where}/**/perfetto_trace.json.gz'))
@@ -77,17 +95,18 @@ def test_profile_dir(tmp_path):
   assert train['fwd_passes'] == 4
   regions = {r for r, _ in profiling.REGIONS} | {'other'}
   assert set(train['region_ms']) <= regions | {f'{r} bwd' for r in regions}
-  assert ({'attention', 'attention bwd', 'mlp', 'mlp bwd', 'layer norm', 'data'}
-          <= set(train['region_ms']))
+  assert {'attention', 'attention bwd', 'mlp', 'mlp bwd', 'layer norm', 'data'} <= set(
+    train['region_ms']
+  )
 
 
 def test_flops_by_hand():
   """trm, H = 2, L = 2, one step: 6 passes forward, the last cycle's 3 backward."""
   mc = ModelConfig(name='trm', n_embd=4, n_head=2, n_layer=1, n_outer_loops=2, n_inner_loops=2)
   B, T, C, V = 2, 3, 4, 14
-  per_pass = 2 * B * T * 12 * C * C + 4 * B * T * T * C   # 2304 + 288
+  per_pass = 2 * B * T * 12 * C * C + 4 * B * T * T * C  # 2304 + 288
   assert flops.pass_flops(B, T, C) == per_pass == 2592
-  head = 2 * B * T * C * V   # 672
+  head = 2 * B * T * C * V  # 672
   assert flops.backprop_passes(mc, 6) == 3
   assert flops.step_flops(mc, B, T, fwd_passes=6) == 2592 * (6 + 2 * 3) + 3 * head == 33120
   gpt = ModelConfig(name='gpt', n_embd=4, n_head=2, n_layer=6)
@@ -119,12 +138,25 @@ def test_errors():
 
 def test_versus_paper_rows():
   """Speedups divide the paper code's ms by ours; JSON's string length keys work."""
-  result = dict(setup=dict(name='small', n_embd=128, n_head=4, budget=12, batch_size=32,
-                           task='addition', train_length=10, block_size=34),
-                device=dict(device_kind='cpu', platform='cpu', jax='x'),
-                rungs={'trm': dict(train=dict(step_seconds=0.0885, fwd_passes=12, bwd_passes=6),
-                                   eval={'10': dict(generate_cached=dict(
-                                       sequences_per_sec=1000.0, matches_generate=True))})})
+  result = dict(
+    setup=dict(
+      name='small',
+      n_embd=128,
+      n_head=4,
+      budget=12,
+      batch_size=32,
+      task='addition',
+      train_length=10,
+      block_size=34,
+    ),
+    device=dict(device_kind='cpu', platform='cpu', jax='x'),
+    rungs={
+      'trm': dict(
+        train=dict(step_seconds=0.0885, fwd_passes=12, bwd_passes=6),
+        eval={'10': dict(generate_cached=dict(sequences_per_sec=1000.0, matches_generate=True))},
+      )
+    },
+  )
   [row] = formatting.versus_paper(result)
   assert row['paper ms/step'] == '177' and row['speedup'] == '2.00x'
   assert row['generate_cached ms/seq L=10'] == '1.000'

@@ -40,12 +40,14 @@ def test_command_help_shows_its_flags_only(command, capsys):
 
 def test_foreign_flag_names_its_commands():
   assert _refusal(['train', '--steps=5']) == (
-      '--steps is not a flag of `artrm train`; it belongs to: bench.')
+    '--steps is not a flag of `artrm train`; it belongs to: bench.'
+  )
   assert _refusal(['train', '--out=x']).endswith('it belongs to: gather, report, bench.')
   assert _refusal(['gather', '--config.max_steps=3']).endswith('it belongs to: train.')
   assert _refusal(['eval', '--nodry_run']).endswith('it belongs to: suite.')
   assert _refusal(['--nosuch']) == (
-      '--nosuch is not a flag of `artrm main`; `artrm main --help` lists its flags.')
+    '--nosuch is not a flag of `artrm main`; `artrm main --help` lists its flags.'
+  )
 
 
 def test_unknown_command_and_missing_flags_refused():
@@ -58,8 +60,15 @@ def test_unknown_command_and_missing_flags_refused():
 def test_train_gets_the_config_with_overrides(monkeypatch, tmp_path):
   calls = []
   monkeypatch.setattr(train, 'train_and_evaluate', lambda c, w: calls.append((c, w)))
-  cli.main(['train', f'--config={CONFIG_FILE}:model=trm,runlocal', '--config.model.n_embd=48',
-            f'--workdir={tmp_path}', '--config.eval.lengths=(4,8)'])
+  cli.main(
+    [
+      'train',
+      f'--config={CONFIG_FILE}:model=trm,runlocal',
+      '--config.model.n_embd=48',
+      f'--workdir={tmp_path}',
+      '--config.eval.lengths=(4,8)',
+    ]
+  )
   [(config, workdir)] = calls
   assert (config.model.name, config.model.n_embd, tuple(config.eval.lengths)) == ('trm', 48, (4, 8))
   assert workdir == str(tmp_path)
@@ -70,24 +79,32 @@ def test_no_command_is_the_main_job(monkeypatch):
   monkeypatch.setattr(ladder, 'run_ladder', lambda *a, **k: calls.append((a, k)))
   cli.main([])
   cli.main(['main', '--task=reverse', '--max_steps=3'])
-  assert calls == [(('workdirs/ladder',), dict(task='copy', max_steps=None)),
-                   (('workdirs/ladder',), dict(task='reverse', max_steps=3))]
+  assert calls == [
+    (('workdirs/ladder',), dict(task='copy', max_steps=None)),
+    (('workdirs/ladder',), dict(task='reverse', max_steps=3)),
+  ]
 
 
 def test_python_dash_m_artrm():
-  out = subprocess.run([sys.executable, '-m', 'artrm', 'bench', '--help'], check=True,
-                       capture_output=True, text=True).stdout
+  out = subprocess.run(
+    [sys.executable, '-m', 'artrm', 'bench', '--help'], check=True, capture_output=True, text=True
+  ).stdout
   assert out.startswith('usage: artrm bench') and '--profile_dir' in out
-  refused = subprocess.run([sys.executable, '-m', 'artrm', 'train', '--steps=5'],
-                           capture_output=True, text=True)
+  refused = subprocess.run(
+    [sys.executable, '-m', 'artrm', 'train', '--steps=5'], capture_output=True, text=True
+  )
   assert refused.returncode == 1 and 'it belongs to: bench' in refused.stderr
 
 
 def test_user_errors_are_one_line(tmp_path, monkeypatch):
   """A refused recipe (or any bad input the library names) ends the command with one line,
   before any work; ARTRM_TRACEBACK=1 keeps the traceback."""
-  argv = ['train', f'--config={CONFIG_FILE}:model=gpt,runlocal', '--config.recipe.n_sup=2',
-          f'--workdir={tmp_path / "run"}']
+  argv = [
+    'train',
+    f'--config={CONFIG_FILE}:model=gpt,runlocal',
+    '--config.recipe.n_sup=2',
+    f'--workdir={tmp_path / "run"}',
+  ]
   message = _refusal(argv)
   assert message.startswith('artrm train: Recipe not valid for gpt') and '\n' not in message
   assert 'n_sup=1' in message and not os.path.exists(tmp_path / 'run')

@@ -6,9 +6,23 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from artrm.data import (CHARS, IGNORE_INDEX, NEWLINE_ID, TASKS, VOCAB_SIZE, decode, encode,
-                        eval_digits, eval_set, format_example, get_task, python_batch, python_rows,
-                        rows_from_digits, sample_batch)
+from artrm.data import (
+  CHARS,
+  IGNORE_INDEX,
+  NEWLINE_ID,
+  TASKS,
+  VOCAB_SIZE,
+  decode,
+  encode,
+  eval_digits,
+  eval_set,
+  format_example,
+  get_task,
+  python_batch,
+  python_rows,
+  rows_from_digits,
+  sample_batch,
+)
 
 X = IGNORE_INDEX
 
@@ -28,7 +42,9 @@ def test_vocab_ids_and_round_trip():
     encode('1x2a')
 
 
-@pytest.mark.parametrize('task_name, digits, text', [
+@pytest.mark.parametrize(
+  'task_name, digits, text',
+  [
     ('copy', digits_of('123'), '123|123'),
     ('copy', digits_of('0'), '0|0'),
     ('reverse', digits_of('1203'), '1203|3021'),
@@ -36,7 +52,8 @@ def test_vocab_ids_and_round_trip():
     ('addition', digits_of('12', '34'), '12+34=046'),
     ('addition', digits_of('00', '00'), '00+00=000'),
     ('addition', digits_of('9', '9'), '9+9=18'),
-])
+  ],
+)
 def test_format_examples(task_name, digits, text):
   assert format_example(task_name, digits) == text
 
@@ -58,7 +75,7 @@ def test_masks_on_hand_examples():
   #        inputs:   9  5  +  0  7  =  1  0  2 \n \n \n
   np.testing.assert_array_equal(rows['inputs'][0], [9, 5, 11, 0, 7, 12, 1, 0, 2, 13, 13, 13])
   np.testing.assert_array_equal(rows['targets'][0], [X, X, X, X, X, 1, 0, 2, 13, X, X, X])
-  rows = python_rows('copy', digits_of('12')[None])   # shortest: T = 5
+  rows = python_rows('copy', digits_of('12')[None])  # shortest: T = 5
   np.testing.assert_array_equal(rows['inputs'][0], encode('12|12'))
   np.testing.assert_array_equal(rows['targets'][0], [X, X, 1, 2, 13])
 
@@ -70,7 +87,9 @@ def test_shortest_seq_len_holds_exactly_the_kept_targets(task_name):
   assert targets_BxT.shape == (8, task.seq_len(L))
   kept_BxT = targets_BxT != X
   assert (kept_BxT.sum(1) == task.answer_len(L) + 1).all()
-  assert kept_BxT[:, task.prompt_len(L) - 1].all() and not kept_BxT[:, :task.prompt_len(L) - 1].any()
+  assert (
+    kept_BxT[:, task.prompt_len(L) - 1].all() and not kept_BxT[:, : task.prompt_len(L) - 1].any()
+  )
   assert (targets_BxT[:, -1] == NEWLINE_ID).all()
   with pytest.raises(ValueError, match='need at least'):
     python_batch(task_name, L, np.random.default_rng(0), 8, seq_len=task.seq_len(L) - 1)
@@ -91,10 +110,15 @@ def test_device_rows_match_reference(task_name, L, extra):
 
 @pytest.mark.parametrize('L', [1, 37, 50])
 def test_addition_carries_through_every_digit(L):
-  digits_BxNxL = np.stack([digits_of('9' * L, '9' * L), digits_of('9' * L, '0' * (L - 1) + '1'),
-                           digits_of('5' * L, '4' * (L - 1) + '5')])
+  digits_BxNxL = np.stack(
+    [
+      digits_of('9' * L, '9' * L),
+      digits_of('9' * L, '0' * (L - 1) + '1'),
+      digits_of('5' * L, '4' * (L - 1) + '5'),
+    ]
+  )
   got = rows_from_digits('addition', digits_BxNxL)['inputs']
-  answers = [decode(row[2 * L + 2:]) for row in np.asarray(got)]
+  answers = [decode(row[2 * L + 2 :]) for row in np.asarray(got)]
   assert answers == ['1' + '9' * (L - 1) + '8', '1' + '0' * L, '1' + '0' * L]
   chex.assert_trees_all_equal(np.asarray(got), python_rows('addition', digits_BxNxL)['inputs'])
 
@@ -104,11 +128,14 @@ def test_sample_batch_rows_are_reference_rows_and_padding_only_appends(task_name
   task, key, L = TASKS[task_name], jax.random.key(3), 6
   T = task.seq_len(L)
   padded = sample_batch(key, task_name, L, 32, seq_len=T + 9)
-  prompts_BxP = np.asarray(padded['inputs'][:, :task.prompt_len(L)])
+  prompts_BxP = np.asarray(padded['inputs'][:, : task.prompt_len(L)])
   digits_BxNxL = prompts_BxP.reshape(32, task.n_operands, L + 1)[:, :, :L]
-  chex.assert_trees_all_equal(jax.tree.map(np.asarray, padded), python_rows(task_name, digits_BxNxL, T + 9))
-  chex.assert_trees_all_equal(jax.tree.map(lambda a: a[:, :T], padded),
-                              rows_from_digits(task_name, digits_BxNxL))
+  chex.assert_trees_all_equal(
+    jax.tree.map(np.asarray, padded), python_rows(task_name, digits_BxNxL, T + 9)
+  )
+  chex.assert_trees_all_equal(
+    jax.tree.map(lambda a: a[:, :T], padded), rows_from_digits(task_name, digits_BxNxL)
+  )
   assert (padded['inputs'][:, T:] == NEWLINE_ID).all() and (padded['targets'][:, T:] == X).all()
 
 
@@ -119,31 +146,36 @@ def test_sample_batch_jit_matches_eager_and_keys_matter():
     eager = sample_batch(key, 'addition', 3, 8, seq_len=20)
   chex.assert_trees_all_equal(jitted, eager)
   chex.assert_trees_all_equal(sample_batch(key, 'addition', 3, 8, seq_len=20), jitted)
-  assert not np.array_equal(sample_batch(jax.random.key(8), 'addition', 3, 8, seq_len=20)['inputs'],
-                            jitted['inputs'])
+  assert not np.array_equal(
+    sample_batch(jax.random.key(8), 'addition', 3, 8, seq_len=20)['inputs'], jitted['inputs']
+  )
 
 
 def test_digits_are_roughly_uniform():
   inputs_BxT = np.asarray(sample_batch(jax.random.key(1), 'copy', 10, 4096)['inputs'])
   counts = np.bincount(inputs_BxT[:, :10].ravel(), minlength=10)
-  np.testing.assert_allclose(counts / counts.sum(), 0.1, atol=0.005)   # ~6 sigma
+  np.testing.assert_allclose(counts / counts.sum(), 0.1, atol=0.005)  # ~6 sigma
   counts = np.bincount(eval_digits('addition', 10, 2048, 0).ravel(), minlength=10)
   np.testing.assert_allclose(counts / counts.sum(), 0.1, atol=0.005)
 
 
 def test_eval_set_is_pinned_and_consistent():
   # Pinned values: a change here means evaluation sets moved across versions or machines.
-  texts = {name: [decode(np.concatenate(pa)) for pa in zip(*eval_set(name, 4, 3, 0))] for name in TASKS}
-  assert texts == {'copy': ['4842|4842', '8464|8464', '0712|0712'],
-                   'reverse': ['6943|3496', '3885|5883', '6835|5386'],
-                   'addition': ['2579+0507=03086', '7877+3172=11049', '8012+0139=08151']}
+  texts = {
+    name: [decode(np.concatenate(pa)) for pa in zip(*eval_set(name, 4, 3, 0))] for name in TASKS
+  }
+  assert texts == {
+    'copy': ['4842|4842', '8464|8464', '0712|0712'],
+    'reverse': ['6943|3496', '3885|5883', '6835|5386'],
+    'addition': ['2579+0507=03086', '7877+3172=11049', '8012+0139=08151'],
+  }
   prompts, answers = eval_set('addition', 7, 50, 3)
   chex.assert_shape([prompts, answers], [(50, 16), (50, 8)])
   chex.assert_type([prompts, answers], np.int32)
   assert (prompts[:, -1] == encode('=')[0]).all()
   for digits_NxL, prompt, answer in zip(eval_digits('addition', 7, 50, 3), prompts, answers):
     assert decode(prompt) + decode(answer) == format_example('addition', digits_NxL)
-  assert not prompts.flags.writeable   # cached, so shared between callers
+  assert not prompts.flags.writeable  # cached, so shared between callers
 
 
 def test_eval_set_deterministic_prefix_and_distinct():

@@ -14,8 +14,8 @@ import pytest
 
 from artrm import parallel
 from artrm.configs import length_gen
-from artrm.evaluation import decoding
 from artrm.data import eval_set
+from artrm.evaluation import decoding
 from artrm.models import RUNGS, ModelConfig, build_model, init_params, normalize_budget
 from artrm.training import train
 
@@ -36,8 +36,9 @@ def test_bf16_logits_close_to_f32(name):
   f32, bf16 = tiny(name), tiny(name, dtype='bfloat16')
   params = init_params(f32, jax.random.key(0))
   bf16_params = init_params(bf16, jax.random.key(0))
-  chex_equal = jax.tree.map(lambda a, b: a.dtype == b.dtype == jnp.float32 and bool(jnp.all(a == b)),
-                            params, bf16_params)
+  chex_equal = jax.tree.map(
+    lambda a, b: a.dtype == b.dtype == jnp.float32 and bool(jnp.all(a == b)), params, bf16_params
+  )
   assert all(jax.tree.leaves(chex_equal)), 'params must be float32 and independent of model.dtype'
   idx = tokens()
   expected, expected_aux = jax.jit(lambda p: f32.apply({'params': p}, idx))(params)
@@ -51,8 +52,11 @@ def test_bf16_logits_close_to_f32(name):
 def dot_operand_types(model, params, idx):
   """(lhs, rhs, out) element types of every dot_general in the lowered forward."""
   text = jax.jit(lambda p: model.apply({'params': p}, idx)).lower(params).as_text()
-  dots = re.findall(r'dot_general.*?: \(tensor<(?:\d+x)*(\w+)>, tensor<(?:\d+x)*(\w+)>\) -> '
-                    r'tensor<([^>]*)>', text)
+  dots = re.findall(
+    r'dot_general.*?: \(tensor<(?:\d+x)*(\w+)>, tensor<(?:\d+x)*(\w+)>\) -> '
+    r'tensor<([^>]*)>',
+    text,
+  )
   assert dots, 'no matmul found in the lowered forward'
   return dots
 
@@ -62,8 +66,11 @@ def test_bf16_matmuls_are_bf16_but_halting_heads(name):
   """Every matmul runs on bf16 operands except the halting heads' (one output feature)."""
   model = tiny(name, dtype='bfloat16')
   params = init_params(model, jax.random.key(0))
-  f32_dots = [out for lhs, rhs, out in dot_operand_types(model, params, tokens())
-              if (lhs, rhs) != ('bf16', 'bf16')]
+  f32_dots = [
+    out
+    for lhs, rhs, out in dot_operand_types(model, params, tokens())
+    if (lhs, rhs) != ('bf16', 'bf16')
+  ]
   assert all(out.endswith('x1xf32') for out in f32_dots), f32_dots
   assert (len(f32_dots) > 0) == (model.rung.halting != 'none')
 

@@ -10,15 +10,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from artrm.evaluation import decoding
 from artrm import parallel
 from artrm.data import eval_set
+from artrm.evaluation import decoding
 from artrm.evaluation.evaluators import LengthEvaluator
-from artrm.workdir import metric_rows
 from artrm.evaluation.metrics import answer_metrics
 from artrm.models import ModelConfig, build_model, init_params
+from artrm.workdir import metric_rows
 
-L = 3   # copy at L=3: prompts of 4 tokens, answers of 3
+L = 3  # copy at L=3: prompts of 4 tokens, answers of 3
 
 
 @functools.cache
@@ -35,8 +35,9 @@ def prompts():
 @functools.cache
 def apply_alone(model):
   """Logits and aux of each sequence run as a batch of one."""
-  return jax.jit(jax.vmap(lambda p, idx_T: model.apply({'params': p}, idx_T[None]),
-                          in_axes=(None, 0)))
+  return jax.jit(
+    jax.vmap(lambda p, idx_T: model.apply({'params': p}, idx_T[None]), in_axes=(None, 0))
+  )
 
 
 @functools.cache
@@ -48,10 +49,13 @@ def halting_trm():
   """
   model, params = tiny('trm')
   kernel = jax.random.normal(jax.random.key(1), params['q_halt']['kernel'].shape)
-  candidates = [{**params, 'q_halt': {'kernel': kernel, 'bias': jnp.array([b])}}
-                for b in np.linspace(-8.0, 8.0, 33)]
-  early = np.array([np.mean(apply_alone(model)(c, prompts())[1]['steps_taken'] == 1)
-                    for c in candidates])
+  candidates = [
+    {**params, 'q_halt': {'kernel': kernel, 'bias': jnp.array([b])}}
+    for b in np.linspace(-8.0, 8.0, 33)
+  ]
+  early = np.array(
+    [np.mean(apply_alone(model)(c, prompts())[1]['steps_taken'] == 1) for c in candidates]
+  )
   best = int(np.argmin(np.abs(early - 0.5)))
   assert 0 < early[best] < 1, early
   return model, candidates[best]
@@ -69,20 +73,29 @@ def greedy_loop(model, params, prompts_NxP, answer_len):
     seq = list(prompt)
     for _ in range(answer_len):
       seq.append(int(jnp.argmax(last_logits(jnp.array([seq])))))
-    out.append(seq[len(prompt):])
+    out.append(seq[len(prompt) :])
   return np.array(out)
 
 
 # -- metrics ------------------------------------------------------------------
 
+
 def test_answer_metrics_hand_made():
   answer = np.zeros((2, 11), np.int32)
   pred = answer.copy()
-  pred[1, [0, 4, 10]] = 7   # row 0 exact; row 1 wrong at 0, 4 and 10
+  pred[1, [0, 4, 10]] = 7  # row 0 exact; row 1 wrong at 0, 4 and 10
   m = answer_metrics(pred, answer)
   # Quarters of A = 11 are positions [0-2], [3-5], [6-8], [9-10].
-  expected = dict(char_acc=19 / 22, seq_acc=0.5, first_char_acc=0.5, last_char_acc=0.5,
-                  q1=5 / 6, q2=5 / 6, q3=1.0, q4=3 / 4)
+  expected = dict(
+    char_acc=19 / 22,
+    seq_acc=0.5,
+    first_char_acc=0.5,
+    last_char_acc=0.5,
+    q1=5 / 6,
+    q2=5 / 6,
+    q3=1.0,
+    q4=3 / 4,
+  )
   assert set(m) == {*expected, 'per_position'}
   for k, v in expected.items():
     assert m[k] == pytest.approx(v), k
@@ -99,12 +112,15 @@ def test_answer_metrics_short_answer_and_errors():
 
 def test_metric_rows():
   rows = metric_rows({3: dict(seq_acc=0.5, per_position=[1.0, 0.0])}, task='copy')
-  assert rows == [dict(task='copy', eval_length=3, metric='seq_acc', value=0.5),
-                  dict(task='copy', eval_length=3, metric='pos0', value=1.0),
-                  dict(task='copy', eval_length=3, metric='pos1', value=0.0)]
+  assert rows == [
+    dict(task='copy', eval_length=3, metric='seq_acc', value=0.5),
+    dict(task='copy', eval_length=3, metric='pos0', value=1.0),
+    dict(task='copy', eval_length=3, metric='pos1', value=0.0),
+  ]
 
 
 # -- decoding -----------------------------------------------------------------
+
 
 @pytest.mark.parametrize('name', ['gpt', 'ut', 'trm'])
 def test_greedy_matches_growing_sequence_loop(name):
@@ -122,8 +138,9 @@ def test_trm_batch_equals_each_sequence_alone():
   alone_logits = apply_alone(model)(params, prompts())[0][:, 0]
   assert not np.allclose(batch_logits, alone_logits), 'the batch must couple for this test to bite'
   batch_NxA = decoding.generate(model, params, prompts(), L)
-  alone_NxA = np.concatenate([decoding.generate(model, params, p_1xP, L)
-                              for p_1xP in np.split(prompts(), len(prompts()))])
+  alone_NxA = np.concatenate(
+    [decoding.generate(model, params, p_1xP, L) for p_1xP in np.split(prompts(), len(prompts()))]
+  )
   np.testing.assert_array_equal(batch_NxA, alone_NxA)
 
 
@@ -147,7 +164,7 @@ def test_jit_and_eager_agree():
 
 
 def test_too_long_is_a_clear_error():
-  model, params = tiny('gpt')   # block_size 40: copy needs 2L positions
+  model, params = tiny('gpt')  # block_size 40: copy needs 2L positions
   with pytest.raises(ValueError, match='needs 41 positions.*raise model.block_size'):
     decoding.generate(model, params, eval_set('copy', 20, 2, 0)[0], 21)
   evaluator = LengthEvaluator('copy', (3, 21), n_samples=2, seed=0, batch_size=2)
@@ -158,6 +175,7 @@ def test_too_long_is_a_clear_error():
 
 
 # -- evaluator ----------------------------------------------------------------
+
 
 def test_evaluator_batches_compile_once_and_write(tmp_path):
   model, params = tiny('gpt')
@@ -178,7 +196,7 @@ def test_evaluator_batches_compile_once_and_write(tmp_path):
   read_rows = lambda: list(csv.DictReader(open(csv_path)))
   n_rows = len(metric_rows(results))
   assert len(read_rows()) == n_rows
-  evaluator.write(results, str(tmp_path), 10, name='seed0')   # a repeated evaluation replaces
+  evaluator.write(results, str(tmp_path), 10, name='seed0')  # a repeated evaluation replaces
   assert len(read_rows()) == n_rows
   evaluator.write(results, str(tmp_path), 20, name='seed0')
   rows = read_rows()
@@ -187,11 +205,12 @@ def test_evaluator_batches_compile_once_and_write(tmp_path):
   assert rows[0]['inference_steps'] == '' and rows[0]['task'] == 'copy'
 
 
-@pytest.mark.parametrize('name', ['gpt', 'ut', 'trm'])   # distinct layers, ACT, halting TRM
+@pytest.mark.parametrize('name', ['gpt', 'ut', 'trm'])  # distinct layers, ACT, halting TRM
 def test_evaluator_kv_cache_gives_the_same_metrics(name):
   model, params = params_for(name)
-  run = lambda kv_cache: LengthEvaluator('copy', [3, 5], n_samples=6, seed=0, batch_size=4,
-                                         kv_cache=kv_cache).run(model, params)
+  run = lambda kv_cache: LengthEvaluator(
+    'copy', [3, 5], n_samples=6, seed=0, batch_size=4, kv_cache=kv_cache
+  ).run(model, params)
   cached, reference = run(True), run(False)
   assert cached == reference
   assert any(m['char_acc'] not in (0.0, 1.0) for m in reference.values()), 'a trivial case'
@@ -208,12 +227,14 @@ def test_evaluator_split_over_devices_gives_the_same_metrics(decoding_rule, monk
   chunk = parallel.shard_batch(np.zeros((4, 3), np.int32), mesh)
   assert chunk.sharding.spec == jax.sharding.PartitionSpec(parallel.DATA_AXIS)
   assert parallel.shard_batch(np.zeros((3, 3), np.int32), mesh).sharding.is_fully_replicated
-  evaluator = LengthEvaluator('copy', [3, 5], n_samples=6, seed=0, batch_size=3,
-                              decoding=decoding_rule, kv_cache=True)
+  evaluator = LengthEvaluator(
+    'copy', [3, 5], n_samples=6, seed=0, batch_size=3, decoding=decoding_rule, kv_cache=True
+  )
   shard_batch, chunks = parallel.shard_batch, []
-  monkeypatch.setattr(parallel, 'shard_batch',
-                      lambda x, mesh: chunks.append(shard_batch(x, mesh)) or chunks[-1])
+  monkeypatch.setattr(
+    parallel, 'shard_batch', lambda x, mesh: chunks.append(shard_batch(x, mesh)) or chunks[-1]
+  )
   split = evaluator.run(model, jax.device_put(params, parallel.replicated(mesh)), mesh)
-  assert [c.shape[0] for c in chunks] == [4] * 4   # 2 lengths x 2 chunks of 3, padded
+  assert [c.shape[0] for c in chunks] == [4] * 4  # 2 lengths x 2 chunks of 3, padded
   assert all(not c.sharding.is_fully_replicated for c in chunks)
   assert split == evaluator.run(model, params)

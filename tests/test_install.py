@@ -29,15 +29,25 @@ except ImportError as e:
 
 
 def test_library_imports_without_tfds():
-  out = subprocess.run([sys.executable, '-c', WITHOUT_TFDS], cwd=ROOT, capture_output=True,
-                       text=True, env={**os.environ, 'PYTHONPATH': ROOT})
+  out = subprocess.run(
+    [sys.executable, '-c', WITHOUT_TFDS],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    env={**os.environ, 'PYTHONPATH': ROOT},
+  )
   assert out.returncode == 0, out.stderr
   assert 'pip install -e ".[tfds]"' in out.stdout, out.stdout
 
 
 def test_gpu_wheels_lists_what_the_image_lacks():
-  out = subprocess.run(['bash', 'launch/gpu_wheels.sh', 'list'], cwd=ROOT, capture_output=True,
-                       text=True, env={**os.environ, 'PYTHON': sys.executable})
+  out = subprocess.run(
+    ['bash', 'launch/gpu_wheels.sh', 'list'],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    env={**os.environ, 'PYTHON': sys.executable},
+  )
   assert out.returncode == 0, out.stderr
   assert out.stdout.split() == ['ml-collections>=0.1.1', 'tqdm>=4.66']
   bad = subprocess.run(['bash', 'launch/gpu_wheels.sh'], cwd=ROOT, capture_output=True, text=True)
@@ -47,13 +57,28 @@ def test_gpu_wheels_lists_what_the_image_lacks():
 def test_gpu_script_stops_at_its_deadline_and_says_so(tmp_path):
   """With 3 seconds, every step past the import check is skipped, not run over time,
   and the summary still records each."""
-  out = subprocess.run(['bash', 'launch/gpu_paper_table.sh'], cwd=ROOT, capture_output=True,
-                       text=True, timeout=120,
-                       env={**os.environ, 'PYTHON': sys.executable, 'OUT': str(tmp_path),
-                            'DEADLINE_S': '3', 'SMOKE': '1', 'REPORT_S': '0'})
+  out = subprocess.run(
+    ['bash', 'launch/gpu_paper_table.sh'],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
+    env={
+      **os.environ,
+      'PYTHON': sys.executable,
+      'OUT': str(tmp_path),
+      'DEADLINE_S': '3',
+      'SMOKE': '1',
+      'REPORT_S': '0',
+    },
+  )
   assert out.returncode == 0, out.stdout + out.stderr
   summary = json.loads((tmp_path / 'summary.json').read_text())
   steps = {s['step']: s['exit_code'] for s in summary['steps']}
-  assert steps == {'smoke': 'skipped', 'bench_bfloat16_gpt': 'skipped',
-                   'bench_float32_gpt': 'skipped', 'grid': 'skipped'}, steps
+  assert steps == {
+    'smoke': 'skipped',
+    'bench_bfloat16_gpt': 'skipped',
+    'bench_float32_gpt': 'skipped',
+    'grid': 'skipped',
+  }, steps
   assert summary['finished_runs'] == [] and summary['wall_seconds'] < 60

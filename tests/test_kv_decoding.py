@@ -14,11 +14,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from artrm.evaluation import decoding
 from artrm.data import eval_set
+from artrm.evaluation import decoding
 from artrm.models import RUNGS, ModelConfig, act, build_model, init_params
 
-L = 3   # addition at L=3: prompts of 8 tokens, answers of 4
+L = 3  # addition at L=3: prompts of 8 tokens, answers of 4
 
 
 @functools.cache
@@ -35,14 +35,19 @@ def act_updates(model):
   def updates_BxT(params, idx_BxT):
     with mock.patch.object(act, 'act_finalize', lambda a, h: (finalize(a, h)[0], a.updates_BxT)):
       return model.apply({'params': params}, idx_BxT)[1]['ponder_cost']
+
   return jax.jit(updates_BxT)
 
 
 @functools.cache
 def trm_steps(model):
   """Steps TRM runs for each sequence decoded alone."""
-  return jax.jit(jax.vmap(lambda params, idx_T: model.apply({'params': params}, idx_T[None])[1]['steps_taken'],
-                          in_axes=(None, 0)))
+  return jax.jit(
+    jax.vmap(
+      lambda params, idx_T: model.apply({'params': params}, idx_T[None])[1]['steps_taken'],
+      in_axes=(None, 0),
+    )
+  )
 
 
 # ut_level2's y is large: a smaller kernel keeps its halting probabilities moderate.
@@ -54,17 +59,23 @@ def tiny(name, **overrides):
   """A random tiny model; halting heads get a random kernel and the bias, from a
   sweep, that spreads the halting steps on the eval sequences most evenly (for
   ACT at moderate halting probabilities: every step's state weighs in)."""
-  model = build_model(ModelConfig(name=name, n_embd=32, n_head=4, n_layer=2, block_size=40,
-                                  **overrides))
+  model = build_model(
+    ModelConfig(name=name, n_embd=32, n_head=4, n_layer=2, block_size=40, **overrides)
+  )
   params = init_params(model, jax.random.key(0))
   head, halting_steps = {'act': ('act_halt', act_updates), 'q': ('q_halt', trm_steps)}.get(
-      model.rung.halting, (None, None))
+    model.rung.halting, (None, None)
+  )
   if head is None:
     return model, params
-  kernel = KERNEL_SCALE.get(name, 1.0) * jax.random.normal(jax.random.key(1), params[head]['kernel'].shape)
+  kernel = KERNEL_SCALE.get(name, 1.0) * jax.random.normal(
+    jax.random.key(1), params[head]['kernel'].shape
+  )
   seqs_BxT = jnp.concatenate(examples(), axis=1)
-  candidates = [{**params, head: {'kernel': kernel, 'bias': jnp.array([b])}}
-                for b in np.linspace(-20.0, 20.0, 161)]
+  candidates = [
+    {**params, head: {'kernel': kernel, 'bias': jnp.array([b])}}
+    for b in np.linspace(-20.0, 20.0, 161)
+  ]
   return model, max(candidates, key=lambda c: spread(halting_steps(model)(c, seqs_BxT)))
 
 
@@ -79,7 +90,7 @@ def halting_varies(model, params, prompts_NxP, answers_NxA):
   P = prompts_NxP.shape[1]
   seqs_NxT = jnp.concatenate([prompts_NxP, answers_NxA[:, :-1]], axis=1)
   if model.rung.halting == 'act':
-    return len(np.unique(act_updates(model)(params, seqs_NxT)[:, P - 1:])) > 1
+    return len(np.unique(act_updates(model)(params, seqs_NxT)[:, P - 1 :])) > 1
   return len(np.unique(trm_steps(model)(params, seqs_NxT))) > 1
 
 
@@ -110,8 +121,9 @@ def test_sampled_matches_generate(name):
   np.testing.assert_array_equal(got_NxA, expected_NxA)
 
 
-@pytest.mark.parametrize('options', [dict(full_compute=True), dict(inference_steps=3),
-                                     dict(inference_steps=1)])
+@pytest.mark.parametrize(
+  'options', [dict(full_compute=True), dict(inference_steps=3), dict(inference_steps=1)]
+)
 def test_trm_options_match_generate(options):
   model, params = tiny('trm')
   prompts_NxP, answers_NxA = examples()
@@ -137,11 +149,15 @@ def test_cached_logits_match_one_forward(name):
   @jax.vmap
   def cached(seq_T):
     cache, logits_PxV = apply(seq_T[None, :P], decoding.init_cache(model, 1, T))
-    cache, logits_Sx1xV = jax.lax.scan(lambda c, token: apply(token[None, None], c), cache, seq_T[P:])
+    cache, logits_Sx1xV = jax.lax.scan(
+      lambda c, token: apply(token[None, None], c), cache, seq_T[P:]
+    )
     return jnp.concatenate([logits_PxV, logits_Sx1xV[:, 0]]), cache.index
 
   got_NxTxV, index_N = cached(seqs_NxT)
-  expected_NxTxV = jax.vmap(lambda seq_T: model.apply({'params': params}, seq_T[None])[0][0])(seqs_NxT)
+  expected_NxTxV = jax.vmap(lambda seq_T: model.apply({'params': params}, seq_T[None])[0][0])(
+    seqs_NxT
+  )
   np.testing.assert_allclose(got_NxTxV, expected_NxTxV, atol=1e-5, rtol=1e-5)
   np.testing.assert_array_equal(index_N, T)
   if model.rung.halting == 'act':
@@ -149,12 +165,14 @@ def test_cached_logits_match_one_forward(name):
     # each position's own halting step would get wrong.
     n_NxS = act_updates(model)(params, seqs_NxT)[:, P:]
     later_max_NxS = np.maximum.accumulate(n_NxS[:, ::-1], axis=1)[:, ::-1]
-    assert np.any(n_NxS[:, :-1] < later_max_NxS[:, 1:]), 'need a position halting before a later one'
+    assert np.any(n_NxS[:, :-1] < later_max_NxS[:, 1:]), (
+      'need a position halting before a later one'
+    )
   if model.rung.halting == 'q':
     assert spread(trm_steps(model)(params, seqs_NxT)), 'need sequences halting at different steps'
 
 
-@pytest.mark.parametrize('remat', ['none', 'full'])   # the configs decode with 'full'
+@pytest.mark.parametrize('remat', ['none', 'full'])  # the configs decode with 'full'
 @pytest.mark.parametrize('name', ['gpt', 'ut', 'trm'])
 def test_cache_is_updated_in_place(name, remat):
   """No block pass copies the whole cache (it once did, twice per pass: 4x slower at L=50;
@@ -165,10 +183,16 @@ def test_cache_is_updated_in_place(name, remat):
   """
   model, params = tiny(name, remat=remat)
   prompts_NxP, answers_NxA = examples()
-  hlo = decoding.generate_cached.lower(model, params, prompts_NxP, answers_NxA.shape[1]).compile().as_text()
+  hlo = (
+    decoding.generate_cached.lower(model, params, prompts_NxP, answers_NxA.shape[1])
+    .compile()
+    .as_text()
+  )
   cache = decoding.init_cache(model, 1, prompts_NxP.shape[1] + answers_NxA.shape[1] - 1)
   P, _, H, S, D = cache[0].shape
-  copies = [line for line in hlo.splitlines() if re.search(rf'= f32\[{P},\d+,{H},{S},{D}\]\S* copy\(', line)]
+  copies = [
+    line for line in hlo.splitlines() if re.search(rf'= f32\[{P},\d+,{H},{S},{D}\]\S* copy\(', line)
+  ]
   assert len(copies) <= 1, 'the cache is copied in the decoding loop:\n' + '\n'.join(copies)
 
 

@@ -6,8 +6,16 @@ import subprocess
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-LIBRARY = ('artrm.models', 'artrm.data', 'artrm.configs', 'artrm.training', 'artrm.evaluation',
-           'artrm.parallel', 'artrm.workdir', 'artrm.tables')
+LIBRARY = (
+  'artrm.models',
+  'artrm.data',
+  'artrm.configs',
+  'artrm.training',
+  'artrm.evaluation',
+  'artrm.parallel',
+  'artrm.workdir',
+  'artrm.tables',
+)
 TOOLING = ('artrm.tools', 'artrm.bench', 'artrm.cli')
 
 
@@ -34,21 +42,23 @@ def import_graph() -> dict[str, set[str]]:
       if isinstance(node, ast.Import):
         targets |= {a.name for a in node.names}
       elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-        targets |= {f'{node.module}.{a.name}' if f'{node.module}.{a.name}' in paths
-                    else node.module for a in node.names}
+        targets |= {
+          f'{node.module}.{a.name}' if f'{node.module}.{a.name}' in paths else node.module
+          for a in node.names
+        }
     graph[name] = {t for t in targets if t in paths and t != name}
   return graph
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
   """One import cycle as [a, b, ..., a], or None."""
-  state = {}   # 1: on the current path, 2: done
+  state = {}  # 1: on the current path, 2: done
 
   def visit(node, path):
     state[node] = 1
     for nxt in sorted(graph[node]):
       if state.get(nxt) == 1:
-        return path[path.index(nxt):] + [nxt]
+        return path[path.index(nxt) :] + [nxt]
       if nxt not in state and (cycle := visit(nxt, path + [nxt])):
         return cycle
     state[node] = 2
@@ -72,14 +82,22 @@ def test_no_import_cycle():
 
 
 def test_library_imports_no_tooling():
-  bad = {f'{m} -> {t}' for m, targets in import_graph().items() if _within(m, LIBRARY)
-         for t in targets if _within(t, TOOLING)}
+  bad = {
+    f'{m} -> {t}'
+    for m, targets in import_graph().items()
+    if _within(m, LIBRARY)
+    for t in targets
+    if _within(t, TOOLING)
+  }
   assert not bad, sorted(bad)
 
 
 def test_results_and_report_import_no_jax():
-  code = ('import sys, artrm.tools.results, artrm.tools.report, artrm.tools.suites; '
-          "print(sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'flax', 'orbax')))")
-  out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, check=True, capture_output=True,
-                       text=True).stdout
+  code = (
+    'import sys, artrm.tools.results, artrm.tools.report, artrm.tools.suites; '
+    "print(sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'flax', 'orbax')))"
+  )
+  out = subprocess.run(
+    [sys.executable, '-c', code], cwd=ROOT, check=True, capture_output=True, text=True
+  ).stdout
   assert out.strip() == '[]'

@@ -23,14 +23,25 @@ from artrm.models import block as block_lib
 from artrm.models.rungs import Passes, RecursiveLM
 from artrm.training.train import lm_loss
 
-GOLDEN_DIR = pathlib.Path(os.environ.get(
-    'ARTRM_GOLDEN_DIR', pathlib.Path(__file__).resolve().parents[2] / 'shared' / 'golden'))
+GOLDEN_DIR = pathlib.Path(
+  os.environ.get(
+    'ARTRM_GOLDEN_DIR', pathlib.Path(__file__).resolve().parents[2] / 'shared' / 'golden'
+  )
+)
 GOLDEN_CASES = sorted(p.name for p in GOLDEN_DIR.glob('*.npz'))
 
 
 def small_config(name, **kw):
-  base = dict(name=name, vocab_size=14, block_size=16, n_embd=32, n_head=4, n_layer=3,
-              n_outer_loops=2, n_inner_loops=1)
+  base = dict(
+    name=name,
+    vocab_size=14,
+    block_size=16,
+    n_embd=32,
+    n_head=4,
+    n_layer=3,
+    n_outer_loops=2,
+    n_inner_loops=1,
+  )
   return ModelConfig(**{**base, **kw})
 
 
@@ -44,8 +55,10 @@ def test_golden_folder_present():
   if not GOLDEN_DIR.is_dir():
     if os.environ.get('CI'):
       pytest.fail(f'CI must run the golden cases but {GOLDEN_DIR} is missing.')
-    pytest.skip(f'golden vectors not found at {GOLDEN_DIR} (set ARTRM_GOLDEN_DIR); '
-                'they ship beside the repo, not with it.')
+    pytest.skip(
+      f'golden vectors not found at {GOLDEN_DIR} (set ARTRM_GOLDEN_DIR); '
+      'they ship beside the repo, not with it.'
+    )
   assert len(GOLDEN_CASES) == 19, GOLDEN_CASES
 
 
@@ -54,8 +67,9 @@ def test_golden_folder_present():
 def test_golden(case, use_jit):
   model, params, ref = load_neutral(GOLDEN_DIR / case)
   steps = int(ref['config/inference_steps'])
-  kwargs = dict(inference_steps=None if steps < 0 else steps,
-                full_compute=bool(ref['config/full_compute']))
+  kwargs = dict(
+    inference_steps=None if steps < 0 else steps, full_compute=bool(ref['config/full_compute'])
+  )
   fwd = lambda p, idx: model.apply({'params': p}, idx, **kwargs)
   if use_jit:
     fwd = jax.jit(fwd)
@@ -63,18 +77,26 @@ def test_golden(case, use_jit):
   scale = np.abs(ref['logits']).max()
   err = np.abs(np.asarray(logits) - ref['logits']).max() / scale
   assert err <= 1e-4, (
-      f'{case}: logits differ from the paper code by {err:.2e} of the logit scale. The '
-      'rung no longer computes what the paper computes: check LayerNorm eps/variance, '
-      'exact GELU, the order of stream sums, step-embedding clamping and halting.')
+    f'{case}: logits differ from the paper code by {err:.2e} of the logit scale. The '
+    'rung no longer computes what the paper computes: check LayerNorm eps/variance, '
+    'exact GELU, the order of stream sums, step-embedding clamping and halting.'
+  )
   loss = lm_loss(model.config, logits, aux, jnp.asarray(ref['targets']))
-  np.testing.assert_allclose(loss, ref['loss'], rtol=1e-5, err_msg=f'{case}: loss (CE + ponder) drifted')
+  np.testing.assert_allclose(
+    loss, ref['loss'], rtol=1e-5, err_msg=f'{case}: loss (CE + ponder) drifted'
+  )
   if 'ponder_cost' in ref:
-    np.testing.assert_allclose(aux['ponder_cost'], ref['ponder_cost'], rtol=1e-5,
-                               err_msg=f'{case}: ACT ponder cost (mean n + r) drifted')
+    np.testing.assert_allclose(
+      aux['ponder_cost'],
+      ref['ponder_cost'],
+      rtol=1e-5,
+      err_msg=f'{case}: ACT ponder cost (mean n + r) drifted',
+    )
   if 'steps_taken' in ref:
     assert int(aux['steps_taken']) == int(ref['steps_taken']), (
-        f'{case}: TRM ran {int(aux["steps_taken"])} steps, the paper code '
-        f'{int(ref["steps_taken"])}: batch-level Q-halting changed.')
+      f'{case}: TRM ran {int(aux["steps_taken"])} steps, the paper code '
+      f'{int(ref["steps_taken"])}: batch-level Q-halting changed.'
+    )
 
 
 @pytest.mark.parametrize('name', list(RUNGS))
@@ -82,11 +104,11 @@ def test_causal(name):
   cfg = small_config(name)
   model, params, idx = init(cfg, T=12)
   t = 5
-  other = idx.at[:, t + 1:].set((idx[:, t + 1:] + 3) % cfg.vocab_size)
+  other = idx.at[:, t + 1 :].set((idx[:, t + 1 :] + 3) % cfg.vocab_size)
   a, _ = model.apply({'params': params}, idx)
   b, _ = model.apply({'params': params}, other)
-  chex.assert_trees_all_close(a[:, :t + 1], b[:, :t + 1], atol=1e-6)
-  assert not np.allclose(a[:, t + 1:], b[:, t + 1:]), 'later logits should see the change'
+  chex.assert_trees_all_close(a[:, : t + 1], b[:, : t + 1], atol=1e-6)
+  assert not np.allclose(a[:, t + 1 :], b[:, t + 1 :]), 'later logits should see the change'
 
 
 class CountingBlock(block_lib.Block):
@@ -96,19 +118,22 @@ class CountingBlock(block_lib.Block):
   shape probe that Flax's lifted scan traces once) is eliminated with it, so
   only block passes that run on the device are counted.
   """
+
   calls = [0]
 
   def __call__(self, x, deterministic=True, slot=None):
     def count(x):
       CountingBlock.calls[0] += 1
       return np.zeros((), np.float32)
+
     tick = jax.pure_callback(count, jax.ShapeDtypeStruct((), jnp.float32), x)
     out, slot = super().__call__(x, deterministic, slot)
     return out + tick, slot
 
 
-PASS_CASES = ([(name, b, (2, 2)) for name in RUNGS for b in (6, 12)]
-              + [(name, b, hl) for name in ('ut_level2', 'trm') for b, hl in ((24, (3, 1)), (12, (1, 2)))])
+PASS_CASES = [(name, b, (2, 2)) for name in RUNGS for b in (6, 12)] + [
+  (name, b, hl) for name in ('ut_level2', 'trm') for b, hl in ((24, (3, 1)), (12, (1, 2)))
+]
 
 
 @pytest.mark.parametrize('name,budget,start', PASS_CASES)
@@ -116,7 +141,7 @@ def test_block_passes_executed(name, budget, start, monkeypatch):
   monkeypatch.setattr(block_lib, 'Block', CountingBlock)
   cfg = normalize_budget(small_config(name, n_outer_loops=start[0], n_inner_loops=start[1]), budget)
   model, params, idx = init(cfg, T=6)
-  jax.effects_barrier()   # let init's callbacks land before counting
+  jax.effects_barrier()  # let init's callbacks land before counting
   CountingBlock.calls[0] = 0
   _, aux = model.apply({'params': params}, idx, full_compute=True)
   jax.effects_barrier()
@@ -136,7 +161,7 @@ def test_early_stop_skips_block_work(monkeypatch):
   for name, head in [('ut', 'act_halt'), ('trm', 'q_halt')]:
     model, params, idx = init(small_config(name, n_layer=4))
     params = jax.tree.map(lambda x: x, params)
-    params[head]['bias'] = jnp.array([30.0])   # sigmoid rounds to 1: halt at step one
+    params[head]['bias'] = jnp.array([30.0])  # sigmoid rounds to 1: halt at step one
     jax.effects_barrier()
     CountingBlock.calls[0] = 0
     logits, aux = model.apply({'params': params}, idx)
@@ -152,11 +177,11 @@ def test_early_stop_skips_block_work(monkeypatch):
 
 
 NESTED_TABLE = {
-    # (H0, L0): {budget: (n_layer, H, L)}
-    (2, 2): {6: (1, 2, 2), 8: (2, 2, 1), 12: (2, 2, 2), 24: (4, 2, 2), 48: (8, 2, 2)},
-    (1, 2): {6: (2, 1, 2), 12: (4, 1, 2), 24: (8, 1, 2), 48: (16, 1, 2)},
-    (3, 3): {6: (1, 2, 2), 12: (1, 3, 3), 24: (2, 3, 3), 48: (4, 3, 3)},
-    (2, 4): {6: (1, 2, 2), 12: (3, 1, 3), 24: (3, 2, 3), 48: (6, 2, 3)},
+  # (H0, L0): {budget: (n_layer, H, L)}
+  (2, 2): {6: (1, 2, 2), 8: (2, 2, 1), 12: (2, 2, 2), 24: (4, 2, 2), 48: (8, 2, 2)},
+  (1, 2): {6: (2, 1, 2), 12: (4, 1, 2), 24: (8, 1, 2), 48: (16, 1, 2)},
+  (3, 3): {6: (1, 2, 2), 12: (1, 3, 3), 24: (2, 3, 3), 48: (4, 3, 3)},
+  (2, 4): {6: (1, 2, 2), 12: (3, 1, 3), 24: (3, 2, 3), 48: (6, 2, 3)},
 }
 
 
@@ -203,9 +228,11 @@ def test_bad_configs_have_clear_errors():
 def _grads(cfg, seed=0):
   model, params, idx = init(cfg, T=8, seed=seed)
   targets = jnp.roll(idx, -1, axis=1)
+
   def loss_fn(p):
     logits, aux = model.apply({'params': p}, idx)
     return lm_loss(cfg, logits, aux, targets)
+
   return jax.jit(jax.grad(loss_fn))(params)
 
 
@@ -237,11 +264,20 @@ def test_first_cycles_carry_no_gradient(name):
   y0, z0 = jax.random.normal(jax.random.key(4), (2, 2, 8, 32))
 
   def step(model, p, y, z):
-    (y, z), _ = model.apply({"params": p}, x, (y, z), 0.0, Passes(jnp.zeros((), jnp.int32)), True, 0, 1,
-                            method=RecursiveLM._dual_step)
+    (y, z), _ = model.apply(
+      {'params': p},
+      x,
+      (y, z),
+      0.0,
+      Passes(jnp.zeros((), jnp.int32)),
+      True,
+      0,
+      1,
+      method=RecursiveLM._dual_step,
+    )
     return y, z
 
-  y1, z1 = step(model1, params, y0, z0)          # the first cycle, as constants
+  y1, z1 = step(model1, params, y0, z0)  # the first cycle, as constants
   loss2 = lambda p: jnp.sum(step(model2, p, y0, z0)[0] ** 2)
   loss1 = lambda p: jnp.sum(step(model1, p, y1, z1)[0] ** 2)
   (l2, g2), (l1, g1) = (jax.jit(jax.value_and_grad(f))(params) for f in (loss2, loss1))
@@ -258,24 +294,31 @@ def test_remat_keeps_loss_and_gradients(name, remat):
   """model.remat changes what the backward pass stores, never the numbers (dropout on)."""
   cfg = small_config(name, dropout=0.2, n_inner_loops=2, halt_exploration_prob=0.5)
   model, params, idx = init(cfg, T=8)
+
   def value_and_grad(cfg):
     def loss_fn(p):
-      logits, aux = build_model(cfg).apply({'params': p}, idx, deterministic=False,
-                                           rngs={'dropout': jax.random.key(7)})
+      logits, aux = build_model(cfg).apply(
+        {'params': p}, idx, deterministic=False, rngs={'dropout': jax.random.key(7)}
+      )
       return lm_loss(cfg, logits, aux, jnp.roll(idx, -1, axis=1))
+
     assert ('remat2[' in str(jax.make_jaxpr(loss_fn)(params))) == (cfg.remat != 'none')
     return jax.jit(jax.value_and_grad(loss_fn))(params)
+
   (l0, g0), (l1, g1) = value_and_grad(cfg), value_and_grad(dataclasses.replace(cfg, remat=remat))
   chex.assert_trees_all_close(l1, l0, rtol=1e-6)
   chex.assert_trees_all_close(g1, g0, rtol=1e-5, atol=1e-7)
   assert float(jnp.abs(g1['lm_head']['kernel']).max()) > 0
 
 
-@pytest.mark.parametrize('name', ['gpt', 'ut_level1', 'trm'])   # distinct, scanned, nested + exploration
+@pytest.mark.parametrize(
+  'name', ['gpt', 'ut_level1', 'trm']
+)  # distinct, scanned, nested + exploration
 def test_dropout_uses_explicit_keys(name):
   model, params, idx = init(small_config(name, dropout=0.3))
-  run = jax.jit(lambda key: model.apply({'params': params}, idx, deterministic=False,
-                                       rngs={'dropout': key})[0])
+  run = jax.jit(
+    lambda key: model.apply({'params': params}, idx, deterministic=False, rngs={'dropout': key})[0]
+  )
   chex.assert_trees_all_equal(run(jax.random.key(1)), run(jax.random.key(1)))
   assert not np.allclose(run(jax.random.key(1)), run(jax.random.key(2)))
 
@@ -283,6 +326,7 @@ def test_dropout_uses_explicit_keys(name):
 @pytest.mark.parametrize('name', list(RUNGS))
 def test_program_size_independent_of_steps(name):
   """Every loop is a scan: the traced program does not grow with steps or cycles."""
+
   def n_eqns(n_layer, H):
     cfg = small_config(name, n_layer=n_layer, n_outer_loops=H, n_inner_loops=2)
     model = build_model(cfg)
@@ -290,6 +334,7 @@ def test_program_size_independent_of_steps(name):
     params = jax.eval_shape(lambda: model.init(jax.random.key(0), idx))['params']
     jaxpr = jax.make_jaxpr(lambda p: model.apply(p, idx))({'params': params})
     return len(str(jaxpr).splitlines())
+
   assert n_eqns(2, 2) == n_eqns(6, 2)
   if name in ('ut_level2', 'trm'):
     assert n_eqns(2, 3) == n_eqns(2, 6)

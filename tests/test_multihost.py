@@ -28,9 +28,9 @@ from artrm.training import eval_checkpoint, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.multiprocess
-KILL_AT = 3   # both processes die right after logging this step (checkpoint 2 saved)
+KILL_AT = 3  # both processes die right after logging this step (checkpoint 2 saved)
 
-SUITE = textwrap.dedent('''
+SUITE = textwrap.dedent("""
     from artrm.configs import length_gen
 
     def get_config(arg=None):
@@ -44,12 +44,12 @@ SUITE = textwrap.dedent('''
 
     def get_sweep(arg=None):
       return [{'model.name': 'gpt'}]
-    ''')
+    """)
 
 # Imported at start-up by every process of the test (first on PYTHONPATH); acts in
 # `artrm train` only: records how each eval chunk is split, saves this process's final
 # params, and with ARTRM_TEST_KILL_AT kills the process once that step is logged.
-HOOKS = textwrap.dedent('''
+HOOKS = textwrap.dedent("""
     import os, signal, sys, time
     if 'train' in sys.orig_argv and os.environ.get('ARTRM_TEST_OUT'):
       import jax, numpy as np
@@ -85,26 +85,26 @@ HOOKS = textwrap.dedent('''
 
       parallel.shard_batch, train.train_and_evaluate = recording_shard_batch, saving_run
       writers.MetricWriter.write = killing_write
-    ''')
+    """)
 
-FAKE_SRUN = textwrap.dedent('''\
+FAKE_SRUN = textwrap.dedent("""\
     #!/bin/bash
     # srun here: SLURM_NTASKS copies of the command, SLURM_PROCID set; the worst exit code.
     while [[ "$1" == -* ]]; do shift; done
     pids=()
     for ((i = 0; i < SLURM_NTASKS; i++)); do SLURM_PROCID=$i "$@" & pids+=($!); done
     rc=0; for p in "${pids[@]}"; do wait "$p" || rc=$?; done; exit $rc
-    ''')
+    """)
 FAKE_SCONTROL = '#!/bin/bash\necho 127.0.0.1\n'
 # The TPU VM metadata server of worker $FAKE_TPU_WORKER in a two-host pod.
-FAKE_CURL = textwrap.dedent('''\
+FAKE_CURL = textwrap.dedent("""\
     #!/bin/bash
     case "${@: -1}" in
       */worker-network-endpoints) echo unknown:unknown:127.0.0.1,unknown:unknown:127.0.0.1 ;;
       */agent-worker-number) echo "$FAKE_TPU_WORKER" ;;
       *) exit 22 ;;
     esac
-    ''')
+    """)
 
 
 def free_port() -> int:
@@ -117,10 +117,16 @@ def process_env(tmp_path, out_dir, **extra) -> dict:
   """A subprocess environment: one CPU device, the hooks, fake cluster tools, a free port, and
   a compilation cache that the second launch reads."""
   env = {k: v for k, v in os.environ.items() if not k.startswith(('ARTRM_', 'SLURM_', 'TPU_'))}
-  env.update(XLA_FLAGS='--xla_backend_optimization_level=0', JAX_PLATFORMS='cpu',
-             JAX_COMPILATION_CACHE_DIR=str(tmp_path / 'jax_cache'),
-             PYTHONPATH=f'{tmp_path / "hooks"}:{REPO}', ARTRM_TEST_OUT=str(out_dir),
-             PATH=f'{tmp_path / "bin"}:{env["PATH"]}', ARTRM_PORT=str(free_port()), **extra)
+  env.update(
+    XLA_FLAGS='--xla_backend_optimization_level=0',
+    JAX_PLATFORMS='cpu',
+    JAX_COMPILATION_CACHE_DIR=str(tmp_path / 'jax_cache'),
+    PYTHONPATH=f'{tmp_path / "hooks"}:{REPO}',
+    ARTRM_TEST_OUT=str(out_dir),
+    PATH=f'{tmp_path / "bin"}:{env["PATH"]}',
+    ARTRM_PORT=str(free_port()),
+    **extra,
+  )
   os.makedirs(out_dir, exist_ok=True)
   return env
 
@@ -132,8 +138,11 @@ def leaves(tree) -> list[np.ndarray]:
 def records(workdir: str) -> list[dict]:
   """Train and eval records without their timings."""
   timing = ('steps_per_sec', 'tokens_per_sec')
-  return [{k: v for k, v in r.items() if k not in timing}
-          for r in workdir_lib.read_metrics(workdir) if r['kind'] != 'setup']
+  return [
+    {k: v for k, v in r.items() if k not in timing}
+    for r in workdir_lib.read_metrics(workdir)
+    if r['kind'] != 'setup'
+  ]
 
 
 @pytest.fixture(scope='module')
@@ -145,9 +154,13 @@ def runs(tmp_path_factory):
   (tmp_path / 'hooks').mkdir()
   (tmp_path / 'hooks' / 'sitecustomize.py').write_text(HOOKS)
   (tmp_path / 'bin').mkdir()
-  python = f'#!/bin/sh\nexec {sys.executable} "$@"\n'   # the commands' `python`: this one
-  for name, text in [('srun', FAKE_SRUN), ('scontrol', FAKE_SCONTROL), ('curl', FAKE_CURL),
-                     ('python', python)]:
+  python = f'#!/bin/sh\nexec {sys.executable} "$@"\n'  # the commands' `python`: this one
+  for name, text in [
+    ('srun', FAKE_SRUN),
+    ('scontrol', FAKE_SCONTROL),
+    ('curl', FAKE_CURL),
+    ('python', python),
+  ]:
     (tmp_path / 'bin' / name).write_text(text)
     (tmp_path / 'bin' / name).chmod(0o755)
   root = str(tmp_path / 'root')
@@ -158,26 +171,43 @@ def runs(tmp_path_factory):
   train.train_and_evaluate(suites.run_config(spec, run), reference)
 
   # Launch 1: the rendered SLURM array script, run here as task 0 of a two-node job.
-  with contextlib.chdir(REPO):   # the script runs from where it was rendered
+  with contextlib.chdir(REPO):  # the script runs from where it was rendered
     script, lines = launch.slurm_submission(spec, root, hosts=2, python=sys.executable)
   os.makedirs(root)
   with open(os.path.join(root, 'slurm_runs.txt'), 'w') as f:
     f.write(lines)
-  env = process_env(tmp_path, tmp_path / 'launch1', ARTRM_TEST_KILL_AT=str(KILL_AT),
-                    SLURM_ARRAY_TASK_ID='0', SLURM_JOB_ID='7', SLURM_NTASKS='2',
-                    SLURM_JOB_NODELIST='node[0-1]')
-  killed = subprocess.run(['bash', '-c', script], env=env, cwd=REPO, capture_output=True,
-                          text=True, timeout=300)
+  env = process_env(
+    tmp_path,
+    tmp_path / 'launch1',
+    ARTRM_TEST_KILL_AT=str(KILL_AT),
+    SLURM_ARRAY_TASK_ID='0',
+    SLURM_JOB_ID='7',
+    SLURM_NTASKS='2',
+    SLURM_JOB_NODELIST='node[0-1]',
+  )
+  killed = subprocess.run(
+    ['bash', '-c', script], env=env, cwd=REPO, capture_output=True, text=True, timeout=300
+  )
   assert killed.returncode == 128 + signal.SIGKILL, killed.stderr[-3000:]
   assert workdir_lib.read_metrics(run.workdir)[-1]['step'] == KILL_AT
 
   # Launch 2: the rendered TPU-pod command, once per host; the suite resumes the run.
-  [inner] = [a.removeprefix('--command=') for a in launch.tpu_command(
-      spec, root, tpu_name='pod', zone='here', repo_dir=REPO) if a.startswith('--command=')]
+  [inner] = [
+    a.removeprefix('--command=')
+    for a in launch.tpu_command(spec, root, tpu_name='pod', zone='here', repo_dir=REPO)
+    if a.startswith('--command=')
+  ]
   env = process_env(tmp_path, tmp_path / 'launch2')
-  hosts = [subprocess.Popen(['bash', '-c', inner], env=dict(env, FAKE_TPU_WORKER=str(i)),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-           for i in range(2)]
+  hosts = [
+    subprocess.Popen(
+      ['bash', '-c', inner],
+      env=dict(env, FAKE_TPU_WORKER=str(i)),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for i in range(2)
+  ]
   for host in hosts:
     output = host.communicate(timeout=300)[0]
     assert host.returncode == 0, output[-3000:]
@@ -203,18 +233,22 @@ def test_checkpoints_restore_in_one_process_and_resume_was_exact(runs):
     got = eval_checkpoint.load_checkpoint(workdir, step)
     want = eval_checkpoint.load_checkpoint(reference, step)
     assert got[3] == want[3] == step
-    for a, b in zip(leaves(got[2]), leaves(want[2])):   # params, optimizer state, step, rng
+    for a, b in zip(leaves(got[2]), leaves(want[2])):  # params, optimizer state, step, rng
       np.testing.assert_array_equal(a, b)
 
 
 def test_files_are_written_once_and_match_one_process(runs):
   workdir, reference, _ = runs
   got, want = records(workdir), records(reference)
-  assert got == want   # step 3, logged before the kill, was dropped on resume and re-logged
-  assert len({(r['step'], r['kind']) for r in got}) == len(got) == 6   # 4 train + 2 eval
+  assert got == want  # step 3, logged before the kill, was dropped on resume and re-logged
+  assert len({(r['step'], r['kind']) for r in got}) == len(got) == 6  # 4 train + 2 eval
   read = lambda d, name: json.load(open(os.path.join(d, name)))
-  for name in (workdir_lib.CONFIG, workdir_lib.FINAL_EVAL, 'eval/seed1337_step_000002.json',
-               'eval/seed1337_step_000004.json'):
+  for name in (
+    workdir_lib.CONFIG,
+    workdir_lib.FINAL_EVAL,
+    'eval/seed1337_step_000002.json',
+    'eval/seed1337_step_000004.json',
+  ):
     assert read(workdir, name) == read(reference, name), name
 
 
@@ -230,13 +264,19 @@ def test_artrm_eval_in_one_process_reproduces_the_logged_metrics(runs):
 def test_distributed_args_from_the_environment():
   assert parallel.distributed_args({}) is None
   env = {'ARTRM_COORDINATOR': '10.0.0.1:1234', 'ARTRM_NUM_PROCESSES': '2', 'ARTRM_PROCESS_ID': '1'}
-  assert parallel.distributed_args(env) == dict(coordinator_address='10.0.0.1:1234',
-                                                num_processes=2, process_id=1)
-  for bad in ({'ARTRM_COORDINATOR': 'h:1'}, {**env, 'ARTRM_PROCESS_ID': '2'},
-              {**env, 'ARTRM_COORDINATOR': 'no-port'}, {**env, 'ARTRM_NUM_PROCESSES': 'x'}):
+  assert parallel.distributed_args(env) == dict(
+    coordinator_address='10.0.0.1:1234', num_processes=2, process_id=1
+  )
+  for bad in (
+    {'ARTRM_COORDINATOR': 'h:1'},
+    {**env, 'ARTRM_PROCESS_ID': '2'},
+    {**env, 'ARTRM_COORDINATOR': 'no-port'},
+    {**env, 'ARTRM_NUM_PROCESSES': 'x'},
+  ):
     with pytest.raises(ValueError, match='ARTRM_NUM_PROCESSES, ARTRM_PROCESS_ID all set'):
       parallel.distributed_args(bad)
   # One process, explicitly or by default, starts no distributed runtime.
-  assert not parallel.maybe_initialize_distributed({**env, 'ARTRM_NUM_PROCESSES': '1',
-                                                    'ARTRM_PROCESS_ID': '0'})
+  assert not parallel.maybe_initialize_distributed(
+    {**env, 'ARTRM_NUM_PROCESSES': '1', 'ARTRM_PROCESS_ID': '0'}
+  )
   assert not parallel.maybe_initialize_distributed({'SLURM_NTASKS': '1'})

@@ -19,27 +19,40 @@ from artrm.training import train
 
 
 def small(name='trm', **kw):
-  return ModelConfig(name=name, vocab_size=14, block_size=16, n_embd=16, n_head=2, n_layer=2,
-                     n_outer_loops=2, n_inner_loops=1, halt_exploration_prob=0.0, **kw)
+  return ModelConfig(
+    name=name,
+    vocab_size=14,
+    block_size=16,
+    n_embd=16,
+    n_head=2,
+    n_layer=2,
+    n_outer_loops=2,
+    n_inner_loops=1,
+    halt_exploration_prob=0.0,
+    **kw,
+  )
 
 
-def model_and_params(cfg, recipe=Recipe(), seed=0):
+def model_and_params(cfg, recipe=None, seed=0):
   model = build_model(cfg, recipe)
   return model, init_params(model, jax.random.key(seed))
 
 
-@pytest.mark.parametrize('name,recipe,match', [
+@pytest.mark.parametrize(
+  'name,recipe,match',
+  [
     ('gpt', dict(n_sup=2), 'deep supervision carries'),
     ('ut', dict(halt_loss_weight=1.0), 'has no Q-head'),
     ('ut_level1', dict(grad_reach='all'), 'detaches nothing'),
     ('ut_level2', dict(grad_reach='last_k', grad_last_k=2), 'reads every step through ACT'),
     ('trm', dict(grad_reach='last_k'), 'grad_last_k > 0'),
-    ('trm', dict(grad_reach='some'), "choose one of"),
+    ('trm', dict(grad_reach='some'), 'choose one of'),
     ('gpt_level1', dict(fixed_init=True), 'has no y0 / z0'),
     ('trm', dict(act_halt_bias=-3.0), 'has no ACT head'),
     ('trm', dict(mixer='conv'), 'choose one of'),
     ('trm', dict(n_supervision=2), 'Unknown recipe keys'),
-])
+  ],
+)
 def test_contradictory_recipes_are_refused(name, recipe, match):
   with pytest.raises(ValueError, match=match):
     build_model(small(name), recipe)
@@ -49,11 +62,12 @@ def test_default_recipe_is_the_paper():
   """The paper's config has a recipe section whose values change nothing."""
   c = length_gen.get_config('model=trm,runlocal')
   assert train.recipe_of(c) == Recipe()
-  c.recipe = None   # configs saved before the recipe existed
+  c.recipe = None  # configs saved before the recipe existed
   assert train.recipe_of(c) == Recipe()
 
 
 # -- gradient reach, by pass ---------------------------------------------------------
+
 
 def passes_with_gradient(monkeypatch, model, params, idx, targets):
   """Indices of the block passes whose output carries a nonzero cotangent."""
@@ -64,8 +78,9 @@ def passes_with_gradient(monkeypatch, model, params, idx, targets):
     return x
 
   def bwd(n, ct):
-    jax.debug.callback(lambda n, g: hit.__setitem__(int(n), hit.get(int(n), False) or bool(g)),
-                       n, jnp.any(ct != 0))
+    jax.debug.callback(
+      lambda n, g: hit.__setitem__(int(n), hit.get(int(n), False) or bool(g)), n, jnp.any(ct != 0)
+    )
     return ct, np.zeros(np.shape(n), jax.dtypes.float0)
 
   probe.defvjp(lambda x, n: (x, n), bwd)
@@ -78,8 +93,9 @@ def passes_with_gradient(monkeypatch, model, params, idx, targets):
   monkeypatch.setattr(rungs, 'apply_block', probed)
 
   def loss(p):
-    logits, aux = model.apply({'params': p}, idx, deterministic=False,
-                              rngs={'dropout': jax.random.key(0)}, sup_passes=1)
+    logits, aux = model.apply(
+      {'params': p}, idx, deterministic=False, rngs={'dropout': jax.random.key(0)}, sup_passes=1
+    )
     return train.objective(model, logits, aux, targets)
 
   grads = jax.jit(jax.grad(loss))(params)
@@ -89,14 +105,14 @@ def passes_with_gradient(monkeypatch, model, params, idx, targets):
 
 # trm, 2 steps of H=2 cycles of (L=1 + 1) passes: passes 0..7, steps [0-3] [4-7].
 REACH_CASES = [
-    ('trm', dict(), [6, 7]),                                       # last cycle of the last step
-    ('trm', dict(grad_reach='last_step'), [4, 5, 6, 7]),
-    ('trm', dict(grad_reach='all'), list(range(8))),
-    ('trm', dict(grad_reach='last_k', grad_last_k=3), [5, 6, 7]),
-    ('trm', dict(halt_loss_weight=1.0), [2, 3, 6, 7]),             # every step's q reads its state
-    ('ut_level2', dict(), [2, 3, 6, 7]),                           # ACT reads every step
-    ('ut_level2', dict(grad_reach='last_step'), list(range(8))),
-    ('ut_level1', dict(), list(range(4))),                         # H = L = 1, no detaching
+  ('trm', dict(), [6, 7]),  # last cycle of the last step
+  ('trm', dict(grad_reach='last_step'), [4, 5, 6, 7]),
+  ('trm', dict(grad_reach='all'), list(range(8))),
+  ('trm', dict(grad_reach='last_k', grad_last_k=3), [5, 6, 7]),
+  ('trm', dict(halt_loss_weight=1.0), [2, 3, 6, 7]),  # every step's q reads its state
+  ('ut_level2', dict(), [2, 3, 6, 7]),  # ACT reads every step
+  ('ut_level2', dict(grad_reach='last_step'), list(range(8))),
+  ('ut_level1', dict(), list(range(4))),  # H = L = 1, no detaching
 ]
 
 
@@ -105,14 +121,14 @@ def test_gradient_reach_by_pass(monkeypatch, name, recipe, expected):
   cfg = small(name, max_act_steps=2 if name != 'trm' else 0)
   recipe = Recipe(**recipe)
   model, params = model_and_params(cfg, recipe)
-  if recipe.trains_halting:   # TRM's zero-initialised head passes no gradient on at init
+  if recipe.trains_halting:  # TRM's zero-initialised head passes no gradient on at init
     params['q_halt']['kernel'] = jnp.full_like(params['q_halt']['kernel'], 0.1)
   idx = jax.random.randint(jax.random.key(1), (2, 8), 0, 14)
   got, grads = passes_with_gradient(monkeypatch, model, params, idx, jnp.roll(idx, -1, axis=1))
   assert got == expected
   assert grad_passes(model.rung, cfg, recipe) == len(expected), 'compute.md formula'
   zero = lambda x: float(jnp.abs(x).max()) == 0.0
-  if name == 'trm':   # the inits get gradient only when nothing cuts them off
+  if name == 'trm':  # the inits get gradient only when nothing cuts them off
     assert zero(grads['y_init']) == (expected[0] > 0)
     assert zero(grads['q_halt']['kernel']) == (not recipe.trains_halting)
 
@@ -122,12 +138,14 @@ def test_paper_reach_is_the_two_scan_program():
   statically, so the earlier cycles are not differentiated at all."""
   _, params = model_and_params(small('trm'))
   idx = jnp.zeros((1, 8), jnp.int32)
-  n_scans = lambda r: str(jax.make_jaxpr(lambda p: build_model(small('trm'), r).apply(
-      {'params': p}, idx)[0])(params)).count('scan[')
+  n_scans = lambda r: str(
+    jax.make_jaxpr(lambda p: build_model(small('trm'), r).apply({'params': p}, idx)[0])(params)
+  ).count('scan[')
   assert n_scans(Recipe()) == n_scans(Recipe(grad_reach='last_step')) + 1
 
 
 # -- deep supervision -----------------------------------------------------------------
+
 
 def one_batch(model, state, optimizer, n_sup, update, task='copy', length=3, batch=4):
   """train_step's batch by hand: the reference it must equal."""
@@ -137,10 +155,18 @@ def one_batch(model, state, optimizer, n_sup, update, task='copy', length=3, bat
   keys = jax.random.split(dropout_key, n_sup)
   params, opt_state, carry, total = state.params, state.opt_state, None, None
   for i in range(n_sup):
-    def loss(p):
-      logits, aux = model.apply({'params': p}, b['inputs'], deterministic=False,
-                                rngs={'dropout': keys[i]}, carry=carry, sup_passes=1)
+
+    def loss(p, key=keys[i], carry=carry):
+      logits, aux = model.apply(
+        {'params': p},
+        b['inputs'],
+        deterministic=False,
+        rngs={'dropout': key},
+        carry=carry,
+        sup_passes=1,
+      )
       return train.objective(model, logits, aux, b['targets']), aux['carry']
+
     (_, new_carry), g = jax.value_and_grad(loss, has_aux=True)(params)
     carry = jax.lax.stop_gradient(new_carry)
     if update == 'each':
@@ -161,8 +187,11 @@ def test_deep_supervision_steps_and_carry(update):
   model = build_model(cfg, recipe)
   optimizer = optax.adamw(1e-2)
   state = train.init_state(model, optimizer, seed=0)
-  step = jax.jit(lambda s: train.train_step(s, model=model, optimizer=optimizer, task='copy',
-                                            length=3, batch_size=4))
+  step = jax.jit(
+    lambda s: train.train_step(
+      s, model=model, optimizer=optimizer, task='copy', length=3, batch_size=4
+    )
+  )
   new_state, metrics = step(state)
   assert int(new_state.step) == 1, 'one batch, one step'
   count = new_state.opt_state[0].count
@@ -172,10 +201,19 @@ def test_deep_supervision_steps_and_carry(update):
   assert {'loss', 'loss_last_pass', 'grad_norm', 'block_passes'} <= set(metrics)
 
   # Dropping the carry (each pass from y0 / z0) is a different computation.
-  drop = jax.jit(lambda s: train.train_step(s, model=model.clone(recipe=dataclasses.replace(
-      recipe, n_sup=1)), optimizer=optimizer, task='copy', length=3, batch_size=4))
-  assert not np.allclose(jax.tree.leaves(drop(state)[0].params)[0],
-                         jax.tree.leaves(new_state.params)[0])
+  drop = jax.jit(
+    lambda s: train.train_step(
+      s,
+      model=model.clone(recipe=dataclasses.replace(recipe, n_sup=1)),
+      optimizer=optimizer,
+      task='copy',
+      length=3,
+      batch_size=4,
+    )
+  )
+  assert not np.allclose(
+    jax.tree.leaves(drop(state)[0].params)[0], jax.tree.leaves(new_state.params)[0]
+  )
 
 
 def test_deep_supervision_decodes_every_pass_with_the_cache():
@@ -191,13 +229,17 @@ def test_deep_supervision_decodes_every_pass_with_the_cache():
 
 # -- halting, EMA, fixed inits, mixer, ACT bias ------------------------------------------
 
+
 def train_steps(model, steps, seed=0, lr=3e-3, task='copy', length=3, batch=16):
   opt = length_gen.base_config().optimizer
   opt.learning_rate = lr
   optimizer = train.make_optimizer(opt, model.recipe)
   state = train.init_state(model, optimizer, seed)
-  step = jax.jit(lambda s: train.train_step(s, model=model, optimizer=optimizer, task=task,
-                                            length=length, batch_size=batch))
+  step = jax.jit(
+    lambda s: train.train_step(
+      s, model=model, optimizer=optimizer, task=task, length=length, batch_size=batch
+    )
+  )
   history = []
   for _ in range(steps):
     state, m = step(state)
@@ -218,21 +260,23 @@ def test_q_head_learns_when_to_halt():
   trained, _ = train_steps(model, 60)
   paper, _ = train_steps(build_model(small('trm')), 60)
   chex.assert_trees_all_close(paper.params['q_halt']['bias'], jnp.full((1,), -5.0), atol=0.05)
-  assert halt_bce(trained.params) < 0.75 * halt_bce(paper.params)   # measured 0.53
+  assert halt_bce(trained.params) < 0.75 * halt_bce(paper.params)  # measured 0.53
 
 
 def test_trained_halting_stops_per_position():
   """A position's output is read at its first step with q > 0; cached = full recompute."""
   model, params = model_and_params(small('trm'), Recipe(halt_loss_weight=1.0))
-  params['q_halt']['bias'] = jnp.full((1,), 5.0)   # every position halts after step 1
+  params['q_halt']['bias'] = jnp.full((1,), 5.0)  # every position halts after step 1
   idx = jax.random.randint(jax.random.key(3), (2, 8), 0, 14)
   early, aux = model.apply({'params': params}, idx)
   assert float(aux['steps_taken']) == 1.0
   one_step = model.apply({'params': params}, idx, inference_steps=1)[0]
   chex.assert_trees_all_close(early, one_step, atol=1e-6)
   prompts = idx[:, :5]
-  chex.assert_trees_all_equal(decoding.generate(model, params, prompts, 3),
-                              decoding.generate_cached(model, params, prompts, 3))
+  chex.assert_trees_all_equal(
+    decoding.generate(model, params, prompts, 3),
+    decoding.generate_cached(model, params, prompts, 3),
+  )
 
 
 def test_ema_arithmetic():
@@ -265,7 +309,7 @@ def test_mlp_mixer_is_causal_and_refuses_the_cache():
   b, _ = model.apply({'params': params}, other)
   chex.assert_trees_all_close(a[:, :t], b[:, :t], atol=1e-6)
   assert not np.allclose(a[:, t:], b[:, t:])
-  decoding.generate(model, params, idx[:, :4], 3)   # full recompute decodes
+  decoding.generate(model, params, idx[:, :4], 3)  # full recompute decodes
   with pytest.raises(ValueError, match='kv_cache=False'):
     decoding.generate_cached(model, params, idx[:, :4], 3)
 
@@ -279,15 +323,19 @@ def test_act_halt_bias_init():
 
 # -- compute accounting ---------------------------------------------------------------
 
+
 def test_compute_record():
-  cfg = small('trm')   # 2 steps x 2 cycles x 2 passes
+  cfg = small('trm')  # 2 steps x 2 cycles x 2 passes
   assert compute_record(build_model(cfg).rung, cfg, Recipe()) == dict(
-      forward_passes=8, grad_passes=2, n_sup=1, train_passes_per_token=10, inference_passes=8)
+    forward_passes=8, grad_passes=2, n_sup=1, train_passes_per_token=10, inference_passes=8
+  )
   assert compute_record(build_model(cfg).rung, cfg, Recipe(n_sup=4, grad_reach='all')) == dict(
-      forward_passes=8, grad_passes=8, n_sup=4, train_passes_per_token=64, inference_passes=32)
+    forward_passes=8, grad_passes=8, n_sup=4, train_passes_per_token=64, inference_passes=32
+  )
 
 
 # -- exact resume with every ingredient on ------------------------------------------------
+
 
 def test_exact_resume_with_the_full_recipe(tmp_path):
   c = length_gen.get_config('model=trm,task=copy,runlocal')
@@ -296,8 +344,9 @@ def test_exact_resume_with_the_full_recipe(tmp_path):
   c.eval.update(every_steps=2, n_samples=8, batch_size=8, lengths=(3,), kv_cache=True)
   c.checkpoint.every_steps = 2
   c.log.update(every_steps=1, progress_bar=False)
-  c.recipe.update(n_sup=2, halt_loss_weight=0.5, ema_decay=0.9, fixed_init=True,
-                  grad_reach='last_step')
+  c.recipe.update(
+    n_sup=2, halt_loss_weight=0.5, ema_decay=0.9, fixed_init=True, grad_reach='last_step'
+  )
   straight = train.train_and_evaluate(c, str(tmp_path / 'straight'))
   half = c.copy_and_resolve_references()
   half.max_steps = 2
@@ -312,14 +361,19 @@ def test_exact_resume_with_the_full_recipe(tmp_path):
 def test_results_table_carries_recipe_and_compute():
   """trm at the paper's budget 24: 24 passes forward, 3 with gradient (the last cycle)."""
   from artrm.tools import results
+
   c = length_gen.get_config('model=trm')
   assert results.run_compute(train.config_dict(c)) == dict(
-      recipe='paper', forward_passes=24, grad_passes=3, train_passes_per_token=27,
-      inference_passes=24)
+    recipe='paper', forward_passes=24, grad_passes=3, train_passes_per_token=27, inference_passes=24
+  )
   c.recipe.update(n_sup=2, grad_reach='all')
   assert results.run_compute(train.config_dict(c)) == dict(
-      recipe='grad_reach=all,n_sup=2', forward_passes=24, grad_passes=24,
-      train_passes_per_token=96, inference_passes=48)
+    recipe='grad_reach=all,n_sup=2',
+    forward_passes=24,
+    grad_passes=24,
+    train_passes_per_token=96,
+    inference_passes=48,
+  )
   c.model.name = 'ut_level2'
   c.recipe.update(n_sup=1, grad_reach='paper')
   assert results.run_compute(train.config_dict(c))['grad_passes'] == 4 * 3

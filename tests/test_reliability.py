@@ -63,7 +63,7 @@ def damage(workdir: str, kind: str, step: int = 8, which: str = 'checkpoints'):
       os.truncate(path, size // 2)
     elif kind == 'deleted':
       os.remove(path)
-    else:   # same size: only a checksum can tell
+    else:  # same size: only a checksum can tell
       with open(path, 'r+b') as f:
         f.seek(size // 2)
         chunk = f.read(8)
@@ -100,14 +100,16 @@ def test_eval_falls_back_and_changes_nothing(trained, tmp_path, caplog):
   _, _, state, step = eval_checkpoint.load_checkpoint(workdir, 'latest')
   assert step == 4 and int(state.step[0]) == 4
   assert 'Skipped damaged checkpoint' in caplog.text
-  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['4', '8']   # a reader
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['4', '8']  # a reader
   os.makedirs(os.path.join(workdir, 'checkpoints', '12.orbax-checkpoint-tmp-1', 'state'))
   assert eval_checkpoint.load_checkpoint(workdir, 'latest')[3] == 4, 'a save in flight is unseen'
   with pytest.raises(checkpointing.CheckpointError, match='No intact checkpoint at step 8'):
     eval_checkpoint.load_checkpoint(workdir, 8)
   [best] = workdir_lib.checkpoint_steps(workdir, workdir_lib.BEST)
   damage(workdir, 'truncated', best, workdir_lib.BEST)
-  with pytest.raises(checkpointing.CheckpointError, match=f'No intact best checkpoint .*step {best}'):
+  with pytest.raises(
+    checkpointing.CheckpointError, match=f'No intact best checkpoint .*step {best}'
+  ):
     eval_checkpoint.load_checkpoint(workdir, 'best')
 
 
@@ -115,8 +117,9 @@ def test_no_intact_checkpoint_is_a_clear_error_and_moves_nothing(trained, tmp_pa
   workdir = copy_of(trained, tmp_path)
   damage(workdir, 'deleted', 8)
   damage(workdir, 'garbage_config', 4)
-  with pytest.raises(checkpointing.CheckpointError,
-                     match=r'step 8: state unreadable .*; step 4: config unreadable'):
+  with pytest.raises(
+    checkpointing.CheckpointError, match=r'step 8: state unreadable .*; step 4: config unreadable'
+  ):
     train.train_and_evaluate(tiny_config(), workdir)
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['4', '8']
 
@@ -125,17 +128,19 @@ def test_torn_last_metrics_line_is_dropped(trained, tmp_path, caplog):
   workdir = copy_of(trained, tmp_path)
   path = workdir_lib.path(workdir, workdir_lib.METRICS)
   with open(path, 'a') as f:
-    f.write('{"step": 9, "kind": "tra')   # a power cut mid-write
+    f.write('{"step": 9, "kind": "tra')  # a power cut mid-write
   assert len(workdir_lib.read_metrics(workdir)) > 0 and 'cut short' in caplog.text
-  train.train_and_evaluate(tiny_config(), workdir)   # finished: re-running repairs the log
+  train.train_and_evaluate(tiny_config(), workdir)  # finished: re-running repairs the log
   with open(path) as f:
     assert all(json.loads(line)['step'] <= 8 for line in f)
 
 
 def test_kill_before_first_checkpoint_logs_no_step_twice(tmp_path, monkeypatch):
   workdir = str(tmp_path / 'run')
+
   def killed(*args, **kwargs):
     raise KeyboardInterrupt
+
   with monkeypatch.context() as m:
     m.setattr(checkpointing.RunCheckpoints, 'save', killed)
     with pytest.raises(KeyboardInterrupt):
@@ -149,16 +154,24 @@ def test_kill_before_first_checkpoint_logs_no_step_twice(tmp_path, monkeypatch):
 def test_one_trainer_per_workdir_and_a_dead_ones_lock_is_taken_over(tmp_path):
   workdir = str(tmp_path / 'run')
   holder = subprocess.Popen(
-      [sys.executable, '-c', 'import sys, time; from artrm import workdir\n'
-       'with workdir.lock(sys.argv[1]):\n  print("held", flush=True); time.sleep(120)', workdir],
-      stdout=subprocess.PIPE, text=True, env={**os.environ, 'PYTHONPATH': REPO})
+    [
+      sys.executable,
+      '-c',
+      'import sys, time; from artrm import workdir\n'
+      'with workdir.lock(sys.argv[1]):\n  print("held", flush=True); time.sleep(120)',
+      workdir,
+    ],
+    stdout=subprocess.PIPE,
+    text=True,
+    env={**os.environ, 'PYTHONPATH': REPO},
+  )
   try:
     assert holder.stdout.readline().strip() == 'held'
     with pytest.raises(workdir_lib.WorkdirBusyError, match=f'PID {holder.pid} on host'):
       train.train_and_evaluate(tiny_config(), workdir)
     assert os.listdir(workdir) == ['lock'], 'the refused trainer wrote nothing'
   finally:
-    holder.kill()   # SIGKILL: no cleanup runs, the lock file stays
+    holder.kill()  # SIGKILL: no cleanup runs, the lock file stays
     holder.wait()
   with workdir_lib.lock(workdir):
     with open(workdir_lib.path(workdir, workdir_lib.LOCK)) as f:
@@ -170,23 +183,27 @@ def test_divergence_advice_resumes_with_the_new_optimizer(trained, tmp_path):
   workdir = copy_of(trained, tmp_path)
   diverging = tiny_config(max_steps=12)
   diverging.optimizer.learning_rate = 1e39
-  with pytest.raises(FloatingPointError,
-                     match=r'params or optimizer state after the update at step 9.*step 8 holds '
-                           r'finite params.*--config.optimizer.learning_rate=1e\+38 \(now 1e\+39\) '
-                           r'or --config.optimizer.grad_clip_norm=1.0'):
+  with pytest.raises(
+    FloatingPointError,
+    match=r'params or optimizer state after the update at step 9.*step 8 holds '
+    r'finite params.*--config.optimizer.learning_rate=1e\+38 \(now 1e\+39\) '
+    r'or --config.optimizer.grad_clip_norm=1.0',
+  ):
     train.train_and_evaluate(diverging, workdir)
   assert workdir_lib.checkpoint_steps(workdir) == [4, 8]
   remedied = tiny_config(max_steps=12)
-  remedied.optimizer.update(learning_rate=1e-4, grad_clip_norm=1.0)   # clipping: a new opt state
+  remedied.optimizer.update(learning_rate=1e-4, grad_clip_norm=1.0)  # clipping: a new opt state
   out = train.train_and_evaluate(remedied, workdir)
   assert int(out['state'].step[0]) == 12
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(out['state'].params)))
-  resume = workdir_lib.read_metrics(workdir, 'resume')[-1]   # the diverging attempt's, then this
+  resume = workdir_lib.read_metrics(workdir, 'resume')[-1]  # the diverging attempt's, then this
   assert resume['step'] == 8 and resume['changes'] == {
-      'optimizer.grad_clip_norm': [0.0, 1.0], 'optimizer.learning_rate': [3e-4, 1e-4]}
+    'optimizer.grad_clip_norm': [0.0, 1.0],
+    'optimizer.learning_rate': [3e-4, 1e-4],
+  }
   other = tiny_config(max_steps=16)
   other.optimizer.update(learning_rate=1e-4, grad_clip_norm=1.0, b1=0.5)
-  with pytest.raises(checkpointing.ConfigMismatchError, match='optimizer.b1'):   # others may not
+  with pytest.raises(checkpointing.ConfigMismatchError, match='optimizer.b1'):  # others may not
     train.train_and_evaluate(other, workdir)
 
 
@@ -194,13 +211,16 @@ def test_overflowing_update_is_never_checkpointed(tmp_path):
   c = tiny_config()
   c.optimizer.learning_rate = 1e39
   c.checkpoint.every_steps = 1
-  with pytest.raises(FloatingPointError,
-                     match='after the update at step 1.*No checkpoint was saved'):
+  with pytest.raises(
+    FloatingPointError, match='after the update at step 1.*No checkpoint was saved'
+  ):
     train.train_and_evaluate(c, str(tmp_path))
   assert workdir_lib.checkpoint_steps(str(tmp_path)) == []
 
 
-@pytest.mark.parametrize('field,value,match', [
+@pytest.mark.parametrize(
+  'field,value,match',
+  [
     ('batch_size', 0, r'config.batch_size=0: must be an integer >= 1'),
     ('eval.every_steps', 0, r'config.eval.every_steps=0: must be an integer >= 1'),
     ('log.every_steps', 0, r'config.log.every_steps=0'),
@@ -210,7 +230,8 @@ def test_overflowing_update_is_never_checkpointed(tmp_path):
     ('checkpoint.best_metric', 'accuracy', r"best_metric='accuracy': must be one of \["),
     ('optimizer.learning_rate', -1.0, r'learning_rate=-1.0: must be a finite number in \(0'),
     ('eval.lengths', (), r'eval.lengths=\(\): must be a non-empty tuple'),
-])
+  ],
+)
 def test_bad_config_is_refused_before_any_work(tmp_path, field, value, match):
   c = tiny_config()
   section, _, key = field.rpartition('.')
@@ -225,8 +246,9 @@ def test_bad_eval_input_is_refused_and_writes_nothing(trained, tmp_path):
   with pytest.raises(FileNotFoundError, match='No training run in'):
     eval_checkpoint.evaluate_checkpoint(missing)
   assert not os.path.exists(missing)
-  with pytest.raises(ValueError, match="checkpoint must be 'latest', 'best' or a step number, "
-                                       "got 'last'"):
+  with pytest.raises(
+    ValueError, match="checkpoint must be 'latest', 'best' or a step number, got 'last'"
+  ):
     eval_checkpoint.evaluate_checkpoint(trained[0], 'last')
   with pytest.raises(validation.ConfigError, match='lengths=abc: must be integers >= 1'):
     eval_checkpoint.evaluate_checkpoint(trained[0], 'latest', {'lengths': ['abc']})
@@ -237,6 +259,7 @@ GOLDEN_DIR = os.environ.get('ARTRM_GOLDEN_DIR', os.path.join(REPO, '..', 'shared
 
 def test_neutral_loader_names_what_does_not_fit(tmp_path):
   from artrm.models import load_neutral
+
   golden = os.path.join(GOLDEN_DIR, 'trm.npz')
   if not os.path.exists(golden):
     pytest.skip(f'no golden files in {GOLDEN_DIR}')
@@ -250,5 +273,5 @@ def test_neutral_loader_names_what_does_not_fit(tmp_path):
   with pytest.raises(ValueError, match=r'does not fit trm .*missing .*unexpected extra.* is \('):
     load_neutral(tmp_path / 'broken.npz')
   np.savez(tmp_path / 'no_model.npz', **{k: v for k, v in arrays.items() if k != 'config/model'})
-  with pytest.raises(ValueError, match='no such entry'):   # it used to load as gpt
+  with pytest.raises(ValueError, match='no such entry'):  # it used to load as gpt
     load_neutral(tmp_path / 'no_model.npz')

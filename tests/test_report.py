@@ -20,25 +20,42 @@ STEPS = 200
 
 def _metrics(per_position: np.ndarray, seq_acc: float) -> dict:
   """The metrics of artrm.metrics.answer_metrics, from per-position accuracies."""
-  out = dict(char_acc=per_position.mean(), seq_acc=seq_acc, first_char_acc=per_position[0],
-             last_char_acc=per_position[-1])
+  out = dict(
+    char_acc=per_position.mean(),
+    seq_acc=seq_acc,
+    first_char_acc=per_position[0],
+    last_char_acc=per_position[-1],
+  )
   for q, positions in enumerate(np.array_split(np.arange(per_position.size), 4), start=1):
     if positions.size:
       out[f'q{q}'] = per_position[positions].mean()
   return {**{k: float(v) for k, v in out.items()}, 'per_position': per_position.tolist()}
 
 
-def write_run(root, model: str, task: str, seeds=(0, 1), n_embd=64, lengths=(5, 10),
-              curves=True, inference=True, fixed: dict | None = None):
+def write_run(
+  root,
+  model: str,
+  task: str,
+  seeds=(0, 1),
+  n_embd=64,
+  lengths=(5, 10),
+  curves=True,
+  inference=True,
+  fixed: dict | None = None,
+):
   """A finished run's workdir in the formats train.py and results.run_rows use.
 
   `fixed` = {seed: acc} makes every answer position at the training length score `acc`.
   """
   workdir = os.path.join(root, f'task={task},name={model},n_embd={n_embd}')
   os.makedirs(workdir)
-  config = dict(task=task, train_length=TRAIN_LENGTH, budget=6, max_steps=STEPS,
-                model=dict(name=model, n_embd=n_embd, n_head=4, n_layer=2, n_outer_loops=2,
-                           n_inner_loops=2))
+  config = dict(
+    task=task,
+    train_length=TRAIN_LENGTH,
+    budget=6,
+    max_steps=STEPS,
+    model=dict(name=model, n_embd=n_embd, n_head=4, n_layer=2, n_outer_loops=2, n_inner_loops=2),
+  )
   rng = np.random.default_rng(zlib.crc32(os.path.basename(workdir).encode()))
 
   def by_length(seed, scale=1.0):
@@ -48,9 +65,10 @@ def write_run(root, model: str, task: str, seeds=(0, 1), n_embd=64, lengths=(5, 
       if fixed and L == TRAIN_LENGTH:
         acc = np.full(answer, fixed[seed])
       else:
-        acc = np.clip(scale * (0.95 - 0.03 * np.arange(answer) * (L / TRAIN_LENGTH))
-                      - rng.uniform(0, 0.2), 0, 1)
-      out[str(L)] = _metrics(acc, float(np.prod(acc ** 0.5)))
+        acc = np.clip(
+          scale * (0.95 - 0.03 * np.arange(answer) * (L / TRAIN_LENGTH)) - rng.uniform(0, 0.2), 0, 1
+        )
+      out[str(L)] = _metrics(acc, float(np.prod(acc**0.5)))
     return out
 
   with open(os.path.join(workdir, 'config.json'), 'w') as f:
@@ -61,8 +79,12 @@ def write_run(root, model: str, task: str, seeds=(0, 1), n_embd=64, lengths=(5, 
     with open(os.path.join(workdir, 'metrics.jsonl'), 'w') as f:
       for step in (50, 100, 150, 200):
         for s in seeds:
-          scalars = {f'L{L}/{k}': v for L, m in by_length(s, step / STEPS).items()
-                     for k, v in m.items() if k != 'per_position'}
+          scalars = {
+            f'L{L}/{k}': v
+            for L, m in by_length(s, step / STEPS).items()
+            for k, v in m.items()
+            if k != 'per_position'
+          }
           f.write(json.dumps(dict(step=step, kind='eval', seed=s, **scalars)) + '\n')
   if inference:
     with open(os.path.join(workdir, 'inference_eval.json'), 'w') as f:
@@ -84,16 +106,23 @@ def test_report_of_a_ladder_suite(tmp_path):
   root = tmp_path / 'length_gen'
   for task in ('addition', 'copy'):
     for model in ('gpt', 'ut', 'trm'):
-      write_run(root, model, task, fixed={0: 0.8, 1: 0.6} if (model, task) == ('trm', 'addition')
-                else None)
+      write_run(
+        root, model, task, fixed={0: 0.8, 1: 0.6} if (model, task) == ('trm', 'addition') else None
+      )
   out = tmp_path / 'report'
   path = report.make_report(str(root), str(out))
   assert path == str(out / 'README.md')
   assert (out / 'results.csv').stat().st_size > 0
   md = open(path).read()
   pngs = check_images(out, md)
-  assert pngs == ['fig1_task_rung.png', 'fig2_addition_groups.png', 'fig3_positions.png',
-                  'fig4_curves.png', 'fig5_length.png', 'fig6_inference.png']
+  assert pngs == [
+    'fig1_task_rung.png',
+    'fig2_addition_groups.png',
+    'fig3_positions.png',
+    'fig4_curves.png',
+    'fig5_length.png',
+    'fig6_inference.png',
+  ]
   for title in ('Figure 1', 'Figure 2', 'Figure 3', 'Figure 4', 'Figure 5', 'Figure 6'):
     assert title in md
   assert 'not drawn' not in md
@@ -108,8 +137,16 @@ def test_report_of_a_sweep_notes_what_it_lacks(tmp_path):
   root = tmp_path / 'widths'
   for n_embd in (32, 64):
     for model in ('gpt', 'trm'):
-      write_run(root, model, 'copy', seeds=(0,), n_embd=n_embd, lengths=(TRAIN_LENGTH,),
-                curves=False, inference=False)
+      write_run(
+        root,
+        model,
+        'copy',
+        seeds=(0,),
+        n_embd=n_embd,
+        lengths=(TRAIN_LENGTH,),
+        curves=False,
+        inference=False,
+      )
   out = tmp_path / 'report'
   md = open(report.make_report(str(root), str(out))).read()
   pngs = check_images(out, md)
@@ -117,4 +154,4 @@ def test_report_of_a_sweep_notes_what_it_lacks(tmp_path):
   assert '| n_embd | model' in md
   assert '(n=1)' in md and '±' not in md.split('## Headline')[1].split('## Figure 1')[0]
   for missing in ('Figure 2', 'Figure 4', 'Figure 5', 'Figure 6'):
-    assert md.count(f'{missing}: not drawn') == 1   # one note, not one per setting
+    assert md.count(f'{missing}: not drawn') == 1  # one note, not one per setting

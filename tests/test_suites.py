@@ -7,7 +7,7 @@ import pytest
 
 from artrm.tools import launch, results, suites
 
-TINY_SUITE = textwrap.dedent('''
+TINY_SUITE = textwrap.dedent("""
     from artrm.configs import length_gen
 
     def get_config(arg=None):
@@ -21,7 +21,7 @@ TINY_SUITE = textwrap.dedent('''
 
     def get_sweep(arg=None):
       return [{'model.name': name, 'task': 'copy'} for name in ('gpt', 'ut')]
-    ''')
+    """)
 
 
 @pytest.fixture
@@ -66,7 +66,8 @@ def test_local_queue_runs_skips_and_resumes(suite_file, tmp_path):
   assert scaling == {(n, s) for n in (1, 3) for s in (1337, 1338)}
   final = [r for r in rows if r['kind'] == 'final' and r['metric'] == 'seq_acc']
   assert {(r['model'], r['seed'], r['eval_length']) for r in final} == {
-      (m, s, L) for m in ('gpt', 'ut') for s in (1337, 1338) for L in (3, 4)}
+    (m, s, L) for m in ('gpt', 'ut') for s in (1337, 1338) for L in (3, 4)
+  }
   assert any(r['kind'] == 'curve' and r['step'] == 2 for r in rows)
   path = results.write_table(rows, str(tmp_path / 'table.csv'))
   assert open(path).readline().strip().split(',') == results.COLUMNS
@@ -74,41 +75,55 @@ def test_local_queue_runs_skips_and_resumes(suite_file, tmp_path):
 
 def test_local_dry_run_prints_commands(suite_file, tmp_path):
   lines = []
-  assert launch.run_local(suite_file, str(tmp_path), gpus=['0', '1'], dry_run=True,
-                          log=lines.append) == []
-  assert lines[1].startswith('CUDA_VISIBLE_DEVICES=0 ') and lines[2].startswith('CUDA_VISIBLE_DEVICES=1 ')
+  assert (
+    launch.run_local(suite_file, str(tmp_path), gpus=['0', '1'], dry_run=True, log=lines.append)
+    == []
+  )
+  assert lines[1].startswith('CUDA_VISIBLE_DEVICES=0 ') and lines[2].startswith(
+    'CUDA_VISIBLE_DEVICES=1 '
+  )
   assert not os.path.exists(tmp_path / 'name=gpt,task=copy')
 
 
 def test_slurm_dry_run(suite_file, tmp_path):
   out = []
-  script = launch.submit_slurm(suite_file, str(tmp_path), dry_run=True, log=out.append,
-                               time_limit='00:30:00')
+  script = launch.submit_slurm(
+    suite_file, str(tmp_path), dry_run=True, log=out.append, time_limit='00:30:00'
+  )
   assert '#SBATCH --array=0-1%8' in script and '#SBATCH --requeue' in script
   assert '#SBATCH --time=00:30:00' in script
   assert 'sed -n "$((SLURM_ARRAY_TASK_ID + 1))p"' in script
   text = out[0]
   assert text.count('-m artrm train') == 2 and '--config.model.name=ut' in text
   assert not os.path.exists(tmp_path / 'slurm_array.sbatch'), 'dry run writes nothing'
-  assert 'srun' not in script and '--nodes' not in script   # one node per run unless asked
+  assert 'srun' not in script and '--nodes' not in script  # one node per run unless asked
   multi = launch.submit_slurm(suite_file, str(tmp_path), dry_run=True, log=out.append, hosts=2)
-  assert '#SBATCH --nodes=2' in multi and 'srun' in multi   # tests/test_multihost.py runs it
+  assert '#SBATCH --nodes=2' in multi and 'srun' in multi  # tests/test_multihost.py runs it
 
 
 def test_tpu_dry_run(suite_file, tmp_path):
   out = []
-  cmd = launch.launch_tpu(suite_file, str(tmp_path), dry_run=True, log=out.append,
-                          tpu_name='v4-32', zone='us-central2-b')
+  cmd = launch.launch_tpu(
+    suite_file, str(tmp_path), dry_run=True, log=out.append, tpu_name='v4-32', zone='us-central2-b'
+  )
   assert cmd[:6] == ['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh', 'v4-32']
   assert '--worker=all' in cmd
-  assert 'ARTRM_PROCESS_ID=' in out[0] and f'--suite={suite_file}' in out[0]   # tests/test_multihost.py runs it
+  assert (
+    'ARTRM_PROCESS_ID=' in out[0] and f'--suite={suite_file}' in out[0]
+  )  # tests/test_multihost.py runs it
 
 
 def test_suite_files_load():
   """Every suite under experiments/ builds its configs (paper and CPU forms)."""
   root = os.path.join(os.path.dirname(__file__), '..', 'experiments')
-  for name in ('length_gen', 'compute_optimal', 'hl_structure', 'scaling', 'train_length',
-               'why_trm'):
+  for name in (
+    'length_gen',
+    'compute_optimal',
+    'hl_structure',
+    'scaling',
+    'train_length',
+    'why_trm',
+  ):
     for arg in ('', ':runlocal'):
       spec = os.path.join(root, f'{name}.py') + arg
       runs = suites.suite_runs(spec, '/tmp/unused')
@@ -121,6 +136,7 @@ def test_suite_files_load():
 def test_why_trm_rows_are_valid_recipes():
   """Every row of the study builds its model (its recipe fits its rung)."""
   from artrm.training import train
+
   spec = os.path.join(os.path.dirname(__file__), '..', 'experiments', 'why_trm.py:runlocal')
   runs = suites.suite_runs(spec, '/tmp/unused')
   assert len(runs) == 3 * 21

@@ -38,7 +38,9 @@ def test_copy_L5_builds_and_reads_back_as_eval_set(tiny_splits, tmp_path):
 def test_load_split_reuses_prepared_data_and_validates(tiny_splits, tmp_path):
   validation = load_split('addition', 2, 'validation', str(tmp_path))
   prompts, _ = eval_set('addition', 2, SIZES['validation'], SPLIT_SEEDS['validation'])
-  np.testing.assert_array_equal(np.stack([validation[i]['prompt'] for i in range(len(validation))]), prompts)
+  np.testing.assert_array_equal(
+    np.stack([validation[i]['prompt'] for i in range(len(validation))]), prompts
+  )
   assert len(load_split('addition', 2, 'train', str(tmp_path))) == SIZES['train']
   with pytest.raises(ValueError, match='known splits'):
     load_split('addition', 2, 'dev', str(tmp_path))
@@ -48,5 +50,4 @@ def test_load_split_reuses_prepared_data_and_validates(tiny_splits, tmp_path):
 
 def test_configs_cover_every_task_and_length():
   names = {config.name for config in ArtrmAlgorithmic.BUILDER_CONFIGS}
-  assert names == {f'{task}_L{L}' for task in ('copy', 'reverse', 'addition')
-                   for L in LENGTHS}
+  assert names == {f'{task}_L{L}' for task in ('copy', 'reverse', 'addition') for L in LENGTHS}

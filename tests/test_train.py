@@ -68,7 +68,7 @@ def test_resume_is_exact_and_finished_runs_are_not_retrained(tmp_path):
   np.testing.assert_equal(resumed['eval'], straight['eval'])
   steps = [r['step'] for r in workdir_lib.read_metrics(str(tmp_path / 'resumed'), 'train')]
   assert steps == [2, 4, 6, 8], 'a resumed run logs each step once'
-  again = train.train_and_evaluate(c, str(tmp_path / 'resumed'))   # finished: nothing re-run
+  again = train.train_and_evaluate(c, str(tmp_path / 'resumed'))  # finished: nothing re-run
   chex.assert_trees_all_equal(params_of(again), params_of(straight))
   np.testing.assert_equal(again['eval'], straight['eval'])
   assert [r['step'] for r in workdir_lib.read_metrics(str(tmp_path / 'resumed'), 'train')] == steps
@@ -99,7 +99,7 @@ def test_other_config_in_same_workdir_is_refused(tmp_path):
   before = sorted(os.listdir(tmp_path / 'checkpoints'))
   other = tiny_config()
   other.model.n_embd = 48
-  other.model.remat = 'dots'   # how gradients are computed may change; n_embd may not
+  other.model.remat = 'dots'  # how gradients are computed may change; n_embd may not
   with pytest.raises(checkpointing.ConfigMismatchError, match=r'model.n_embd: 32 -> 48') as err:
     train.train_and_evaluate(other, str(tmp_path))
   assert 'remat' not in str(err.value)
@@ -140,15 +140,19 @@ def test_sharded_step_matches_single_device():
   c = tiny_config('gpt_level2')
   model = train.build_model(train.model_config(c))
   optimizer = train.make_optimizer(c.optimizer)
-  step = functools.partial(train.train_step, model=model, optimizer=optimizer, task='copy',
-                           length=3, batch_size=16)
+  step = functools.partial(
+    train.train_step, model=model, optimizer=optimizer, task='copy', length=3, batch_size=16
+  )
   losses = []
   for devices in (jax.devices()[:1], jax.devices()[:2]):
     mesh = parallel.data_mesh(devices)
     rep = parallel.replicated(mesh)
     state = jax.device_put(train.init_state(model, optimizer, 0), rep)
-    fn = jax.jit(functools.partial(step, batch_sharding=parallel.batch_sharding(mesh)),
-                 in_shardings=(rep,), out_shardings=(rep, rep))
+    fn = jax.jit(
+      functools.partial(step, batch_sharding=parallel.batch_sharding(mesh)),
+      in_shardings=(rep,),
+      out_shardings=(rep, rep),
+    )
     for _ in range(3):
       state, m = fn(state)
     losses.append(float(m['loss']))
@@ -162,8 +166,9 @@ def test_train_step_compiled_and_eager_agree():
   model = train.build_model(train.model_config(c))
   optimizer = train.make_optimizer(c.optimizer)
   state = train.init_state(model, optimizer, 0)
-  step = functools.partial(train.train_step, model=model, optimizer=optimizer, task='copy',
-                           length=3, batch_size=4)
+  step = functools.partial(
+    train.train_step, model=model, optimizer=optimizer, task='copy', length=3, batch_size=4
+  )
   compiled, m_compiled = jax.jit(step)(state)
   with jax.disable_jit():
     eager, m_eager = step(state)
@@ -174,12 +179,16 @@ def test_train_step_compiled_and_eager_agree():
 
 def test_vmapped_seed_equals_seed_trained_alone(tmp_path):
   """Seeds in one program: seed 1338 of a 2-seed group == seed 1338 run by itself."""
-  group = tiny_config('ut', num_seeds=2)    # ACT: its early stop becomes a select under vmap
+  group = tiny_config('ut', num_seeds=2)  # ACT: its early stop becomes a select under vmap
   alone = tiny_config('ut', seed=group.seed + 1)
   out_group = train.train_and_evaluate(group, str(tmp_path / 'group'))
   out_alone = train.train_and_evaluate(alone, str(tmp_path / 'alone'))
-  chex.assert_trees_all_close(train.seed_slice(params_of(out_group), 1),
-                              train.seed_slice(params_of(out_alone), 0), rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(
+    train.seed_slice(params_of(out_group), 1),
+    train.seed_slice(params_of(out_alone), 0),
+    rtol=1e-5,
+    atol=1e-6,
+  )
   assert sorted(out_group['eval']) == [group.seed, group.seed + 1]
   seeds = {r['seed'] for r in workdir_lib.read_metrics(str(tmp_path / 'group'), 'train')}
   assert seeds == {group.seed, group.seed + 1}
@@ -198,8 +207,13 @@ def test_optimizer_is_torch_adamw():
 
 
 def test_config_file_and_overrides():
-  argv = ['prog', f'--config={CONFIG_FILE}:model=trm,task=reverse,runlocal',
-          '--config.model.n_embd=48', '--config.max_steps=7', '--config.eval.lengths=(4,8)']
+  argv = [
+    'prog',
+    f'--config={CONFIG_FILE}:model=trm,task=reverse,runlocal',
+    '--config.model.n_embd=48',
+    '--config.max_steps=7',
+    '--config.eval.lengths=(4,8)',
+  ]
   fv = flags.FlagValues()
   config_flags.DEFINE_config_file('config', None, 'cfg', flag_values=fv, sys_argv=argv)
   fv(argv)
@@ -207,9 +221,23 @@ def test_config_file_and_overrides():
   assert (c.model.name, c.task, c.model.n_embd, c.max_steps) == ('trm', 'reverse', 48, 7)
   assert tuple(c.eval.lengths) == (4, 8)
   paper = length_gen.get_config('model=trm')
-  assert (paper.model.n_embd, paper.model.n_head, paper.model.dropout, paper.budget) == (384, 6, 0.1, 24)
-  assert (paper.batch_size, paper.max_steps, paper.seed, paper.model.ponder_cost_weight) == (64, 5000, 1337, 0.0)
-  assert (paper.eval.every_steps, paper.eval.n_samples, tuple(paper.eval.lengths)) == (250, 100, (10, 20, 30, 40, 50))
+  assert (paper.model.n_embd, paper.model.n_head, paper.model.dropout, paper.budget) == (
+    384,
+    6,
+    0.1,
+    24,
+  )
+  assert (paper.batch_size, paper.max_steps, paper.seed, paper.model.ponder_cost_weight) == (
+    64,
+    5000,
+    1337,
+    0.0,
+  )
+  assert (paper.eval.every_steps, paper.eval.n_samples, tuple(paper.eval.lengths)) == (
+    250,
+    100,
+    (10, 20, 30, 40, 50),
+  )
   with pytest.raises(ValueError, match="Unknown config arg 'modle'"):
     length_gen.get_config('modle=trm')
 

@@ -10,9 +10,9 @@ from artrm.models import ModelConfig, get_rung
 # model.dtype bfloat16; for float32, tf32 at JAX's default matmul precision on
 # Hopper, fp32 at matmul_precision 'float32').
 _PEAKS = {
-    'H100 PCIe': dict(bf16=756e12, tf32=378e12, fp32=51.2e12),
-    'H100': dict(bf16=989e12, tf32=494.7e12, fp32=66.9e12),
-    'H200': dict(bf16=989e12, tf32=494.7e12, fp32=66.9e12),
+  'H100 PCIe': dict(bf16=756e12, tf32=378e12, fp32=51.2e12),
+  'H100': dict(bf16=989e12, tf32=494.7e12, fp32=66.9e12),
+  'H200': dict(bf16=989e12, tf32=494.7e12, fp32=66.9e12),
 }
 
 
@@ -52,8 +52,9 @@ def step_flops(config: ModelConfig, batch: int, seq_len: int, fwd_passes: float)
   """
   per_pass = pass_flops(batch, seq_len, config.n_embd)
   bwd = backprop_passes(config, fwd_passes)
-  return per_pass * (fwd_passes + 2 * bwd) + 3 * head_flops(batch, seq_len, config.n_embd,
-                                                            config.vocab_size)
+  return per_pass * (fwd_passes + 2 * bwd) + 3 * head_flops(
+    batch, seq_len, config.n_embd, config.vocab_size
+  )
 
 
 def peak_basis(config) -> str:
@@ -65,7 +66,7 @@ def peak_basis(config) -> str:
 
 def peak_flops(device_kind: str, dtype: str = 'tf32') -> float | None:
   """Dense peak FLOP/s of a known accelerator, else None (no MFU)."""
-  for kind, peaks in _PEAKS.items():   # 'H100 PCIe' before 'H100'
+  for kind, peaks in _PEAKS.items():  # 'H100 PCIe' before 'H100'
     if kind.lower() in device_kind.lower():
       return peaks[dtype]
   return None

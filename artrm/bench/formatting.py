@@ -11,8 +11,9 @@ import re
 
 from artrm.tables import markdown_table
 
-PAPER_CPU_MS_FILE = os.path.join(os.path.dirname(__file__), '..', '..', 'benchmarks',
-                                 'paper_cpu_ms.json')
+PAPER_CPU_MS_FILE = os.path.join(
+  os.path.dirname(__file__), '..', '..', 'benchmarks', 'paper_cpu_ms.json'
+)
 
 
 @functools.cache
@@ -26,8 +27,11 @@ def paper_cpu_ms() -> dict:
 def profiles(row: dict) -> list[tuple[str, dict]]:
   """(what, summary) of each profiler trace a rung's row holds."""
   out = [('train step', row['train']['profile'])] if 'profile' in row.get('train', {}) else []
-  return out + [(f'generate_cached L={L}', by_fn['generate_cached']['profile'])
-                for L, by_fn in row['eval'].items() if 'profile' in by_fn['generate_cached']]
+  return out + [
+    (f'generate_cached L={L}', by_fn['generate_cached']['profile'])
+    for L, by_fn in row['eval'].items()
+    if 'profile' in by_fn['generate_cached']
+  ]
 
 
 def summary_row(rung: str, row: dict) -> dict[str, str]:
@@ -35,13 +39,17 @@ def summary_row(rung: str, row: dict) -> dict[str, str]:
   cells = {'rung': rung, 'params': f'{row["n_params"]:,}'}
   t = row.get('train')
   if t:
-    cells.update({'passes fwd/bwd': f'{t["fwd_passes"]:g}/{t["bwd_passes"]:g}',
-                  'compile s': f'{t["compile_seconds"]:.1f}',
-                  'step ms': f'{1e3 * t["step_seconds"]:.2f}',
-                  'tokens/s': f'{t["tokens_per_sec"]:,.0f}',
-                  'padded tokens/s': f'{t["padded_tokens_per_sec"]:,.0f}',
-                  'TFLOP/s': f'{t["flops_per_sec"] / 1e12:.3f}',
-                  'MFU': f'{100 * t["mfu"]:.1f}%' if 'mfu' in t else '-'})
+    cells.update(
+      {
+        'passes fwd/bwd': f'{t["fwd_passes"]:g}/{t["bwd_passes"]:g}',
+        'compile s': f'{t["compile_seconds"]:.1f}',
+        'step ms': f'{1e3 * t["step_seconds"]:.2f}',
+        'tokens/s': f'{t["tokens_per_sec"]:,.0f}',
+        'padded tokens/s': f'{t["padded_tokens_per_sec"]:,.0f}',
+        'TFLOP/s': f'{t["flops_per_sec"] / 1e12:.3f}',
+        'MFU': f'{100 * t["mfu"]:.1f}%' if 'mfu' in t else '-',
+      }
+    )
   for L, by_fn in row['eval'].items():
     for fn in ('generate', 'generate_cached'):
       if fn in by_fn:
@@ -53,9 +61,11 @@ def summary_row(rung: str, row: dict) -> dict[str, str]:
 def markdown(result: dict, rows: list[dict] | None = None) -> str:
   """The setup in a line, then the table of `rows` (default: `summary_row` of each rung)."""
   s, d = result['setup'], result['device']
-  header = (f'{s["name"]}: n_embd {s["n_embd"]}, {s["n_head"]} heads, budget {s["budget"]}, '
-            f'batch {s["batch_size"]}, {s["task"]} L={s["train_length"]}, block_size '
-            f'{s["block_size"]} on {d["device_kind"]} ({d["platform"]}, jax {d["jax"]}).')
+  header = (
+    f'{s["name"]}: n_embd {s["n_embd"]}, {s["n_head"]} heads, budget {s["budget"]}, '
+    f'batch {s["batch_size"]}, {s["task"]} L={s["train_length"]}, block_size '
+    f'{s["block_size"]} on {d["device_kind"]} ({d["platform"]}, jax {d["jax"]}).'
+  )
   rows = rows or [summary_row(rung, row) for rung, row in result['rungs'].items()]
   return header + '\n\n' + markdown_table(rows)
 
@@ -68,9 +78,14 @@ def versus_paper(result: dict) -> list[dict[str, str]]:
     cells = {'rung': rung}
     if 'train' in row and name in ('small', 'paper'):
       ours, theirs = 1e3 * row['train']['step_seconds'], paper['train_ms_per_step'][name][rung]
-      cells.update({'passes fwd/bwd': f'{row["train"]["fwd_passes"]:g}/{row["train"]["bwd_passes"]:g}',
-                    'ms/step': f'{ours:,.1f}', 'paper ms/step': f'{theirs:,}',
-                    'speedup': f'{theirs / ours:.2f}x'})
+      cells.update(
+        {
+          'passes fwd/bwd': f'{row["train"]["fwd_passes"]:g}/{row["train"]["bwd_passes"]:g}',
+          'ms/step': f'{ours:,.1f}',
+          'paper ms/step': f'{theirs:,}',
+          'speedup': f'{theirs / ours:.2f}x',
+        }
+      )
     for L, by_fn in row['eval'].items():
       theirs = paper['eval_ms_per_sequence'].get(str(L), {}).get(rung)
       for fn in [fn for fn in ('generate', 'generate_cached') if fn in by_fn]:

@@ -24,14 +24,20 @@ _TRACE_FILE = 'perfetto_trace.json.gz'
 # Parts of the model, by the first of these found in an op's `op_name` (the scopes
 # of the model code; a fused op carries its root's): dropout before attention, whose
 # dropouts it holds. Backward ops are named `transpose(...)`, remat's recompute included.
-REGIONS = (('dropout', 'Dropout'), ('data', 'sample_batch'), ('attention', '/attn/'),
-           ('mlp', '/mlp/'), ('layer norm', '/ln'))
+REGIONS = (
+  ('dropout', 'Dropout'),
+  ('data', 'sample_batch'),
+  ('attention', '/attn/'),
+  ('mlp', '/mlp/'),
+  ('layer norm', '/ln'),
+)
 # An HLO instruction line: its name and its op_name metadata.
 _HLO_OP_NAME = re.compile(r'^\s*(?:ROOT )?%?([\w.\-]+) = [^\n]*?op_name="([^"]*)"', re.M)
 
 
-def trace(fn: Callable[[], Any], calls: int, logdir: str, top: int = 10,
-          hlo_text: str | None = None) -> tuple[dict, list[Any]]:
+def trace(
+  fn: Callable[[], Any], calls: int, logdir: str, top: int = 10, hlo_text: str | None = None
+) -> tuple[dict, list[Any]]:
   """Runs `fn()` `calls` times, each synchronised, under the profiler; its `summarize`
   and the calls' outputs."""
   with jax.profiler.trace(logdir, create_perfetto_trace=True):
@@ -63,7 +69,7 @@ def op_regions(hlo_text: str) -> dict[str, str]:
 def _self_and_busy(events: list[dict]) -> tuple[list[float], float]:
   """Each op's self time (its duration less its nested ops', so a `while` is not
   counted on top of its body) and the busy time (the union) of one thread's ops, in us."""
-  self_us, busy, stack = [0.0] * len(events), 0.0, []   # stack: [end, index] of enclosing ops
+  self_us, busy, stack = [0.0] * len(events), 0.0, []  # stack: [end, index] of enclosing ops
   for i in sorted(range(len(events)), key=lambda i: (events[i]['ts'], -events[i]['dur'])):
     e = events[i]
     while stack and stack[-1][0] <= e['ts']:
@@ -86,11 +92,13 @@ def summarize(logdir: str, calls: int, top: int = 10, hlo_text: str | None = Non
   """
   paths = glob.glob(os.path.join(logdir, '**', _TRACE_FILE), recursive=True)
   if not paths:
-    raise FileNotFoundError(f'No {_TRACE_FILE} under {logdir}; write one with '
-                            'jax.profiler.trace(logdir, create_perfetto_trace=True).')
+    raise FileNotFoundError(
+      f'No {_TRACE_FILE} under {logdir}; write one with '
+      'jax.profiler.trace(logdir, create_perfetto_trace=True).'
+    )
   with gzip.open(max(paths, key=os.path.getmtime)) as f:
     events = json.load(f)['traceEvents']
-  by_thread = collections.defaultdict(list)   # (process, thread): GPU stream ids repeat
+  by_thread = collections.defaultdict(list)  # (process, thread): GPU stream ids repeat
   for e in filter(_is_op, events):
     by_thread[e['pid'], e['tid']].append(e)
   if not by_thread:
@@ -108,10 +116,14 @@ def summarize(logdir: str, calls: int, top: int = 10, hlo_text: str | None = Non
       region_us[regions.get(e['args']['hlo_op'], 'other')] += us
     busy_us.append(busy)
   per_call = lambda us: us / 1e3 / calls
-  out = dict(trace_dir=logdir, calls=calls, span_ms=per_call(span_us),
-             thread_busy_ms=sorted((per_call(b) for b in busy_us), reverse=True),
-             op_ms={k: per_call(v) for k, v in kinds.most_common(top)},
-             other_op_ms=per_call(sum(v for _, v in kinds.most_common()[top:])))
+  out = dict(
+    trace_dir=logdir,
+    calls=calls,
+    span_ms=per_call(span_us),
+    thread_busy_ms=sorted((per_call(b) for b in busy_us), reverse=True),
+    op_ms={k: per_call(v) for k, v in kinds.most_common(top)},
+    other_op_ms=per_call(sum(v for _, v in kinds.most_common()[top:])),
+  )
   if regions:
     out['region_ms'] = {k: per_call(v) for k, v in sorted(region_us.items())}
   return out
@@ -122,5 +134,7 @@ def describe(summary: dict, top: int = 4) -> str:
   busy = summary['thread_busy_ms']
   by = summary.get('region_ms') or summary['op_ms']
   ops = ', '.join(f'{k} {v:.1f}' for k, v in sorted(by.items(), key=lambda kv: -kv[1])[:top])
-  return (f'{summary["span_ms"]:.1f} ms/call, {len(busy)} threads in ops {sum(busy):.0f} ms; '
-          f'ms in {ops} ({summary["trace_dir"]})')
+  return (
+    f'{summary["span_ms"]:.1f} ms/call, {len(busy)} threads in ops {sum(busy):.0f} ms; '
+    f'ms in {ops} ({summary["trace_dir"]})'
+  )

@@ -27,8 +27,8 @@ class Setup:
   task: str = 'addition'
   train_length: int = 10
   dropout: float = 0.1
-  remat: str | None = None   # model.remat; None: the training config's
-  dtype: str | None = None   # model.dtype; None: the training config's (float32)
+  remat: str | None = None  # model.remat; None: the training config's
+  dtype: str | None = None  # model.dtype; None: the training config's (float32)
 
   def replace(self, **overrides) -> 'Setup':
     """A copy with the overrides that are not None (unset CLI flags)."""
@@ -36,10 +36,18 @@ class Setup:
 
 
 SETUPS = {
-    'small': Setup('small', n_embd=128, n_head=4, budget=12, batch_size=32, block_size=34),
-    'paper': Setup('paper', n_embd=384, n_head=6, budget=24, batch_size=64, block_size=180),
-    'eval': Setup('eval', n_embd=128, n_head=4, budget=12, batch_size=32, block_size=180,
-                  train=False, eval_lengths=(10, 50)),
+  'small': Setup('small', n_embd=128, n_head=4, budget=12, batch_size=32, block_size=34),
+  'paper': Setup('paper', n_embd=384, n_head=6, budget=24, batch_size=64, block_size=180),
+  'eval': Setup(
+    'eval',
+    n_embd=128,
+    n_head=4,
+    budget=12,
+    batch_size=32,
+    block_size=180,
+    train=False,
+    eval_lengths=(10, 50),
+  ),
 }
 
 
@@ -52,12 +60,22 @@ def get_setup(name: str) -> Setup:
 def run_config(setup: Setup, rung: str):
   """The training config of `rung` under `setup`: the paper's base config, one seed."""
   c = length_gen.base_config()
-  c.model.update(name=rung, n_embd=setup.n_embd, n_head=setup.n_head,
-                 block_size=setup.block_size, dropout=setup.dropout)
+  c.model.update(
+    name=rung,
+    n_embd=setup.n_embd,
+    n_head=setup.n_head,
+    block_size=setup.block_size,
+    dropout=setup.dropout,
+  )
   if setup.remat is not None:
     c.model.remat = setup.remat
   if setup.dtype is not None:
     c.model.dtype = setup.dtype
-  c.update(task=setup.task, train_length=setup.train_length, batch_size=setup.batch_size,
-           budget=setup.budget, num_seeds=1)
+  c.update(
+    task=setup.task,
+    train_length=setup.train_length,
+    batch_size=setup.batch_size,
+    budget=setup.budget,
+    num_seeds=1,
+  )
   return c

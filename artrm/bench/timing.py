@@ -33,22 +33,30 @@ from artrm.evaluation import decoding
 from artrm.models import RUNGS, build_model, get_rung, init_params
 from artrm.training import train
 
-PROFILED_CALLS = 3   # steps or decoding calls per profiler trace (--profile_dir)
+PROFILED_CALLS = 3  # steps or decoding calls per profiler trace (--profile_dir)
 
 
 def device_info() -> dict[str, Any]:
   d = jax.devices()[0]
-  return dict(device_kind=d.device_kind, platform=d.platform, device_count=jax.device_count(),
-              jax=jax.__version__, flax=flax.__version__, cpu_count=os.cpu_count())
+  return dict(
+    device_kind=d.device_kind,
+    platform=d.platform,
+    device_count=jax.device_count(),
+    jax=jax.__version__,
+    flax=flax.__version__,
+    cpu_count=os.cpu_count(),
+  )
 
 
 def peak_memory() -> dict[str, Any]:
   """The process's peak so far: device bytes where the backend reports them, else max RSS."""
   stats = jax.devices()[0].memory_stats() or {}
   if 'peak_bytes_in_use' in stats:
-    return dict(peak_memory_bytes=int(stats['peak_bytes_in_use']),
-                peak_memory_source='device peak_bytes_in_use, process so far')
-  rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss   # KiB on Linux
+    return dict(
+      peak_memory_bytes=int(stats['peak_bytes_in_use']),
+      peak_memory_source='device peak_bytes_in_use, process so far',
+    )
+  rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
   return dict(peak_memory_bytes=int(rss_kib) * 1024, peak_memory_source='max RSS, process so far')
 
 
@@ -64,14 +72,16 @@ def _timed(fn, n: int, warmup: int) -> tuple[list[float], list[Any]]:
   return times, outs
 
 
-def bench_train(config, model, steps: int, warmup: int, mesh: jax.sharding.Mesh,
-                profile_dir: str | None = None) -> tuple[dict, Any]:
+def bench_train(
+  config, model, steps: int, warmup: int, mesh: jax.sharding.Mesh, profile_dir: str | None = None
+) -> tuple[dict, Any]:
   """Compile and time the jitted training step, data-parallel over `mesh`; returns
   (numbers, params after training). With `profile_dir`, `PROFILED_CALLS` more steps
   are traced there and summarised (`profiling.summarize`)."""
   optimizer = train.make_optimizer(config.optimizer)
-  state = jax.device_put(train.init_seeds(model, optimizer, train.seeds_of(config)),
-                         parallel.replicated(mesh))
+  state = jax.device_put(
+    train.init_seeds(model, optimizer, train.seeds_of(config)), parallel.replicated(mesh)
+  )
   start = time.perf_counter()
   step_fn = train.make_step_fn(config, model, optimizer, mesh).lower(state).compile()
   compile_seconds = time.perf_counter() - start
@@ -85,12 +95,11 @@ def bench_train(config, model, steps: int, warmup: int, mesh: jax.sharding.Mesh,
   times, metrics = _timed(step, steps, warmup)
   metrics = jax.device_get(metrics)
   profiled = {}
-  if profile_dir:   # the steps right after the timed ones: ACT's pass count drifts as it trains
-    profile, traced = profiling.trace(step, PROFILED_CALLS, profile_dir,
-                                      hlo_text=step_fn.as_text())
+  if profile_dir:  # the steps right after the timed ones: ACT's pass count drifts as it trains
+    profile, traced = profiling.trace(step, PROFILED_CALLS, profile_dir, hlo_text=step_fn.as_text())
     profile['fwd_passes'] = float(np.mean([m['block_passes'] for m in jax.device_get(traced)]))
     profiled['profile'] = profile
-  start = time.perf_counter()   # as the training loop runs: no sync between steps
+  start = time.perf_counter()  # as the training loop runs: no sync between steps
   jax.block_until_ready([step() for _ in range(steps)])
   pipelined = (time.perf_counter() - start) / steps
   mc = model.config
@@ -101,40 +110,73 @@ def bench_train(config, model, steps: int, warmup: int, mesh: jax.sharding.Mesh,
   tokens = config.batch_size * seq_len
   padded = config.batch_size * mc.block_size
   out = dict(
-      compile_seconds=compile_seconds, step_seconds=seconds, step_seconds_all=times,
-      pipelined_step_seconds=pipelined,
-      seq_len=seq_len, tokens_per_step=tokens, padded_tokens_per_step=padded,
-      tokens_per_sec=tokens / seconds, padded_tokens_per_sec=padded / seconds,
-      fwd_passes=fwd, bwd_passes=backprop_passes(mc, fwd),
-      steps_taken=float(np.mean([m['steps_taken'] for m in metrics])),
-      flops_per_step=flops, flops_per_sec=flops / seconds,
-      loss=float(metrics[-1]['loss'][0]), **profiled)
+    compile_seconds=compile_seconds,
+    step_seconds=seconds,
+    step_seconds_all=times,
+    pipelined_step_seconds=pipelined,
+    seq_len=seq_len,
+    tokens_per_step=tokens,
+    padded_tokens_per_step=padded,
+    tokens_per_sec=tokens / seconds,
+    padded_tokens_per_sec=padded / seconds,
+    fwd_passes=fwd,
+    bwd_passes=backprop_passes(mc, fwd),
+    steps_taken=float(np.mean([m['steps_taken'] for m in metrics])),
+    flops_per_step=flops,
+    flops_per_sec=flops / seconds,
+    loss=float(metrics[-1]['loss'][0]),
+    **profiled,
+  )
   if memory is not None:
-    out['step_program_bytes'] = int(memory.argument_size_in_bytes + memory.output_size_in_bytes
-                                    + memory.temp_size_in_bytes - memory.alias_size_in_bytes)
+    out['step_program_bytes'] = int(
+      memory.argument_size_in_bytes
+      + memory.output_size_in_bytes
+      + memory.temp_size_in_bytes
+      - memory.alias_size_in_bytes
+    )
   return out, train.seed_slice(state.params, 0)
 
 
-def bench_decode(fn, model, params, prompts_NxP, answer_len: int, repeats: int,
-                 full_compute: bool, profile_dir: str | None = None) -> tuple[dict, np.ndarray]:
+def bench_decode(
+  fn,
+  model,
+  params,
+  prompts_NxP,
+  answer_len: int,
+  repeats: int,
+  full_compute: bool,
+  profile_dir: str | None = None,
+) -> tuple[dict, np.ndarray]:
   """Greedy answers of one batch: first call (compile + run), the median of `repeats`, answers;
   with `profile_dir`, the summary of more calls traced there."""
-  call = lambda: fn(model, params, prompts_NxP, answer_len, decoding='greedy',
-                    full_compute=full_compute)
+  call = lambda: fn(
+    model, params, prompts_NxP, answer_len, decoding='greedy', full_compute=full_compute
+  )
   start = time.perf_counter()
   answers = jax.block_until_ready(call())
   first_seconds = time.perf_counter() - start
   times, _ = _timed(call, repeats, warmup=0)
   seconds = statistics.median(times)
-  out = dict(first_call_seconds=first_seconds, seconds=seconds, seconds_all=times,
-             sequences_per_sec=len(prompts_NxP) / seconds)
+  out = dict(
+    first_call_seconds=first_seconds,
+    seconds=seconds,
+    seconds_all=times,
+    sequences_per_sec=len(prompts_NxP) / seconds,
+  )
   if profile_dir:
     out['profile'], _ = profiling.trace(call, PROFILED_CALLS, profile_dir)
   return out, np.asarray(answers)
 
 
-def bench_eval(setup: Setup, model, params, repeats: int, full_compute: bool,
-               mesh: jax.sharding.Mesh, profile_dir: str | None = None) -> dict:
+def bench_eval(
+  setup: Setup,
+  model,
+  params,
+  repeats: int,
+  full_compute: bool,
+  mesh: jax.sharding.Mesh,
+  profile_dir: str | None = None,
+) -> dict:
   """{L: numbers of `generate` and `generate_cached`} at each eval length, the batch of
   prompts split over `mesh` as the evaluator splits it; with `profile_dir`, cached
   decoding traced there (`<profile_dir>/L<L>`) and summarised.
@@ -149,23 +191,42 @@ def bench_eval(setup: Setup, model, params, repeats: int, full_compute: bool,
   for L in setup.eval_lengths:
     prompts_NxP, answers_NxA = eval_set(setup.task, L, setup.eval_batch, 0)
     prompts_NxP, answer_len = parallel.shard_batch(prompts_NxP, mesh), answers_NxA.shape[1]
-    by_fn = dict(prompt_block_passes=int(forward(params, prompts_NxP)[1]['block_passes']),
-                 prompt_forward_seconds=statistics.median(
-                     _timed(functools.partial(forward, params, prompts_NxP), repeats, warmup=0)[0]))
-    by_fn['generate'], reference = bench_decode(decoding.generate, model, params, prompts_NxP,
-                                                answer_len, repeats, full_compute)
+    by_fn = dict(
+      prompt_block_passes=int(forward(params, prompts_NxP)[1]['block_passes']),
+      prompt_forward_seconds=statistics.median(
+        _timed(functools.partial(forward, params, prompts_NxP), repeats, warmup=0)[0]
+      ),
+    )
+    by_fn['generate'], reference = bench_decode(
+      decoding.generate, model, params, prompts_NxP, answer_len, repeats, full_compute
+    )
     by_fn['generate_cached'], answers = bench_decode(
-        decoding.generate_cached, model, params, prompts_NxP, answer_len, repeats, full_compute,
-        profile_dir and os.path.join(profile_dir, f'L{L}'))
+      decoding.generate_cached,
+      model,
+      params,
+      prompts_NxP,
+      answer_len,
+      repeats,
+      full_compute,
+      profile_dir and os.path.join(profile_dir, f'L{L}'),
+    )
     by_fn['generate_cached']['matches_generate'] = bool(np.array_equal(answers, reference))
     out[L] = by_fn
   return out
 
 
-def run_benchmark(setup: Setup, rungs: Sequence[str] = tuple(RUNGS), steps: int = 20,
-                  warmup: int = 3, eval_repeats: int = 5, full_compute: bool = False,
-                  peak: float | None = None, devices: int = 1, profile_dir: str | None = None,
-                  verbose: bool = False) -> dict:
+def run_benchmark(
+  setup: Setup,
+  rungs: Sequence[str] = tuple(RUNGS),
+  steps: int = 20,
+  warmup: int = 3,
+  eval_repeats: int = 5,
+  full_compute: bool = False,
+  peak: float | None = None,
+  devices: int = 1,
+  profile_dir: str | None = None,
+  verbose: bool = False,
+) -> dict:
   """Measures each rung under `setup`; returns a JSON-ready dict (`formatting.write_results` saves it).
 
   `peak` (FLOP/s per device) overrides the table of known devices; without either, MFU
@@ -175,51 +236,78 @@ def run_benchmark(setup: Setup, rungs: Sequence[str] = tuple(RUNGS), steps: int 
   under `profile` in the JSON.
   """
   if steps < 1 or warmup < 0 or eval_repeats < 1:
-    raise ValueError(f'Need steps >= 1, warmup >= 0 and eval_repeats >= 1; got {steps}, '
-                     f'{warmup}, {eval_repeats}.')
+    raise ValueError(
+      f'Need steps >= 1, warmup >= 0 and eval_repeats >= 1; got {steps}, {warmup}, {eval_repeats}.'
+    )
   if not 1 <= devices <= jax.local_device_count():
-    raise ValueError(f'devices={devices}, but this process has {jax.local_device_count()} '
-                     'local devices; on CPU make more with XLA_FLAGS='
-                     f'--xla_force_host_platform_device_count={devices}.')
+    raise ValueError(
+      f'devices={devices}, but this process has {jax.local_device_count()} '
+      'local devices; on CPU make more with XLA_FLAGS='
+      f'--xla_force_host_platform_device_count={devices}.'
+    )
   mesh = parallel.data_mesh(jax.local_devices()[:devices])
   if setup.train:
     parallel.check_batch_divisible(setup.batch_size, mesh)
-  if setup.eval_lengths:   # else decoding would run unsplit
+  if setup.eval_lengths:  # else decoding would run unsplit
     parallel.check_batch_divisible(setup.eval_batch, mesh, what='eval_batch')
-  for rung in rungs:   # fail before any work
+  for rung in rungs:  # fail before any work
     get_rung(rung)
   task = get_task(setup.task)
   for L in setup.eval_lengths:
-    decoding.check_fits(setup.block_size, task.prompt_len(L), task.answer_len(L),
-                        what=f'{setup.task} at length {L}')
+    decoding.check_fits(
+      setup.block_size, task.prompt_len(L), task.answer_len(L), what=f'{setup.task} at length {L}'
+    )
   device = device_info()
-  matmul_type = peak_basis(train.model_config(run_config(setup, rungs[0])))   # same for all rungs
+  matmul_type = peak_basis(train.model_config(run_config(setup, rungs[0])))  # same for all rungs
   basis = 'given' if peak else f'{matmul_type} dense'
   peak = peak or peak_flops(device['device_kind'], matmul_type)
-  result = dict(device=device, setup=dataclasses.asdict(setup),
-                settings=dict(steps=steps, warmup=warmup, eval_repeats=eval_repeats,
-                              full_compute=full_compute, peak_flops=peak, devices=devices,
-                              peak_flops_basis=basis if peak else None,
-                              eval_params='after the timed steps' if setup.train else 'initial'),
-                rungs={})
+  result = dict(
+    device=device,
+    setup=dataclasses.asdict(setup),
+    settings=dict(
+      steps=steps,
+      warmup=warmup,
+      eval_repeats=eval_repeats,
+      full_compute=full_compute,
+      peak_flops=peak,
+      devices=devices,
+      peak_flops_basis=basis if peak else None,
+      eval_params='after the timed steps' if setup.train else 'initial',
+    ),
+    rungs={},
+  )
   for rung in rungs:
     config = run_config(setup, rung)
     mc = train.model_config(config)
     model = build_model(mc)
-    H, L = model.rung.cycles(model.config)   # (1, 1) unless nested
-    row = dict(title=get_rung(rung).title, n_layer=mc.n_layer, n_outer_loops=H, n_inner_loops=L,
-               remat=mc.remat, dtype=mc.dtype, matmul_precision=mc.matmul_precision)
+    H, L = model.rung.cycles(model.config)  # (1, 1) unless nested
+    row = dict(
+      title=get_rung(rung).title,
+      n_layer=mc.n_layer,
+      n_outer_loops=H,
+      n_inner_loops=L,
+      remat=mc.remat,
+      dtype=mc.dtype,
+      matmul_precision=mc.matmul_precision,
+    )
     if setup.train:
-      row['train'], params = bench_train(config, model, steps, warmup, mesh,
-                                         profile_dir and os.path.join(profile_dir, rung, 'train'))
+      row['train'], params = bench_train(
+        config, model, steps, warmup, mesh, profile_dir and os.path.join(profile_dir, rung, 'train')
+      )
       if peak:
         row['train']['mfu'] = row['train']['flops_per_sec'] / (devices * peak)
     else:
       params = init_params(model, jax.random.key(config.seed))
     row['n_params'] = sum(x.size for x in jax.tree.leaves(params))
-    row['eval'] = bench_eval(setup, model, jax.device_put(params, parallel.replicated(mesh)),
-                             eval_repeats, full_compute, mesh,
-                             profile_dir and os.path.join(profile_dir, rung, 'decode'))
+    row['eval'] = bench_eval(
+      setup,
+      model,
+      jax.device_put(params, parallel.replicated(mesh)),
+      eval_repeats,
+      full_compute,
+      mesh,
+      profile_dir and os.path.join(profile_dir, rung, 'decode'),
+    )
     row.update(peak_memory())
     result['rungs'][rung] = row
     if verbose:

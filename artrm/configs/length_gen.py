@@ -56,8 +56,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.budget = 24
 
   c.model = ml_collections.ConfigDict(dataclasses.asdict(ModelConfig()))
-  c.model.update(name='gpt', n_embd=384, n_head=6, dropout=0.1, block_size=180,
-                 ponder_cost_weight=0.0)
+  c.model.update(
+    name='gpt', n_embd=384, n_head=6, dropout=0.1, block_size=180, ponder_cost_weight=0.0
+  )
   # Recompute each block pass in the backward pass: same gradients, and on CPU
   # faster than keeping the scans' stacked activations (5-53 % per step at
   # the small CPU setup, even at paper scale; docs/performance.md). `none`
@@ -73,20 +74,34 @@ def base_config() -> ml_collections.ConfigDict:
   c.recipe = ml_collections.ConfigDict(dataclasses.asdict(Recipe()))
 
   # torch.optim.AdamW with the paper's settings: constant lr, decay on every parameter.
-  c.optimizer = ml_collections.ConfigDict(dict(
-      learning_rate=3e-4, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01, grad_clip_norm=0.0))
+  c.optimizer = ml_collections.ConfigDict(
+    dict(learning_rate=3e-4, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01, grad_clip_norm=0.0)
+  )
 
-  c.eval = ml_collections.ConfigDict(dict(
-      lengths=(10, 20, 30, 40, 50), every_steps=250, n_samples=100, seed=0, batch_size=100,
-      decoding='greedy', inference_steps=0, full_compute=False, kv_cache=True))
+  c.eval = ml_collections.ConfigDict(
+    dict(
+      lengths=(10, 20, 30, 40, 50),
+      every_steps=250,
+      n_samples=100,
+      seed=0,
+      batch_size=100,
+      decoding='greedy',
+      inference_steps=0,
+      full_compute=False,
+      kv_cache=True,
+    )
+  )
 
-  c.checkpoint = ml_collections.ConfigDict(dict(
-      every_steps=0,          # 0: max_steps / 10
-      max_to_keep=0,          # periodic checkpoints kept; 0 keeps all
+  c.checkpoint = ml_collections.ConfigDict(
+    dict(
+      every_steps=0,  # 0: max_steps / 10
+      max_to_keep=0,  # periodic checkpoints kept; 0 keeps all
       best_metric='seq_acc',  # at the training length, mean over seeds
-  ))
-  c.log = ml_collections.ConfigDict(dict(
-      every_steps=50, progress_bar=True, tensorboard=False, wandb_project=''))
+    )
+  )
+  c.log = ml_collections.ConfigDict(
+    dict(every_steps=50, progress_bar=True, tensorboard=False, wandb_project='')
+  )
   return c
 
 
@@ -96,8 +111,12 @@ def make_runlocal(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.budget = 6
   c.batch_size = 32
   c.max_steps = 400
-  c.eval.update(every_steps=200, n_samples=64, batch_size=64,
-                lengths=tuple(sorted({c.train_length, c.train_length + 2})))
+  c.eval.update(
+    every_steps=200,
+    n_samples=64,
+    batch_size=64,
+    lengths=tuple(sorted({c.train_length, c.train_length + 2})),
+  )
   c.log.every_steps = 50
   return c
 

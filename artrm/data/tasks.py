@@ -25,7 +25,7 @@ from artrm.data.vocab import IGNORE_INDEX, NEWLINE_ID, char_id, encode
 
 def _add_digitwise(digits_BxNxL: jax.Array) -> jax.Array:
   """a + b as L + 1 digits by ripple carry, so L = 50 needs no 50-digit integers."""
-  a_LxB = digits_BxNxL[:, 0, ::-1].T   # least significant digit first
+  a_LxB = digits_BxNxL[:, 0, ::-1].T  # least significant digit first
   b_LxB = digits_BxNxL[:, 1, ::-1].T
 
   def step(carry_B, ab):
@@ -41,11 +41,11 @@ class Task:
   """One task: `operators` holds the character written after each operand."""
 
   name: str
-  task_id: int                       # stable seed component; never renumber
-  operators: str                     # '|' or '+='; its last char ends the prompt
-  extra_answer_digits: int           # answer has L + this many digits
-  answer_text: Callable[[tuple[str, ...]], str]            # reference, on strings
-  answer_digits: Callable[[jax.Array], jax.Array]          # [B, N, L] -> [B, A]
+  task_id: int  # stable seed component; never renumber
+  operators: str  # '|' or '+='; its last char ends the prompt
+  extra_answer_digits: int  # answer has L + this many digits
+  answer_text: Callable[[tuple[str, ...]], str]  # reference, on strings
+  answer_digits: Callable[[jax.Array], jax.Array]  # [B, N, L] -> [B, A]
 
   @property
   def n_operands(self) -> int:
@@ -72,11 +72,16 @@ class Task:
 
 
 TASKS: dict[str, Task] = {
-    'copy': Task('copy', 0, '|', 0, lambda ops: ops[0], lambda d: d[:, 0]),
-    'reverse': Task('reverse', 1, '|', 0, lambda ops: ops[0][::-1], lambda d: d[:, 0, ::-1]),
-    'addition': Task('addition', 2, '+=', 1,
-                     lambda ops: str(int(ops[0]) + int(ops[1])).zfill(len(ops[0]) + 1),
-                     _add_digitwise),
+  'copy': Task('copy', 0, '|', 0, lambda ops: ops[0], lambda d: d[:, 0]),
+  'reverse': Task('reverse', 1, '|', 0, lambda ops: ops[0][::-1], lambda d: d[:, 0, ::-1]),
+  'addition': Task(
+    'addition',
+    2,
+    '+=',
+    1,
+    lambda ops: str(int(ops[0]) + int(ops[1])).zfill(len(ops[0]) + 1),
+    _add_digitwise,
+  ),
 }
 
 
@@ -93,8 +98,9 @@ def _resolve_seq_len(task: Task, L: int, seq_len: Optional[int]) -> int:
   if seq_len is None:
     return task.seq_len(L)
   if seq_len < task.seq_len(L):
-    raise ValueError(f'seq_len {seq_len} cannot hold a {task.name} row at L={L}; '
-                     f'need at least {task.seq_len(L)}.')
+    raise ValueError(
+      f'seq_len {seq_len} cannot hold a {task.name} row at L={L}; need at least {task.seq_len(L)}.'
+    )
   return seq_len
 
 
@@ -110,6 +116,7 @@ def _check_digits(task: Task, digits: np.ndarray, batched: bool) -> int:
 
 # ---------------------------------------------------------------- reference ---
 
+
 def format_example(task_name: str, digits_NxL) -> str:
   """The example text (no newline), by plain string formatting."""
   task = get_task(task_name)
@@ -122,7 +129,9 @@ def format_example(task_name: str, digits_NxL) -> str:
   return prompt + task.answer_text(operands)
 
 
-def python_rows(task_name: str, digits_BxNxL, seq_len: Optional[int] = None) -> dict[str, np.ndarray]:
+def python_rows(
+  task_name: str, digits_BxNxL, seq_len: Optional[int] = None
+) -> dict[str, np.ndarray]:
   """Readable reference rows: format, pad, shift, then mask by searching the text."""
   task = get_task(task_name)
   L = _check_digits(task, digits_BxNxL, batched=True)
@@ -131,19 +140,20 @@ def python_rows(task_name: str, digits_BxNxL, seq_len: Optional[int] = None) -> 
   for digits_NxL in np.asarray(digits_BxNxL):
     text = format_example(task_name, digits_NxL)
     row = text + '\n' * (T + 1 - len(text))
-    sep = row.index(task.operators[-1])       # predicts the first answer char
-    newline = row.index('\n', sep)            # first newline after the answer
+    sep = row.index(task.operators[-1])  # predicts the first answer char
+    newline = row.index('\n', sep)  # first newline after the answer
     ids_R = encode(row)
     targets_T = ids_R[1:].copy()
     targets_T[:sep] = IGNORE_INDEX
-    targets_T[newline:] = IGNORE_INDEX        # keeps t = newline - 1, predicting it
+    targets_T[newline:] = IGNORE_INDEX  # keeps t = newline - 1, predicting it
     inputs.append(ids_R[:-1])
     targets.append(targets_T)
   return dict(inputs=np.stack(inputs), targets=np.stack(targets))
 
 
-def python_batch(task_name: str, L: int, rng: np.random.Generator, batch_size: int,
-                 seq_len: Optional[int] = None) -> dict[str, np.ndarray]:
+def python_batch(
+  task_name: str, L: int, rng: np.random.Generator, batch_size: int, seq_len: Optional[int] = None
+) -> dict[str, np.ndarray]:
   task = get_task(task_name, L)
   digits_BxNxL = rng.integers(0, 10, size=(batch_size, task.n_operands, L))
   return python_rows(task_name, digits_BxNxL, seq_len)
@@ -151,9 +161,11 @@ def python_batch(task_name: str, L: int, rng: np.random.Generator, batch_size: i
 
 # ------------------------------------------------------------------ device ---
 
+
 @functools.partial(jax.jit, static_argnames=('task_name', 'seq_len'))
-def rows_from_digits(task_name: str, digits_BxNxL: jax.Array,
-                     seq_len: Optional[int] = None) -> dict[str, jax.Array]:
+def rows_from_digits(
+  task_name: str, digits_BxNxL: jax.Array, seq_len: Optional[int] = None
+) -> dict[str, jax.Array]:
   """Training rows from operand digits in jax.numpy; shapes are static, so it traces once."""
   task = get_task(task_name)
   L = _check_digits(task, digits_BxNxL, batched=True)
@@ -167,13 +179,13 @@ def rows_from_digits(task_name: str, digits_BxNxL: jax.Array,
   row_BxR = jnp.concatenate([prompt_BxP, task.answer_digits(digits_BxNxL), padding_BxR], axis=1)
   position_T = jnp.arange(T)
   keep_T = (position_T >= task.prompt_len(L) - 1) & (position_T <= task.example_len(L) - 1)
-  return dict(inputs=row_BxR[:, :-1],
-              targets=jnp.where(keep_T[None], row_BxR[:, 1:], IGNORE_INDEX))
+  return dict(inputs=row_BxR[:, :-1], targets=jnp.where(keep_T[None], row_BxR[:, 1:], IGNORE_INDEX))
 
 
 @functools.partial(jax.jit, static_argnames=('task_name', 'L', 'batch_size', 'seq_len'))
-def sample_batch(key: jax.Array, task_name: str, L: int, batch_size: int,
-                 seq_len: Optional[int] = None) -> dict[str, jax.Array]:
+def sample_batch(
+  key: jax.Array, task_name: str, L: int, batch_size: int, seq_len: Optional[int] = None
+) -> dict[str, jax.Array]:
   """A fresh batch of uniform-digit rows, generated where the model runs."""
   task = get_task(task_name, L)
   digits_BxNxL = jax.random.randint(key, (batch_size, task.n_operands, L), 0, 10, jnp.int32)
@@ -181,6 +193,7 @@ def sample_batch(key: jax.Array, task_name: str, L: int, batch_size: int,
 
 
 # -------------------------------------------------------------- eval sets ---
+
 
 def _eval_rng(task: Task, L: int, seed: int) -> np.random.Generator:
   """PCG64 from (seed, L, task_id): stable across runs, machines and processes."""
@@ -190,7 +203,7 @@ def _eval_rng(task: Task, L: int, seed: int) -> np.random.Generator:
 
 
 def _read_only(array: np.ndarray) -> np.ndarray:
-  array.flags.writeable = False   # cached results are shared between callers
+  array.flags.writeable = False  # cached results are shared between callers
   return array
 
 
@@ -206,7 +219,9 @@ def eval_digits(task_name: str, L: int, n: int, seed: int) -> np.ndarray:
 def eval_set(task_name: str, L: int, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
   """(prompts [n, prompt_len], answers [n, answer_len]) int32, formatted by the reference."""
   task = get_task(task_name, L)
-  texts = [format_example(task_name, digits_NxL) for digits_NxL in eval_digits(task_name, L, n, seed)]
+  texts = [
+    format_example(task_name, digits_NxL) for digits_NxL in eval_digits(task_name, L, n, seed)
+  ]
   ids_SxE = encode(''.join(texts)).reshape(n, task.example_len(L))
   P = task.prompt_len(L)
   return _read_only(ids_SxE[:, :P].copy()), _read_only(ids_SxE[:, P:].copy())

@@ -14,9 +14,9 @@ import dataclasses
 import numpy as np
 
 try:
-  import tensorflow_datasets as tfds
   from etils import epath
-except ImportError as e:   # an extra: training and evaluation never import this module
+  import tensorflow_datasets as tfds
+except ImportError as e:  # an extra: training and evaluation never import this module
   raise ImportError('artrm.data.tfds_builder needs TFDS: pip install -e ".[tfds]".') from e
 
 from artrm.data import tasks as tasks_lib
@@ -40,8 +40,11 @@ class ArtrmAlgorithmic(tfds.core.GeneratorBasedBuilder):
 
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Initial release.'}
-  BUILDER_CONFIGS = [AlgorithmicConfig(name=config_name(task, L), task=task, length=L)
-                     for task in tasks_lib.TASKS for L in LENGTHS]
+  BUILDER_CONFIGS = [
+    AlgorithmicConfig(name=config_name(task, L), task=task, length=L)
+    for task in tasks_lib.TASKS
+    for L in LENGTHS
+  ]
   SPLIT_SIZES = {'train': 10_000, 'validation': 1_000, 'test': 1_000}
   # TFDS 4.9.10 derives this through `importlib_resources`, which it does not
   # install on Python >= 3.9; naming the file directly avoids that import.
@@ -51,18 +54,20 @@ class ArtrmAlgorithmic(tfds.core.GeneratorBasedBuilder):
     task = tasks_lib.get_task(self.builder_config.task)
     L = self.builder_config.length
     int_sequence = lambda n: tfds.features.Tensor(shape=(n,), dtype=np.int32)
-    return tfds.core.DatasetInfo(   # not dataset_info_from_configs: no metadata files to look up
-        builder=self,
-        description=__doc__,
-        features=tfds.features.FeaturesDict({
-            'prompt': int_sequence(task.prompt_len(L)),
-            'answer': int_sequence(task.answer_len(L)),
-            'inputs': int_sequence(task.seq_len(L)),
-            'targets': int_sequence(task.seq_len(L)),
-            'text': tfds.features.Text(),
-        }),
-        supervised_keys=('prompt', 'answer'),
-        disable_shuffling=True,   # keeps record i == eval_set row i
+    return tfds.core.DatasetInfo(  # not dataset_info_from_configs: no metadata files to look up
+      builder=self,
+      description=__doc__,
+      features=tfds.features.FeaturesDict(
+        {
+          'prompt': int_sequence(task.prompt_len(L)),
+          'answer': int_sequence(task.answer_len(L)),
+          'inputs': int_sequence(task.seq_len(L)),
+          'targets': int_sequence(task.seq_len(L)),
+          'text': tfds.features.Text(),
+        }
+      ),
+      supervised_keys=('prompt', 'answer'),
+      disable_shuffling=True,  # keeps record i == eval_set row i
     )
 
   def _split_generators(self, dl_manager):
@@ -76,9 +81,16 @@ class ArtrmAlgorithmic(tfds.core.GeneratorBasedBuilder):
     prompts_SxP, answers_SxA = tasks_lib.eval_set(task_name, L, size, seed)
     rows = tasks_lib.python_rows(task_name, digits_SxNxL)
     for i in range(size):
-      yield i, dict(prompt=prompts_SxP[i], answer=answers_SxA[i], inputs=rows['inputs'][i],
-                    targets=rows['targets'][i],
-                    text=tasks_lib.format_example(task_name, digits_SxNxL[i]))
+      yield (
+        i,
+        dict(
+          prompt=prompts_SxP[i],
+          answer=answers_SxA[i],
+          inputs=rows['inputs'][i],
+          targets=rows['targets'][i],
+          text=tasks_lib.format_example(task_name, digits_SxNxL[i]),
+        ),
+      )
 
 
 def load_split(task: str, L: int, split: str, data_dir: str):
@@ -91,6 +103,8 @@ def load_split(task: str, L: int, split: str, data_dir: str):
     raise ValueError(f'No {task} config for L={L}; built lengths: {list(LENGTHS)}.')
   if split not in SPLIT_SEEDS:
     raise ValueError(f'Unknown split {split!r}; known splits: {sorted(SPLIT_SEEDS)}.')
-  builder = ArtrmAlgorithmic(config=config_name(task, L), data_dir=data_dir, file_format='array_record')
+  builder = ArtrmAlgorithmic(
+    config=config_name(task, L), data_dir=data_dir, file_format='array_record'
+  )
   builder.download_and_prepare()
   return builder.as_data_source(split=split)

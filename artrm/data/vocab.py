@@ -4,9 +4,9 @@ import numpy as np
 
 CHARS = '0123456789|+=\n'
 VOCAB_SIZE = len(CHARS)
-NEWLINE_ID = CHARS.index('\n')   # ends every answer and pads every row
+NEWLINE_ID = CHARS.index('\n')  # ends every answer and pads every row
 PAD_ID = NEWLINE_ID
-IGNORE_INDEX = -100              # torch's cross-entropy ignore_index, kept for parity
+IGNORE_INDEX = -100  # torch's cross-entropy ignore_index, kept for parity
 
 _ID_OF = {c: i for i, c in enumerate(CHARS)}
 

@@ -44,8 +44,10 @@ def check_decoding(decoding: str):
 def check_fits(block_size: int, prompt_len: int, answer_len: int, what: str = 'this length'):
   need = prompt_len + answer_len - 1
   if need > block_size:
-    raise ValueError(f'Evaluating {what} needs {need} positions but the model\'s block_size is '
-                     f'{block_size}: lower the eval length or raise model.block_size.')
+    raise ValueError(
+      f"Evaluating {what} needs {need} positions but the model's block_size is "
+      f'{block_size}: lower the eval length or raise model.block_size.'
+    )
 
 
 def next_token(logits_NxV: jax.Array, decoding: str, key: jax.Array | None, i) -> jax.Array:
@@ -70,14 +72,23 @@ def per_sequence(model, fn):
   return jax.vmap(lambda idx_T: fn(idx_T[None])[0])
 
 
-JIT = functools.partial(jax.jit, static_argnames=('model', 'answer_len', 'decoding', 'inference_steps',
-                                                  'full_compute'))
+JIT = functools.partial(
+  jax.jit, static_argnames=('model', 'answer_len', 'decoding', 'inference_steps', 'full_compute')
+)
 
 
 @JIT
-def generate(model, params, prompts_NxP: jax.Array, answer_len: int, *, decoding: str = 'greedy',
-             key: jax.Array | None = None, inference_steps: int | None = None,
-             full_compute: bool = False) -> jax.Array:
+def generate(
+  model,
+  params,
+  prompts_NxP: jax.Array,
+  answer_len: int,
+  *,
+  decoding: str = 'greedy',
+  key: jax.Array | None = None,
+  inference_steps: int | None = None,
+  full_compute: bool = False,
+) -> jax.Array:
   """Answer tokens [N, answer_len] continuing `prompts_NxP`.
 
   'greedy' takes the argmax; 'sample' draws from the softmax (the reference's
@@ -85,8 +96,12 @@ def generate(model, params, prompts_NxP: jax.Array, answer_len: int, *, decoding
   """
   check_args(model, prompts_NxP, answer_len, decoding, key)
   N, P = prompts_NxP.shape
-  forward = per_sequence(model, lambda idx_BxT: model.apply(
-      {'params': params}, idx_BxT, inference_steps=inference_steps, full_compute=full_compute)[0])
+  forward = per_sequence(
+    model,
+    lambda idx_BxT: model.apply(
+      {'params': params}, idx_BxT, inference_steps=inference_steps, full_compute=full_compute
+    )[0],
+  )
 
   def step(buf_NxS, i):
     # The model sees the first P + A - 1 slots; the spare last slot only
@@ -107,21 +122,38 @@ def init_cache(model, batch: int, length: int, inference_steps: int | None = Non
   cfg = model.config
   steps = inference_steps or model.rung.default_steps(cfg)
   shape = (model.passes_per_forward(steps), batch, cfg.n_head, length, cfg.n_embd // cfg.n_head)
-  return KVCache(jnp.zeros(shape, cfg.dtype), jnp.zeros(shape, cfg.dtype), jnp.zeros((), jnp.int32),
-                 jnp.full((batch,), steps, jnp.int32))
+  return KVCache(
+    jnp.zeros(shape, cfg.dtype),
+    jnp.zeros(shape, cfg.dtype),
+    jnp.zeros((), jnp.int32),
+    jnp.full((batch,), steps, jnp.int32),
+  )
 
 
 @JIT
-def generate_cached(model, params, prompts_NxP: jax.Array, answer_len: int, *,
-                    decoding: str = 'greedy', key: jax.Array | None = None,
-                    inference_steps: int | None = None, full_compute: bool = False) -> jax.Array:
+def generate_cached(
+  model,
+  params,
+  prompts_NxP: jax.Array,
+  answer_len: int,
+  *,
+  decoding: str = 'greedy',
+  key: jax.Array | None = None,
+  inference_steps: int | None = None,
+  full_compute: bool = False,
+) -> jax.Array:
   """`generate` with a KV cache: the same tokens, one position of work per answer token."""
   check_args(model, prompts_NxP, answer_len, decoding, key)
   N, P = prompts_NxP.shape
 
   def apply(idx_BxT, cache):
-    logits_BxTxV, aux = model.apply({'params': params}, idx_BxT, inference_steps=inference_steps,
-                                    full_compute=full_compute, cache=cache)
+    logits_BxTxV, aux = model.apply(
+      {'params': params},
+      idx_BxT,
+      inference_steps=inference_steps,
+      full_compute=full_compute,
+      cache=cache,
+    )
     return logits_BxTxV[:, -1], aux['cache']
 
   logits_NxV, cache = apply(prompts_NxP, init_cache(model, N, P + answer_len - 1, inference_steps))

@@ -8,11 +8,11 @@ import os
 import jax
 import numpy as np
 
+from artrm import parallel
 from artrm import workdir as workdir_lib
 from artrm.data import eval_set, get_task
 from artrm.evaluation import decoding
 from artrm.evaluation.metrics import answer_metrics
-from artrm import parallel
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,8 +49,9 @@ class LengthEvaluator:
     """Fails before any work when some length needs more positions than the model has."""
     task = get_task(self.task)
     for L in self.lengths:
-      decoding.check_fits(block_size, task.prompt_len(L), task.answer_len(L),
-                          what=f'{self.task} at length {L}')
+      decoding.check_fits(
+        block_size, task.prompt_len(L), task.answer_len(L), what=f'{self.task} at length {L}'
+      )
 
   def predict(self, model, params, L: int, mesh=None) -> tuple[np.ndarray, np.ndarray]:
     """(predicted, true) answers [n_samples, A] at length L; with `mesh` (params replicated
@@ -63,14 +64,19 @@ class LengthEvaluator:
     generate = decoding.generate_cached if self.kv_cache else decoding.generate
     preds = []
     for chunk, start in enumerate(range(0, self.n_samples, B)):
-      prompts_BxP = prompts_NxP[start:start + B]
+      prompts_BxP = prompts_NxP[start : start + B]
       padded_BxP = np.pad(prompts_BxP, ((0, padded_rows - len(prompts_BxP)), (0, 0)), mode='edge')
       pred_BxA = generate(
-          model, params, parallel.shard_batch(padded_BxP, mesh), answers_NxA.shape[1],
-          decoding=self.decoding,
-          key=jax.random.fold_in(length_key, chunk), inference_steps=self.inference_steps,
-          full_compute=self.full_compute)
-      preds.append(parallel.gather(pred_BxA)[:len(prompts_BxP)])
+        model,
+        params,
+        parallel.shard_batch(padded_BxP, mesh),
+        answers_NxA.shape[1],
+        decoding=self.decoding,
+        key=jax.random.fold_in(length_key, chunk),
+        inference_steps=self.inference_steps,
+        full_compute=self.full_compute,
+      )
+      preds.append(parallel.gather(pred_BxA)[: len(prompts_BxP)])
     return np.concatenate(preds), answers_NxA
 
   def run(self, model, params, mesh=None) -> dict[int, dict]:
@@ -82,8 +88,9 @@ class LengthEvaluator:
     """What an evaluation's numbers depend on, beyond the params."""
     return {k: v for k, v in dataclasses.asdict(self).items() if k != 'lengths'}
 
-  def write(self, results: dict[int, dict], workdir: str, step: int, name: str = 'eval'
-            ) -> tuple[str, str]:
+  def write(
+    self, results: dict[int, dict], workdir: str, step: int, name: str = 'eval'
+  ) -> tuple[str, str]:
     """Writes eval/{name}_step_{step:06d}.json and updates eval/metrics.csv.
 
     The CSV holds tidy rows (`metric_rows`) of every evaluation in the
@@ -100,7 +107,7 @@ class LengthEvaluator:
     csv_path = os.path.join(out_dir, workdir_lib.EVAL_CSV)
     new_rows = workdir_lib.metric_rows(results, name=name, step=step, **self.settings())
     columns = list(new_rows[0])
-    as_text = lambda v: '' if v is None else str(v)   # as csv writes and reads back
+    as_text = lambda v: '' if v is None else str(v)  # as csv writes and reads back
     key = lambda row: tuple(as_text(row[c]) for c in columns if c != 'value')
     rows = {}
     if os.path.exists(csv_path):

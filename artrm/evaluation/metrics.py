@@ -17,12 +17,18 @@ def answer_metrics(pred_NxA: np.ndarray, answer_NxA: np.ndarray) -> dict:
   """
   pred_NxA, answer_NxA = np.asarray(pred_NxA), np.asarray(answer_NxA)
   if pred_NxA.shape != answer_NxA.shape or pred_NxA.ndim != 2 or not pred_NxA.size:
-    raise ValueError(f'Predictions {pred_NxA.shape} and answers {answer_NxA.shape} must have '
-                     'the same non-empty [N, A] shape.')
+    raise ValueError(
+      f'Predictions {pred_NxA.shape} and answers {answer_NxA.shape} must have '
+      'the same non-empty [N, A] shape.'
+    )
   correct_NxA = pred_NxA == answer_NxA
   A = correct_NxA.shape[1]
-  metrics = dict(char_acc=correct_NxA.mean(), seq_acc=correct_NxA.all(axis=1).mean(),
-                 first_char_acc=correct_NxA[:, 0].mean(), last_char_acc=correct_NxA[:, -1].mean())
+  metrics = dict(
+    char_acc=correct_NxA.mean(),
+    seq_acc=correct_NxA.all(axis=1).mean(),
+    first_char_acc=correct_NxA[:, 0].mean(),
+    last_char_acc=correct_NxA[:, -1].mean(),
+  )
   for q, positions in enumerate(np.array_split(np.arange(A), QUARTERS), start=1):
     if positions.size:
       metrics[f'q{q}'] = correct_NxA[:, positions].mean()

@@ -9,8 +9,12 @@ import importlib
 
 from artrm.models.config import RUNGS, ModelConfig, Rung, block_passes, get_rung, normalize_budget
 
-_LAZY = {'RecursiveLM': 'rungs', 'build_model': 'rungs', 'init_params': 'rungs',
-         'load_neutral': 'weights'}
+_LAZY = {
+  'RecursiveLM': 'rungs',
+  'build_model': 'rungs',
+  'init_params': 'rungs',
+  'load_neutral': 'weights',
+}
 
 
 def __getattr__(name: str):

@@ -16,17 +16,22 @@ HALT_EPS = 1e-6
 
 
 class ACTState(NamedTuple):
-  halted_BxT: jax.Array     # bool
-  accum_BxT: jax.Array      # a: accumulated halting probability
+  halted_BxT: jax.Array  # bool
+  accum_BxT: jax.Array  # a: accumulated halting probability
   remainder_BxT: jax.Array  # r: 1 - a at the halting step
-  updates_BxT: jax.Array    # n: steps each position ran (float, as in the ponder cost)
-  output_BxTxC: jax.Array   # o: halting-weighted sum of states (float32)
+  updates_BxT: jax.Array  # n: steps each position ran (float, as in the ponder cost)
+  output_BxTxC: jax.Array  # o: halting-weighted sum of states (float32)
 
 
 def act_init(state_BxTxC: jax.Array) -> ACTState:
   zeros_BxT = jnp.zeros(state_BxTxC.shape[:-1], jnp.float32)
-  return ACTState(jnp.zeros(zeros_BxT.shape, bool), zeros_BxT, zeros_BxT, zeros_BxT,
-                  jnp.zeros(state_BxTxC.shape, jnp.float32))
+  return ACTState(
+    jnp.zeros(zeros_BxT.shape, bool),
+    zeros_BxT,
+    zeros_BxT,
+    zeros_BxT,
+    jnp.zeros(state_BxTxC.shape, jnp.float32),
+  )
 
 
 def act_update(act: ACTState, p_BxT: jax.Array, state_BxTxC: jax.Array) -> ACTState:
@@ -36,11 +41,11 @@ def act_update(act: ACTState, p_BxT: jax.Array, state_BxTxC: jax.Array) -> ACTSt
   remainder_BxT = jnp.where(halts_now_BxT, 1.0 - act.accum_BxT, act.remainder_BxT)
   weight_BxT = jnp.where(halts_now_BxT, remainder_BxT, jnp.where(continues_BxT, p_BxT, 0.0))
   return ACTState(
-      halted_BxT=act.halted_BxT | halts_now_BxT,
-      accum_BxT=jnp.where(continues_BxT, act.accum_BxT + p_BxT, act.accum_BxT),
-      remainder_BxT=remainder_BxT,
-      updates_BxT=act.updates_BxT + running_BxT,
-      output_BxTxC=act.output_BxTxC + weight_BxT[..., None] * state_BxTxC.astype(jnp.float32),
+    halted_BxT=act.halted_BxT | halts_now_BxT,
+    accum_BxT=jnp.where(continues_BxT, act.accum_BxT + p_BxT, act.accum_BxT),
+    remainder_BxT=remainder_BxT,
+    updates_BxT=act.updates_BxT + running_BxT,
+    output_BxTxC=act.output_BxTxC + weight_BxT[..., None] * state_BxTxC.astype(jnp.float32),
   )
 
 

@@ -25,8 +25,9 @@ def layer_norm(name: str, dtype: Any = jnp.float32) -> nn.LayerNorm:
 
 
 def dense(features: int, name: str, dtype: Any = jnp.float32) -> nn.Dense:
-  return nn.Dense(features, kernel_init=INIT, bias_init=nn.initializers.zeros, dtype=dtype,
-                  name=name)
+  return nn.Dense(
+    features, kernel_init=INIT, bias_init=nn.initializers.zeros, dtype=dtype, name=name
+  )
 
 
 class KVSlot(NamedTuple):
@@ -60,8 +61,9 @@ class CausalSelfAttention(nn.Module):
   def __call__(self, x_BxTxC: jax.Array, deterministic: bool, slot: KVSlot | None = None):
     C = x_BxTxC.shape[-1]
     if C % self.n_head:
-      raise ValueError(f'n_embd={C} is not divisible by n_head={self.n_head}: '
-                       'choose n_head that divides n_embd.')
+      raise ValueError(
+        f'n_embd={C} is not divisible by n_head={self.n_head}: choose n_head that divides n_embd.'
+      )
     D = C // self.n_head
     proj = lambda name: self.param(name, INIT, (self.n_head, C, D)).astype(self.dtype)
     q_BxTxHxD = jnp.einsum('btc,hcd->bthd', x_BxTxC, proj('query'))
@@ -72,14 +74,21 @@ class CausalSelfAttention(nn.Module):
     k_BxHxSxD, v_BxHxSxD, start = k_BxHxTxD, v_BxHxTxD, 0
     if slot is not None:
       start = slot.start
-      put = lambda a, new: jax.lax.dynamic_update_slice(a, new[None], (slot.pass_index, 0, 0, start, 0))
-      slot = slot._replace(key_PxBxHxSxD=put(slot.key_PxBxHxSxD, k_BxHxTxD),
-                           value_PxBxHxSxD=put(slot.value_PxBxHxSxD, v_BxHxTxD))
-      k_BxHxSxD, v_BxHxSxD = (jax.lax.dynamic_index_in_dim(a, slot.pass_index, keepdims=False)
-                              for a in (slot.key_PxBxHxSxD, slot.value_PxBxHxSxD))
+      put = lambda a, new: jax.lax.dynamic_update_slice(
+        a, new[None], (slot.pass_index, 0, 0, start, 0)
+      )
+      slot = slot._replace(
+        key_PxBxHxSxD=put(slot.key_PxBxHxSxD, k_BxHxTxD),
+        value_PxBxHxSxD=put(slot.value_PxBxHxSxD, v_BxHxTxD),
+      )
+      k_BxHxSxD, v_BxHxSxD = (
+        jax.lax.dynamic_index_in_dim(a, slot.pass_index, keepdims=False)
+        for a in (slot.key_PxBxHxSxD, slot.value_PxBxHxSxD)
+      )
     T, S = x_BxTxC.shape[1], k_BxHxSxD.shape[2]
-    logits_BxHxTxS = jnp.einsum('bqhd,bhkd->bhqk', q_BxTxHxD, k_BxHxSxD,
-                                preferred_element_type=jnp.float32) / jnp.sqrt(D).astype(jnp.float32)
+    logits_BxHxTxS = jnp.einsum(
+      'bqhd,bhkd->bhqk', q_BxTxHxD, k_BxHxSxD, preferred_element_type=jnp.float32
+    ) / jnp.sqrt(D).astype(jnp.float32)
     causal_TxS = jnp.arange(S)[None, :] <= start + jnp.arange(T)[:, None]
     logits_BxHxTxS = jnp.where(causal_TxS, logits_BxHxTxS, jnp.finfo(logits_BxHxTxS.dtype).min)
     weights_BxHxTxS = jax.nn.softmax(logits_BxHxTxS, axis=-1).astype(self.dtype)
@@ -99,7 +108,7 @@ class CausalMLPMixer(nn.Module):
   cache: decode it with full recompute.
   """
 
-  n_head: int   # unused: the signature of the attention it replaces
+  n_head: int  # unused: the signature of the attention it replaces
   dropout: float
   max_len: int
   dtype: Any = jnp.float32
@@ -107,14 +116,17 @@ class CausalMLPMixer(nn.Module):
   @nn.compact
   def __call__(self, x_BxTxC: jax.Array, deterministic: bool, slot: KVSlot | None = None):
     if slot is not None:
-      raise ValueError('recipe.mixer=mlp has no KV cache: evaluate with eval.kv_cache=False '
-                       '(artrm eval --nokv_cache).')
+      raise ValueError(
+        'recipe.mixer=mlp has no KV cache: evaluate with eval.kv_cache=False '
+        '(artrm eval --nokv_cache).'
+      )
     T = x_BxTxC.shape[1]
     w_SxS = self.param('mix', INIT, (self.max_len, self.max_len))
     b_S = self.param('mix_bias', nn.initializers.zeros, (self.max_len,))
     w_TxT = jnp.where(jnp.tri(T, dtype=bool), w_SxS[:T, :T], 0.0)
-    y_BxTxC = (jnp.einsum('ts,bsc->btc', w_TxT.astype(self.dtype), x_BxTxC.astype(self.dtype))
-               + b_S[:T, None].astype(self.dtype))
+    y_BxTxC = jnp.einsum('ts,bsc->btc', w_TxT.astype(self.dtype), x_BxTxC.astype(self.dtype)) + b_S[
+      :T, None
+    ].astype(self.dtype)
     return nn.Dropout(self.dropout)(y_BxTxC, deterministic=deterministic), None
 
 
@@ -126,8 +138,9 @@ class MLP(nn.Module):
   def __call__(self, x_BxTxC: jax.Array, deterministic: bool) -> jax.Array:
     C = x_BxTxC.shape[-1]
     h_BxTx4C = jax.nn.gelu(dense(4 * C, 'fc1', self.dtype)(x_BxTxC), approximate=False)
-    return nn.Dropout(self.dropout)(dense(C, 'fc2', self.dtype)(h_BxTx4C),
-                                    deterministic=deterministic)
+    return nn.Dropout(self.dropout)(
+      dense(C, 'fc2', self.dtype)(h_BxTx4C), deterministic=deterministic
+    )
 
 
 class Block(nn.Module):
@@ -139,20 +152,24 @@ class Block(nn.Module):
 
   n_head: int
   dropout: float = 0.0
-  mixer: str = 'attention'   # 'attention' or 'mlp' (recipe.mixer)
-  max_len: int = 0           # positions the MLP mixer spans (model.block_size)
+  mixer: str = 'attention'  # 'attention' or 'mlp' (recipe.mixer)
+  max_len: int = 0  # positions the MLP mixer spans (model.block_size)
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x_BxTxC: jax.Array, deterministic: bool = True,
-               slot: KVSlot | None = None) -> tuple[jax.Array, KVSlot | None]:
-    mix = (CausalSelfAttention(self.n_head, self.dropout, self.dtype, name='attn')
-           if self.mixer == 'attention'
-           else CausalMLPMixer(self.n_head, self.dropout, self.max_len, self.dtype, name='mix'))
+  def __call__(
+    self, x_BxTxC: jax.Array, deterministic: bool = True, slot: KVSlot | None = None
+  ) -> tuple[jax.Array, KVSlot | None]:
+    mix = (
+      CausalSelfAttention(self.n_head, self.dropout, self.dtype, name='attn')
+      if self.mixer == 'attention'
+      else CausalMLPMixer(self.n_head, self.dropout, self.max_len, self.dtype, name='mix')
+    )
     attn_BxTxC, slot = mix(layer_norm('ln1', self.dtype)(x_BxTxC), deterministic, slot)
     h_BxTxC = x_BxTxC + attn_BxTxC
     out_BxTxC = h_BxTxC + MLP(self.dropout, self.dtype, name='mlp')(
-        layer_norm('ln2', self.dtype)(h_BxTxC), deterministic)
+      layer_norm('ln2', self.dtype)(h_BxTxC), deterministic
+    )
     return out_BxTxC, slot
 
 
@@ -162,9 +179,9 @@ class Block(nn.Module):
 # reading those stacks costs more than recomputing the block. Gradients are the
 # same either way: remat changes what is stored, not what is computed.
 REMAT_POLICIES = {
-    'none': None,                                                # keep everything
-    'full': jax.checkpoint_policies.nothing_saveable,            # keep the block's input
-    'dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # keep matmul outputs
+  'none': None,  # keep everything
+  'full': jax.checkpoint_policies.nothing_saveable,  # keep the block's input
+  'dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # keep matmul outputs
 }
 
 

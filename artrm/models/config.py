@@ -34,22 +34,24 @@ class ModelConfig:
   n_head: int = 6
   n_layer: int = 4
   dropout: float = 0.0
-  n_outer_loops: int = 2          # H: cycles per ACT step (ut_level2, trm)
-  n_inner_loops: int = 2          # L: z-updates per cycle (ut_level2, trm)
-  max_act_steps: int = 0          # 0 = n_layer (the paper's default)
+  n_outer_loops: int = 2  # H: cycles per ACT step (ut_level2, trm)
+  n_inner_loops: int = 2  # L: z-updates per cycle (ut_level2, trm)
+  max_act_steps: int = 0  # 0 = n_layer (the paper's default)
   use_step_embeddings: bool = True
   ponder_cost_weight: float = 0.01
   halt_exploration_prob: float = 0.25
-  remat: str = 'none'             # activations kept for backward: block.REMAT_POLICIES
-  dtype: str = 'float32'          # compute dtype (DTYPES); params are float32 always
-  matmul_precision: str = 'default'   # float32 matmuls (MATMUL_PRECISIONS)
+  remat: str = 'none'  # activations kept for backward: block.REMAT_POLICIES
+  dtype: str = 'float32'  # compute dtype (DTYPES); params are float32 always
+  matmul_precision: str = 'default'  # float32 matmuls (MATMUL_PRECISIONS)
 
   def __post_init__(self):
     if self.dtype not in DTYPES:
       raise ValueError(f'Unknown model.dtype {self.dtype!r}; choose one of {DTYPES}.')
     if self.matmul_precision not in MATMUL_PRECISIONS:
-      raise ValueError(f'Unknown model.matmul_precision {self.matmul_precision!r}; choose one '
-                       f'of {MATMUL_PRECISIONS}.')
+      raise ValueError(
+        f'Unknown model.matmul_precision {self.matmul_precision!r}; choose one '
+        f'of {MATMUL_PRECISIONS}.'
+      )
 
   @property
   def act_steps(self) -> int:
@@ -68,11 +70,11 @@ class ModelConfig:
 @dataclasses.dataclass(frozen=True)
 class Rung:
   title: str
-  stream: str = 'single'      # 'single' | 'dual'
-  tied: bool = True           # one shared block (all but `gpt`)
+  stream: str = 'single'  # 'single' | 'dual'
+  tied: bool = True  # one shared block (all but `gpt`)
   step_embeddings: bool = False
-  halting: str = 'none'       # 'none' | 'act' | 'q'
-  nested: bool = False        # H x L cycles with TRM's gradient rules
+  halting: str = 'none'  # 'none' | 'act' | 'q'
+  nested: bool = False  # H x L cycles with TRM's gradient rules
 
   def default_steps(self, cfg: ModelConfig) -> int:
     return cfg.act_steps if self.halting != 'none' else cfg.n_layer
@@ -93,13 +95,15 @@ class Rung:
 
 
 RUNGS: dict[str, Rung] = {
-    'gpt': Rung('Dense Transformer', tied=False),
-    'gpt_level1': Rung('Iterative Transformer'),
-    'gpt_level2': Rung('Iterative Step Transformer', step_embeddings=True),
-    'ut': Rung('Universal Transformer (ACT)', step_embeddings=True, halting='act'),
-    'ut_level1': Rung('Dual UT', stream='dual', step_embeddings=True, halting='act'),
-    'ut_level2': Rung('Dual Nested UT', stream='dual', step_embeddings=True, halting='act', nested=True),
-    'trm': Rung('Autoregressive TRM', stream='dual', step_embeddings=True, halting='q', nested=True),
+  'gpt': Rung('Dense Transformer', tied=False),
+  'gpt_level1': Rung('Iterative Transformer'),
+  'gpt_level2': Rung('Iterative Step Transformer', step_embeddings=True),
+  'ut': Rung('Universal Transformer (ACT)', step_embeddings=True, halting='act'),
+  'ut_level1': Rung('Dual UT', stream='dual', step_embeddings=True, halting='act'),
+  'ut_level2': Rung(
+    'Dual Nested UT', stream='dual', step_embeddings=True, halting='act', nested=True
+  ),
+  'trm': Rung('Autoregressive TRM', stream='dual', step_embeddings=True, halting='q', nested=True),
 }
 
 
@@ -129,8 +133,10 @@ def normalize_budget(config: ModelConfig, budget: int) -> ModelConfig:
   if budget < 1:
     raise ValueError(f'compute budget must be a positive number of block passes, got {budget}.')
   if config.max_act_steps and rung.halting != 'none':
-    raise ValueError(f'max_act_steps={config.max_act_steps} is set, so the budget rule (which sets '
-                     'n_layer = steps) would not hold: set max_act_steps=0 or budget=0.')
+    raise ValueError(
+      f'max_act_steps={config.max_act_steps} is set, so the budget rule (which sets '
+      'n_layer = steps) would not hold: set max_act_steps=0 or budget=0.'
+    )
   if rung.stream == 'single':
     out = dataclasses.replace(config, n_layer=budget)
   elif not rung.nested:
@@ -149,12 +155,17 @@ def normalize_budget(config: ModelConfig, budget: int) -> ModelConfig:
         fallback = (H, L, max(1, budget // per_step))
     H, L, n_layer = fallback
     if L == 0:
-      logging.warning('Budget %d resolves %s to L = 0 z-updates: x never enters the model, whose '
-                      'output then ignores the tokens (the paper\'s rule, kept as is). Pick a '
-                      'budget divisible by 2 or 3.', budget, config.name)
+      logging.warning(
+        'Budget %d resolves %s to L = 0 z-updates: x never enters the model, whose '
+        "output then ignores the tokens (the paper's rule, kept as is). Pick a "
+        'budget divisible by 2 or 3.',
+        budget,
+        config.name,
+      )
     out = dataclasses.replace(config, n_layer=n_layer, n_outer_loops=H, n_inner_loops=L)
   if block_passes(out) > budget:
     raise ValueError(
-        f'No configuration of {config.name} fits a budget of {budget} block passes: its '
-        f'smallest step costs {get_rung(out.name).passes_per_step(out)} passes. Raise the budget.')
+      f'No configuration of {config.name} fits a budget of {budget} block passes: its '
+      f'smallest step costs {get_rung(out.name).passes_per_step(out)} passes. Raise the budget.'
+    )
   return out

@@ -27,17 +27,17 @@ from artrm.models.config import ModelConfig, Rung, get_rung
 # before which the carried (y, z) is detached. Static cuts split a step into
 # scans, so the passes before a cut are not even traced for the backward pass.
 GRAD_REACH: dict[str, Callable[[int, int], tuple[int, ...]]] = {
-    # The paper's code: detach at the step start and before the last cycle,
-    # so only the last cycle of a step can receive gradient.
-    'paper': lambda per_step, per_cycle: (0, per_step - per_cycle),
-    # A step is back-propagated whole; steps stay cut from each other.
-    'last_step': lambda per_step, per_cycle: (0,),
-    # No detaching: gradient through every pass (memory: model.remat).
-    'all': lambda per_step, per_cycle: (),
-    # One cut, grad_last_k passes before the end of a forward that runs every
-    # step (Huginn-style truncation); its place depends on the step, so it is
-    # a select inside the scan (`last_k_cut`).
-    'last_k': lambda per_step, per_cycle: (),
+  # The paper's code: detach at the step start and before the last cycle,
+  # so only the last cycle of a step can receive gradient.
+  'paper': lambda per_step, per_cycle: (0, per_step - per_cycle),
+  # A step is back-propagated whole; steps stay cut from each other.
+  'last_step': lambda per_step, per_cycle: (0,),
+  # No detaching: gradient through every pass (memory: model.remat).
+  'all': lambda per_step, per_cycle: (),
+  # One cut, grad_last_k passes before the end of a forward that runs every
+  # step (Huginn-style truncation); its place depends on the step, so it is
+  # a select inside the scan (`last_k_cut`).
+  'last_k': lambda per_step, per_cycle: (),
 }
 
 
@@ -46,6 +46,8 @@ def last_k_cut(recipe: 'Recipe', s, j, steps: int, per_step: int):
   if recipe.grad_reach != 'last_k':
     return None
   return s * per_step + j == steps * per_step - recipe.grad_last_k
+
+
 SUP_UPDATES = ('each', 'accumulate')
 HALT_TARGETS = ('token', 'sequence')
 MIXERS = ('attention', 'mlp')
@@ -54,15 +56,15 @@ MIXERS = ('attention', 'mlp')
 @dataclasses.dataclass(frozen=True)
 class Recipe:
   grad_reach: str = 'paper'
-  grad_last_k: int = 0            # passes back-propagated with grad_reach='last_k'
-  n_sup: int = 1                  # supervision passes per batch (deep supervision)
-  sup_update: str = 'each'        # optimizer step per pass, or one on the summed losses
-  halt_loss_weight: float = 0.0   # > 0: the Q-head learns to halt, and decoding obeys it
-  halt_target: str = 'token'      # what "right" means for the Q-head (see train.halt_loss)
-  ema_decay: float = 0.0          # > 0: evaluate and keep the best of an EMA of the params
-  fixed_init: bool = False        # y0 / z0 fixed std-1 vectors instead of learned ones
-  mixer: str = 'attention'        # token mixing of the shared block
-  act_halt_bias: float = 0.0      # initial bias of ACT's halting head (paper: 0, p = 0.5)
+  grad_last_k: int = 0  # passes back-propagated with grad_reach='last_k'
+  n_sup: int = 1  # supervision passes per batch (deep supervision)
+  sup_update: str = 'each'  # optimizer step per pass, or one on the summed losses
+  halt_loss_weight: float = 0.0  # > 0: the Q-head learns to halt, and decoding obeys it
+  halt_target: str = 'token'  # what "right" means for the Q-head (see train.halt_loss)
+  ema_decay: float = 0.0  # > 0: evaluate and keep the best of an EMA of the params
+  fixed_init: bool = False  # y0 / z0 fixed std-1 vectors instead of learned ones
+  mixer: str = 'attention'  # token mixing of the shared block
+  act_halt_bias: float = 0.0  # initial bias of ACT's halting head (paper: 0, p = 0.5)
 
   @property
   def trains_halting(self) -> bool:
@@ -81,41 +83,54 @@ class Recipe:
     rung = get_rung(name)
     errors = []
     choice = lambda field, options: (
-        errors.append(f'recipe.{field}={getattr(self, field)!r}: choose one of {list(options)}')
-        if getattr(self, field) not in options else None)
+      errors.append(f'recipe.{field}={getattr(self, field)!r}: choose one of {list(options)}')
+      if getattr(self, field) not in options
+      else None
+    )
     choice('grad_reach', GRAD_REACH)
     choice('sup_update', SUP_UPDATES)
     choice('halt_target', HALT_TARGETS)
     choice('mixer', MIXERS)
     if self.grad_reach != 'paper' and not rung.nested:
-      errors.append(f'recipe.grad_reach={self.grad_reach!r} applies to the nested rungs '
-                    f'(ut_level2, trm); {name} detaches nothing: keep grad_reach=paper')
+      errors.append(
+        f'recipe.grad_reach={self.grad_reach!r} applies to the nested rungs '
+        f'(ut_level2, trm); {name} detaches nothing: keep grad_reach=paper'
+      )
     if (self.grad_reach == 'last_k') != (self.grad_last_k > 0):
       errors.append('grad_reach=last_k needs recipe.grad_last_k > 0 (and only it takes one)')
     if self.grad_reach == 'last_k' and rung.halting == 'act':
-      errors.append(f'grad_reach=last_k: {name} reads every step through ACT, so one cut does '
-                    'not bound its gradient; use paper, last_step or all')
+      errors.append(
+        f'grad_reach=last_k: {name} reads every step through ACT, so one cut does '
+        'not bound its gradient; use paper, last_step or all'
+      )
     if self.n_sup < 1:
       errors.append(f'recipe.n_sup={self.n_sup}: use 1 (off) or more supervision passes')
     if self.n_sup > 1 and rung.stream != 'dual':
-      errors.append(f'recipe.n_sup={self.n_sup}: deep supervision carries (y, z), which {name} '
-                    'does not have; use a dual-stream rung (ut_level1, ut_level2, trm) or n_sup=1')
+      errors.append(
+        f'recipe.n_sup={self.n_sup}: deep supervision carries (y, z), which {name} '
+        'does not have; use a dual-stream rung (ut_level1, ut_level2, trm) or n_sup=1'
+      )
     if self.trains_halting and rung.halting != 'q':
-      errors.append(f'recipe.halt_loss_weight={self.halt_loss_weight}: {name} has no Q-head; '
-                    'use trm or halt_loss_weight=0')
+      errors.append(
+        f'recipe.halt_loss_weight={self.halt_loss_weight}: {name} has no Q-head; '
+        'use trm or halt_loss_weight=0'
+      )
     if self.halt_loss_weight < 0 or not 0 <= self.ema_decay < 1:
       errors.append('recipe.halt_loss_weight must be >= 0 and recipe.ema_decay in [0, 1)')
     if self.fixed_init and rung.stream != 'dual':
       errors.append(f'recipe.fixed_init: {name} has no y0 / z0; use a dual-stream rung')
     if self.act_halt_bias and rung.halting != 'act':
-      errors.append(f'recipe.act_halt_bias: {name} has no ACT head; use ut, ut_level1 or '
-                    'ut_level2, or act_halt_bias=0')
+      errors.append(
+        f'recipe.act_halt_bias: {name} has no ACT head; use ut, ut_level1 or '
+        'ut_level2, or act_halt_bias=0'
+      )
     if errors:
       raise ValueError('Recipe not valid for ' + name + ': ' + '; '.join(errors) + '.')
     return self
 
 
 # -- compute accounting ---------------------------------------------------------
+
 
 def grad_passes(rung: Rung, cfg: ModelConfig, recipe: Recipe, steps: int | None = None) -> int:
   """Block passes of one forward (all steps run) whose parameters receive gradient.
@@ -133,8 +148,9 @@ def grad_passes(rung: Rung, cfg: ModelConfig, recipe: Recipe, steps: int | None 
   reads_every_step = rung.halting == 'act' or recipe.trains_halting
   total = steps * per_step
   static = GRAD_REACH[recipe.grad_reach](per_step, per_cycle)
-  cut = lambda p: p % per_step in static or bool(
-      last_k_cut(recipe, p // per_step, p % per_step, steps, per_step))
+  cut = lambda p: (
+    p % per_step in static or bool(last_k_cut(recipe, p // per_step, p % per_step, steps, per_step))
+  )
   # Walk back from each read-out point to the nearest cut before it.
   reached = set()
   readouts = [(s + 1) * per_step for s in range(steps)] if reads_every_step else [total]
@@ -158,6 +174,10 @@ def compute_record(rung: Rung, cfg: ModelConfig, recipe: Recipe) -> dict[str, in
   passes per generated token (every supervision pass, every step).
   """
   forward, grad = rung.block_passes(cfg), grad_passes(rung, cfg, recipe)
-  return dict(forward_passes=forward, grad_passes=grad, n_sup=recipe.n_sup,
-              train_passes_per_token=recipe.n_sup * (forward + grad),
-              inference_passes=recipe.n_sup * forward)
+  return dict(
+    forward_passes=forward,
+    grad_passes=grad,
+    n_sup=recipe.n_sup,
+    train_passes_per_token=recipe.n_sup * (forward + grad),
+    inference_passes=recipe.n_sup * forward,
+  )

@@ -48,8 +48,8 @@ class KVCache(NamedTuple):
 
   key_PxBxHxSxD: jax.Array
   value_PxBxHxSxD: jax.Array
-  index: jax.Array   # int32: positions cached, i.e. the position of the next token
-  steps: jax.Array   # int32 [B]: TRM's step count per sequence, fixed by the Q-head at prefill
+  index: jax.Array  # int32: positions cached, i.e. the position of the next token
+  steps: jax.Array  # int32 [B]: TRM's step count per sequence, fixed by the Q-head at prefill
 
 
 class Passes(NamedTuple):
@@ -70,7 +70,8 @@ def apply_block(block: nn.Module, h_BxTxC, passes: Passes, deterministic):
 
 
 SCAN = functools.partial(
-    nn.scan, variable_broadcast='params', split_rngs={'params': False, 'dropout': True})
+  nn.scan, variable_broadcast='params', split_rngs={'params': False, 'dropout': True}
+)
 
 
 class _LayerStep(nn.Module):
@@ -86,8 +87,9 @@ class _LayerStep(nn.Module):
   @nn.compact
   def __call__(self, carry, deterministic: bool):
     h_BxTxC, passes = carry
-    block = block_class(self.remat)(self.n_head, self.dropout, self.mixer, self.max_len, self.dtype,
-                                    name='block')
+    block = block_class(self.remat)(
+      self.n_head, self.dropout, self.mixer, self.max_len, self.dtype, name='block'
+    )
     return apply_block(block, h_BxTxC, passes, deterministic), None
 
 
@@ -109,9 +111,13 @@ class RecursiveLM(nn.Module):
     if rung.tied:
       self.block = block_class(cfg.remat)(*block_args)
     else:
-      self.blocks = nn.scan(_LayerStep, variable_axes={'params': 0}, in_axes=nn.broadcast,
-                            split_rngs={'params': True, 'dropout': True},
-                            length=cfg.n_layer)(cfg.n_head, cfg.dropout, cfg.remat, *block_args[2:])
+      self.blocks = nn.scan(
+        _LayerStep,
+        variable_axes={'params': 0},
+        in_axes=nn.broadcast,
+        split_rngs={'params': True, 'dropout': True},
+        length=cfg.n_layer,
+      )(cfg.n_head, cfg.dropout, cfg.remat, *block_args[2:])
     if rung.stream == 'dual':
       # TRM's fixed y0 / z0: std-1 draws that the optimizer never moves
       # (`init_state` masks them out) and no gradient reaches.
@@ -121,11 +127,21 @@ class RecursiveLM(nn.Module):
     # The halting heads stay float32: their inputs are cast up, and a halting
     # decision is a threshold on their output.
     if rung.halting == 'act':
-      self.act_halt = nn.Dense(1, kernel_init=INIT, name='act_halt', dtype=jnp.float32,
-                               bias_init=nn.initializers.constant(recipe.act_halt_bias))
+      self.act_halt = nn.Dense(
+        1,
+        kernel_init=INIT,
+        name='act_halt',
+        dtype=jnp.float32,
+        bias_init=nn.initializers.constant(recipe.act_halt_bias),
+      )
     if rung.halting == 'q':
-      self.q_halt = nn.Dense(1, kernel_init=nn.initializers.zeros, dtype=jnp.float32,
-                             bias_init=nn.initializers.constant(-5.0), name='q_halt')
+      self.q_halt = nn.Dense(
+        1,
+        kernel_init=nn.initializers.zeros,
+        dtype=jnp.float32,
+        bias_init=nn.initializers.constant(-5.0),
+        name='q_halt',
+      )
     self.ln_f = layer_norm('ln_f', self.dtype)
     self.lm_head = dense(cfg.vocab_size, 'lm_head', self.dtype)
 
@@ -152,10 +168,17 @@ class RecursiveLM(nn.Module):
     """Block passes of a forward that runs every step of every supervision pass."""
     return self.recipe.n_sup * self.rung.block_passes(self.config, steps)
 
-  def __call__(self, idx_BxT: jax.Array, *, deterministic: bool = True,
-               inference_steps: int | None = None, full_compute: bool = False,
-               cache: KVCache | None = None, carry=None,
-               sup_passes: int | None = None) -> tuple[jax.Array, Aux]:
+  def __call__(
+    self,
+    idx_BxT: jax.Array,
+    *,
+    deterministic: bool = True,
+    inference_steps: int | None = None,
+    full_compute: bool = False,
+    cache: KVCache | None = None,
+    carry=None,
+    sup_passes: int | None = None,
+  ) -> tuple[jax.Array, Aux]:
     """Returns next-token logits [B, T, V] and aux metrics of the trunk.
 
     `inference_steps` runs more (or fewer) steps than trained, reusing the last
@@ -172,25 +195,34 @@ class RecursiveLM(nn.Module):
     sup_passes = self.recipe.n_sup if sup_passes is None else sup_passes
     T = idx_BxT.shape[1]
     if T > cfg.block_size:
-      raise ValueError(f'Sequence length {T} exceeds block_size={cfg.block_size}: '
-                       'raise model.block_size or shorten the input.')
+      raise ValueError(
+        f'Sequence length {T} exceeds block_size={cfg.block_size}: '
+        'raise model.block_size or shorten the input.'
+      )
     steps = inference_steps or self.rung.default_steps(cfg)
     if not self.rung.tied and steps != cfg.n_layer:
-      raise ValueError(f'{cfg.name} has {cfg.n_layer} distinct blocks; it cannot run '
-                       f'{steps} inference steps. Use a weight-tied rung for step scaling.')
+      raise ValueError(
+        f'{cfg.name} has {cfg.n_layer} distinct blocks; it cannot run '
+        f'{steps} inference steps. Use a weight-tied rung for step scaling.'
+      )
     if cache is not None:
       need = sup_passes * self.rung.block_passes(cfg, steps)
       if cache.key_PxBxHxSxD.shape[0] < need:
         # dynamic_update_slice would clamp the pass index and overwrite silently.
-        raise ValueError(f'The KV cache holds {cache.key_PxBxHxSxD.shape[0]} block passes but '
-                         f'{steps} steps x {sup_passes} supervision passes run {need}: build it '
-                         'with decoding.init_cache(model, ..., inference_steps) for these steps.')
+        raise ValueError(
+          f'The KV cache holds {cache.key_PxBxHxSxD.shape[0]} block passes but '
+          f'{steps} steps x {sup_passes} supervision passes run {need}: build it '
+          'with decoding.init_cache(model, ..., inference_steps) for these steps.'
+        )
       if cache.key_PxBxHxSxD.dtype != self.dtype:
-        raise ValueError(f'The KV cache is {cache.key_PxBxHxSxD.dtype} but model.dtype is '
-                         f'{cfg.dtype}: build it with decoding.init_cache(model, ...).')
-    forward = functools.partial(self._forward, idx_BxT, steps, deterministic, full_compute, cache,
-                                carry, sup_passes)
-    if cfg.matmul_precision == 'default':   # whatever JAX is configured with
+        raise ValueError(
+          f'The KV cache is {cache.key_PxBxHxSxD.dtype} but model.dtype is '
+          f'{cfg.dtype}: build it with decoding.init_cache(model, ...).'
+        )
+    forward = functools.partial(
+      self._forward, idx_BxT, steps, deterministic, full_compute, cache, carry, sup_passes
+    )
+    if cfg.matmul_precision == 'default':  # whatever JAX is configured with
       return forward()
     with jax.default_matmul_precision(cfg.matmul_precision):
       return forward()
@@ -198,24 +230,34 @@ class RecursiveLM(nn.Module):
   def _forward(self, idx_BxT, steps, deterministic, full_compute, cache, carry, sup_passes):
     start, T = (0 if cache is None else cache.index), idx_BxT.shape[1]
     x_BxTxC = self.tok_emb(idx_BxT) + jax.lax.dynamic_slice_in_dim(
-        self.pos_emb.astype(self.dtype), start, T)
+      self.pos_emb.astype(self.dtype), start, T
+    )
     if cache is not None and self.halting in ('act', 'q_trained'):
       # Halted positions keep evolving and later positions attend to every
       # pass of theirs: a new token must fill the cache at all steps.
       full_compute = True
-    trunk = functools.partial(getattr(RecursiveLM, f'_{self.halting}_trunk'), x_BxTxC=x_BxTxC,
-                              steps=steps, deterministic=deterministic, full_compute=full_compute)
+    trunk = functools.partial(
+      getattr(RecursiveLM, f'_{self.halting}_trunk'),
+      x_BxTxC=x_BxTxC,
+      steps=steps,
+      deterministic=deterministic,
+      full_compute=full_compute,
+    )
     stream = self._stream_init(x_BxTxC) if carry is None else tuple(carry)
     passes = Passes(jnp.zeros((), jnp.int32), cache)
     if sup_passes == 1:
       h_BxTxC, stream, passes, aux = trunk(self, stream=stream, passes=passes)
     else:
+
       def sup_pass(mdl, carry, _):
-        h_BxTxC, stream, passes, aux = trunk(mdl, stream=jax.lax.stop_gradient(carry[0]),
-                                             passes=carry[1])
+        h_BxTxC, stream, passes, aux = trunk(
+          mdl, stream=jax.lax.stop_gradient(carry[0]), passes=carry[1]
+        )
         return (stream, passes), (h_BxTxC, aux)
+
       (stream, passes), (h_SxBxTxC, aux_S) = SCAN(sup_pass, length=sup_passes)(
-          self, (stream, passes), None)
+        self, (stream, passes), None
+      )
       h_BxTxC, aux = jax.tree.map(lambda a: a[-1], (h_SxBxTxC, aux_S))
     aux['block_passes'] = passes.count
     if self.rung.stream == 'dual':
@@ -238,8 +280,10 @@ class RecursiveLM(nn.Module):
     if self.rung.stream == 'single':
       return (x_BxTxC,)
     fixed = jax.lax.stop_gradient if self.recipe.fixed_init else (lambda v: v)
-    return tuple(jnp.broadcast_to(fixed(v).astype(self.dtype), x_BxTxC.shape)
-                 for v in (self.y_init, self.z_init))
+    return tuple(
+      jnp.broadcast_to(fixed(v).astype(self.dtype), x_BxTxC.shape)
+      for v in (self.y_init, self.z_init)
+    )
 
   def _step(self, x_BxTxC, stream, s, passes, deterministic, steps):
     """One step: returns (new stream, passes); the readout state is stream[0]."""
@@ -269,7 +313,9 @@ class RecursiveLM(nn.Module):
       cut = last_k_cut(mdl.recipe, s, j, steps, per_step)
       if cut is not None:
         y, z = (jnp.where(cut, jax.lax.stop_gradient(a), a) for a in (y, z))
-      new, n = mdl._apply_block(jnp.where(updates_z, x_BxTxC + y + z, y + z) + e_C, n, deterministic)
+      new, n = mdl._apply_block(
+        jnp.where(updates_z, x_BxTxC + y + z, y + z) + e_C, n, deterministic
+      )
       return (jnp.where(updates_z, y, new), jnp.where(updates_z, new, z), n), None
 
     pattern = jnp.tile(jnp.arange(L + 1) < L, H)
@@ -317,7 +363,9 @@ class RecursiveLM(nn.Module):
       done = jnp.all(carry[1].halted_BxT)
       return mdl._maybe_skip(done, functools.partial(step_fn, s), carry, full_compute), None
 
-    (stream, act, passes, taken), _ = SCAN(body)(self, (stream, act0, passes, zero), jnp.arange(steps))
+    (stream, act, passes, taken), _ = SCAN(body)(
+      self, (stream, act0, passes, zero), jnp.arange(steps)
+    )
     out_BxTxC, ponder = act_lib.act_finalize(act, stream[0])
     return out_BxTxC, stream, passes, {'ponder_cost': ponder, 'steps_taken': taken}
 
@@ -335,7 +383,9 @@ class RecursiveLM(nn.Module):
     min_steps_B = self._min_steps(B, steps, deterministic)
     # The Q-head reads position 0. Decoding a later token, position 0 is only
     # in the cache: the step count the head fixed at prefill stops instead.
-    reads_q, last_step = (True, steps) if passes.kv is None else (passes.kv.index == 0, passes.kv.steps)
+    reads_q, last_step = (
+      (True, steps) if passes.kv is None else (passes.kv.index == 0, passes.kv.steps)
+    )
 
     # Decoding, each sequence stops at its own halting step, as if decoded
     # alone (the reference's evaluator): a halted sequence's streams freeze
@@ -349,8 +399,9 @@ class RecursiveLM(nn.Module):
       stream, halted_B, passes, taken = carry
       new_stream, passes = mdl._step(x_BxTxC, stream, s, passes, deterministic, steps)
       if freeze:
-        new_stream = jax.tree.map(lambda new, old: jnp.where(halted_B[:, None, None], old, new),
-                                  new_stream, stream)
+        new_stream = jax.tree.map(
+          lambda new, old: jnp.where(halted_B[:, None, None], old, new), new_stream, stream
+        )
       q_B = mdl.q_halt(new_stream[0][:, 0])[:, 0]
       halts_B = (reads_q & (q_B > 0) & (s + 1 >= min_steps_B)) | (s + 1 >= last_step)
       taken = taken + (~halted_B if freeze else 1)
@@ -358,7 +409,9 @@ class RecursiveLM(nn.Module):
 
     def body(mdl, carry, s):
       done = jnp.all(carry[1])
-      return mdl._maybe_skip(done, functools.partial(step_fn, s), carry, full_compute or freeze), None
+      return mdl._maybe_skip(
+        done, functools.partial(step_fn, s), carry, full_compute or freeze
+      ), None
 
     zero = jnp.zeros((B,) if freeze else (), jnp.int32)
     carry0 = (stream, jnp.zeros((B,), bool), passes, zero)
@@ -384,8 +437,9 @@ class RecursiveLM(nn.Module):
       stream, halted_BxT, out_BxTxC, passes, taken_BxT = carry
       step_fn = lambda m, c: m._step(x_BxTxC, c[0], s, c[1], deterministic, steps)
       # Training reads every step (the loss needs each q): no early stop there.
-      stream, passes = mdl._maybe_skip(jnp.all(halted_BxT), step_fn, (stream, passes),
-                                       full_compute or not deterministic)
+      stream, passes = mdl._maybe_skip(
+        jnp.all(halted_BxT), step_fn, (stream, passes), full_compute or not deterministic
+      )
       y_BxTxC = stream[0]
       q_BxT = mdl.q_halt(y_BxTxC)[..., 0]
       running_BxT = ~halted_BxT
@@ -394,12 +448,20 @@ class RecursiveLM(nn.Module):
       carry = (stream, halted_BxT, out_BxTxC, passes, taken_BxT + running_BxT)
       return carry, (q_BxT, mdl.lm_head(mdl.ln_f(y_BxTxC)))
 
-    carry0 = (stream, jnp.zeros((B, T), bool), jnp.zeros_like(x_BxTxC), passes,
-              jnp.zeros((B, T), jnp.int32))
+    carry0 = (
+      stream,
+      jnp.zeros((B, T), bool),
+      jnp.zeros_like(x_BxTxC),
+      passes,
+      jnp.zeros((B, T), jnp.int32),
+    )
     (stream, _, out_BxTxC, passes, taken_BxT), (q_SxBxT, logits_SxBxTxV) = SCAN(body)(
-        self, carry0, jnp.arange(steps))
-    aux = {'steps_taken': jnp.mean(taken_BxT.astype(jnp.float32)),
-           'halt': {'q_SxBxT': q_SxBxT, 'logits_SxBxTxV': logits_SxBxTxV}}
+      self, carry0, jnp.arange(steps)
+    )
+    aux = {
+      'steps_taken': jnp.mean(taken_BxT.astype(jnp.float32)),
+      'halt': {'q_SxBxT': q_SxBxT, 'logits_SxBxTxV': logits_SxBxTxV},
+    }
     return out_BxTxC, stream, passes, aux
 
 

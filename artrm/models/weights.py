@@ -18,11 +18,17 @@ from artrm.models.rungs import RecursiveLM, build_model
 
 # neutral config key -> ModelConfig field
 _CONFIG_KEYS = {
-    'model': 'name', 'vocab_size': 'vocab_size', 'block_size': 'block_size',
-    'n_embd': 'n_embd', 'n_head': 'n_head', 'n_layer': 'n_layer',
-    'n_inner_loops': 'n_inner_loops', 'n_outer_loops': 'n_outer_loops',
-    'use_step_embeddings': 'use_step_embeddings', 'ponder_cost_weight': 'ponder_cost_weight',
-    'max_act_steps': 'max_act_steps',
+  'model': 'name',
+  'vocab_size': 'vocab_size',
+  'block_size': 'block_size',
+  'n_embd': 'n_embd',
+  'n_head': 'n_head',
+  'n_layer': 'n_layer',
+  'n_inner_loops': 'n_inner_loops',
+  'n_outer_loops': 'n_outer_loops',
+  'use_step_embeddings': 'use_step_embeddings',
+  'ponder_cost_weight': 'ponder_cost_weight',
+  'max_act_steps': 'max_act_steps',
 }
 # neutral leaf paths whose Flax name differs
 _RENAMES = {('tok_emb',): ('tok_emb', 'embedding')}
@@ -36,7 +42,7 @@ def _scalar(value: np.ndarray) -> Any:
 def config_from_neutral(arrays: Mapping[str, np.ndarray]) -> ModelConfig:
   if 'config/model' not in arrays:
     raise ValueError('A neutral file names its rung in config/model; this one has no such entry.')
-  raw = {k[len('config/'):]: _scalar(v) for k, v in arrays.items() if k.startswith('config/')}
+  raw = {k[len('config/') :]: _scalar(v) for k, v in arrays.items() if k.startswith('config/')}
   fields = {_CONFIG_KEYS[k]: v for k, v in raw.items() if k in _CONFIG_KEYS}
   types = {f: type(getattr(ModelConfig(), f)) for f in fields}
   return ModelConfig(**{f: types[f](v) for f, v in fields.items()})
@@ -49,7 +55,7 @@ def params_from_neutral(arrays: Mapping[str, np.ndarray]) -> dict:
   for key, value in arrays.items():
     if not key.startswith('param/'):
       continue
-    path = tuple(key[len('param/'):].split('/'))
+    path = tuple(key[len('param/') :].split('/'))
     path = _RENAMES.get(path, path)
     if path[0] == 'blocks':
       _set(layers.setdefault(int(path[1]), {}), path[2:], value)
@@ -77,16 +83,25 @@ def check_params(model: RecursiveLM, params: dict, where: str = 'params'):
   """Fails naming every missing, unexpected or mis-shaped array unless `params` fit `model`."""
   idx_1xT = jnp.zeros((1, model.config.block_size), jnp.int32)
   expected = jax.eval_shape(model.init, jax.random.key(0), idx_1xT)['params']
-  shapes = lambda tree: {'/'.join(k.key for k in path): tuple(x.shape)
-                         for path, x in jax.tree_util.tree_leaves_with_path(tree)}
+  shapes = lambda tree: {
+    '/'.join(k.key for k in path): tuple(x.shape)
+    for path, x in jax.tree_util.tree_leaves_with_path(tree)
+  }
   want, got = shapes(expected), shapes(params)
-  problems = ([f'missing {k} {want[k]}' for k in sorted(set(want) - set(got))]
-              + [f'unexpected {k}' for k in sorted(set(got) - set(want))]
-              + [f'{k} is {got[k]}, expected {want[k]}' for k in sorted(set(want) & set(got))
-                 if want[k] != got[k]])
+  problems = (
+    [f'missing {k} {want[k]}' for k in sorted(set(want) - set(got))]
+    + [f'unexpected {k}' for k in sorted(set(got) - set(want))]
+    + [
+      f'{k} is {got[k]}, expected {want[k]}'
+      for k in sorted(set(want) & set(got))
+      if want[k] != got[k]
+    ]
+  )
   if problems:
-    raise ValueError(f'{where} does not fit {model.config.name} '
-                     f'(in Flax names, blocks stacked): {"; ".join(problems)}.')
+    raise ValueError(
+      f'{where} does not fit {model.config.name} '
+      f'(in Flax names, blocks stacked): {"; ".join(problems)}.'
+    )
 
 
 def _set(tree: dict, path: tuple[str, ...], value: np.ndarray) -> None:

@@ -10,10 +10,10 @@ import csv
 import os
 import time
 
-from artrm.training import train
 from artrm.configs import length_gen
 from artrm.models import RUNGS, block_passes
 from artrm.tables import markdown_table
+from artrm.training import train
 
 TRAIN_LENGTH = 8
 LONGER_LENGTH = 12
@@ -30,8 +30,12 @@ def ladder_config(name: str, task: str, max_steps: int | None = None):
   return c
 
 
-def run_ladder(workdir: str, task: str = 'copy', max_steps: int | None = None,
-               rungs: tuple[str, ...] = tuple(RUNGS)) -> list[dict]:
+def run_ladder(
+  workdir: str,
+  task: str = 'copy',
+  max_steps: int | None = None,
+  rungs: tuple[str, ...] = tuple(RUNGS),
+) -> list[dict]:
   rows = []
   for name in rungs:
     rung = RUNGS[name]
@@ -39,21 +43,32 @@ def run_ladder(workdir: str, task: str = 'copy', max_steps: int | None = None,
     start = time.perf_counter()
     out = train.train_and_evaluate(config, os.path.join(workdir, name))
     mc = out['model'].config
-    row = dict(rung=name, model=rung.title, passes=block_passes(mc),
-               shape=f'{mc.n_layer}x{mc.n_outer_loops}x{mc.n_inner_loops}' if rung.nested
-               else str(mc.n_layer), minutes=(time.perf_counter() - start) / 60)
-    (by_length,) = out['eval'].values()   # one seed
+    row = dict(
+      rung=name,
+      model=rung.title,
+      passes=block_passes(mc),
+      shape=f'{mc.n_layer}x{mc.n_outer_loops}x{mc.n_inner_loops}'
+      if rung.nested
+      else str(mc.n_layer),
+      minutes=(time.perf_counter() - start) / 60,
+    )
+    (by_length,) = out['eval'].values()  # one seed
     for L in (TRAIN_LENGTH, LONGER_LENGTH):
       row[f'seq_acc@{L}'] = by_length[L]['seq_acc']
       row[f'char_acc@{L}'] = by_length[L]['char_acc']
     rows.append(row)
-    print(f'{name:12s} seq_acc@{TRAIN_LENGTH}={row[f"seq_acc@{TRAIN_LENGTH}"]:.3f} '
-          f'({row["minutes"]:.1f} min)', flush=True)
+    print(
+      f'{name:12s} seq_acc@{TRAIN_LENGTH}={row[f"seq_acc@{TRAIN_LENGTH}"]:.3f} '
+      f'({row["minutes"]:.1f} min)',
+      flush=True,
+    )
 
   config = ladder_config('gpt', task, max_steps)
-  header = (f'Seven rungs on {task}, trained at L={TRAIN_LENGTH} for {config.max_steps} steps '
-            f'(budget {config.budget} block passes, n_embd {config.model.n_embd}, batch '
-            f'{config.batch_size}), greedy decoding on {config.eval.n_samples} fixed prompts.')
+  header = (
+    f'Seven rungs on {task}, trained at L={TRAIN_LENGTH} for {config.max_steps} steps '
+    f'(budget {config.budget} block passes, n_embd {config.model.n_embd}, batch '
+    f'{config.batch_size}), greedy decoding on {config.eval.n_samples} fixed prompts.'
+  )
   table = markdown_table(rows)
   print('\n' + header + '\n\n' + table)
   with open(os.path.join(workdir, 'ladder.md'), 'w') as f:

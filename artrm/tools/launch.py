@@ -21,8 +21,15 @@ def pending_runs(spec: str, root: str) -> tuple[list[suites.Run], list[suites.Ru
   return todo, done
 
 
-def run_local(spec: str, root: str, *, slots: int = 1, gpus: list[str] | None = None,
-              dry_run: bool = False, log=print) -> list[int]:
+def run_local(
+  spec: str,
+  root: str,
+  *,
+  slots: int = 1,
+  gpus: list[str] | None = None,
+  dry_run: bool = False,
+  log=print,
+) -> list[int]:
   """Runs the suite's pending runs as a queue of subprocesses; returns exit codes.
 
   `gpus` (e.g. ['0', '1']): each run sees one GPU (CUDA_VISIBLE_DEVICES) and
@@ -34,8 +41,10 @@ def run_local(spec: str, root: str, *, slots: int = 1, gpus: list[str] | None = 
   if dry_run:
     for i, run in enumerate(todo):
       gpu = devices[i % len(devices)]
-      log((f'CUDA_VISIBLE_DEVICES={gpu} ' if gpu is not None else '')
-          + suites.shell_line(suites.train_command(spec, run)))
+      log(
+        (f'CUDA_VISIBLE_DEVICES={gpu} ' if gpu is not None else '')
+        + suites.shell_line(suites.train_command(spec, run))
+      )
     return []
   os.makedirs(root, exist_ok=True)
   free, running, codes = list(devices), {}, []
@@ -50,8 +59,9 @@ def run_local(spec: str, root: str, *, slots: int = 1, gpus: list[str] | None = 
         env.setdefault('XLA_FLAGS', '--xla_cpu_multi_thread_eigen=false')  # one core per run
       os.makedirs(run.workdir, exist_ok=True)
       out = open(os.path.join(run.workdir, 'stdout.log'), 'a')
-      proc = subprocess.Popen(suites.train_command(spec, run), env=env, stdout=out,
-                              stderr=subprocess.STDOUT)
+      proc = subprocess.Popen(
+        suites.train_command(spec, run), env=env, stdout=out, stderr=subprocess.STDOUT
+      )
       running[proc] = (run, device, out, time.perf_counter())
       log(f'start {run.name}' + (f' on GPU {device}' if device is not None else ''))
     time.sleep(0.5)
@@ -60,7 +70,11 @@ def run_local(spec: str, root: str, *, slots: int = 1, gpus: list[str] | None = 
       out.close()
       free.append(device)
       codes.append(proc.returncode)
-      status = 'done' if proc.returncode == 0 else f'FAILED ({proc.returncode}); see {run.workdir}/stdout.log'
+      status = (
+        'done'
+        if proc.returncode == 0
+        else f'FAILED ({proc.returncode}); see {run.workdir}/stdout.log'
+      )
       log(f'{status}: {run.name} in {time.perf_counter() - start:.0f}s')
   return codes
 
@@ -87,17 +101,29 @@ SLURM_ONE_HOST = 'eval "$LINE"'
 
 # Several nodes, one process each, train one run: process 0's node is the
 # coordinator (port: ARTRM_PORT, or one from the job id), SLURM_PROCID the rank.
-SLURM_MULTIHOST = '\n'.join([
+SLURM_MULTIHOST = '\n'.join(
+  [
     f'export {parallel.COORDINATOR_ENV}='
     '"$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1):'
     '${ARTRM_PORT:-$((20000 + SLURM_JOB_ID % 20000))}"',
     f'export {parallel.NUM_PROCESSES_ENV}="$SLURM_NTASKS"',
-    f'srun --kill-on-bad-exit=1 bash -c "export {parallel.PROCESS_ID_ENV}=\\$SLURM_PROCID; $LINE"'])
+    f'srun --kill-on-bad-exit=1 bash -c "export {parallel.PROCESS_ID_ENV}=\\$SLURM_PROCID; $LINE"',
+  ]
+)
 
 
-def slurm_submission(spec: str, root: str, *, job_name: str = 'artrm', time_limit: str = '02:00:00',
-                     max_parallel: int = 8, cpus: int = 8, extra: str = '', hosts: int = 1,
-                     python: str = 'python') -> tuple[str, str]:
+def slurm_submission(
+  spec: str,
+  root: str,
+  *,
+  job_name: str = 'artrm',
+  time_limit: str = '02:00:00',
+  max_parallel: int = 8,
+  cpus: int = 8,
+  extra: str = '',
+  hosts: int = 1,
+  python: str = 'python',
+) -> tuple[str, str]:
   """(sbatch script, runs file) for the suite's pending runs; each run on `hosts` nodes."""
   if hosts < 1:
     raise ValueError(f'hosts={hosts}: a run needs at least one node.')
@@ -107,10 +133,19 @@ def slurm_submission(spec: str, root: str, *, job_name: str = 'artrm', time_limi
   runs_file = os.path.join(root, 'slurm_runs.txt')
   lines = '\n'.join(suites.shell_line(suites.train_command(spec, r, python=python)) for r in todo)
   hosts_lines = f'#SBATCH --nodes={hosts}\n#SBATCH --ntasks-per-node=1\n' if hosts > 1 else ''
-  script = SLURM_TEMPLATE.format(job_name=job_name, last=len(todo) - 1, max_parallel=max_parallel,
-                                 hosts_lines=hosts_lines, cpus=cpus, time=time_limit, root=root,
-                                 extra=extra, runs_file=runs_file, repo=os.getcwd(),
-                                 run=SLURM_MULTIHOST if hosts > 1 else SLURM_ONE_HOST)
+  script = SLURM_TEMPLATE.format(
+    job_name=job_name,
+    last=len(todo) - 1,
+    max_parallel=max_parallel,
+    hosts_lines=hosts_lines,
+    cpus=cpus,
+    time=time_limit,
+    root=root,
+    extra=extra,
+    runs_file=runs_file,
+    repo=os.getcwd(),
+    run=SLURM_MULTIHOST if hosts > 1 else SLURM_ONE_HOST,
+  )
   return script, lines + '\n'
 
 
@@ -118,8 +153,10 @@ def submit_slurm(spec: str, root: str, *, dry_run: bool, log=print, **kwargs) ->
   script, lines = slurm_submission(spec, root, **kwargs)
   script_path = os.path.join(root, 'slurm_array.sbatch')
   if dry_run:
-    log(f'# would write {script_path}:\n{script}\n# and {root}/slurm_runs.txt:\n{lines}'
-        f'# and run: sbatch {script_path}')
+    log(
+      f'# would write {script_path}:\n{script}\n# and {root}/slurm_runs.txt:\n{lines}'
+      f'# and run: sbatch {script_path}'
+    )
     return script
   os.makedirs(root, exist_ok=True)
   with open(os.path.join(root, 'slurm_runs.txt'), 'w') as f:
@@ -134,16 +171,24 @@ def submit_slurm(spec: str, root: str, *, dry_run: bool, log=print, **kwargs) ->
 # Run on every host of a Cloud TPU VM / pod: its number, the host count and worker 0's address
 # from the VM's metadata (as jax.distributed finds them itself), port ARTRM_PORT or 8476.
 TPU_PROCESS_ENV = (
-    'md() { curl -sf -H Metadata-Flavor:Google '
-    'http://metadata.google.internal/computeMetadata/v1/instance/attributes/$1; }; '
-    'HOSTS=$(md worker-network-endpoints | tr , "\\n" | awk -F: "{print \\$NF}"); '
-    f'export {parallel.COORDINATOR_ENV}=$(echo "$HOSTS" | head -n 1):${{ARTRM_PORT:-8476}} '
-    f'{parallel.NUM_PROCESSES_ENV}=$(echo "$HOSTS" | wc -l) '
-    f'{parallel.PROCESS_ID_ENV}=$(md agent-worker-number); ')
+  'md() { curl -sf -H Metadata-Flavor:Google '
+  'http://metadata.google.internal/computeMetadata/v1/instance/attributes/$1; }; '
+  'HOSTS=$(md worker-network-endpoints | tr , "\\n" | awk -F: "{print \\$NF}"); '
+  f'export {parallel.COORDINATOR_ENV}=$(echo "$HOSTS" | head -n 1):${{ARTRM_PORT:-8476}} '
+  f'{parallel.NUM_PROCESSES_ENV}=$(echo "$HOSTS" | wc -l) '
+  f'{parallel.PROCESS_ID_ENV}=$(md agent-worker-number); '
+)
 
 
-def tpu_command(spec: str, root: str, *, tpu_name: str, zone: str, repo_dir: str = '~/artrm',
-                project: str | None = None) -> list[str]:
+def tpu_command(
+  spec: str,
+  root: str,
+  *,
+  tpu_name: str,
+  zone: str,
+  repo_dir: str = '~/artrm',
+  project: str | None = None,
+) -> list[str]:
   """gcloud command running the suite on every host of a TPU VM / pod.
 
   Each host executes the same queue, one run at a time, as one process of
@@ -151,10 +196,21 @@ def tpu_command(spec: str, root: str, *, tpu_name: str, zone: str, repo_dir: str
   (NFS, or a gcsfuse mount of a bucket), so that all hosts agree on which
   runs are finished.
   """
-  inner = (f'cd {repo_dir} && {TPU_PROCESS_ENV}python -m artrm suite '
-           f'--suite={spec} --root={root} --launcher=local')
-  cmd = ['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh', tpu_name, f'--zone={zone}', '--worker=all',
-         f'--command={inner}']
+  inner = (
+    f'cd {repo_dir} && {TPU_PROCESS_ENV}python -m artrm suite '
+    f'--suite={spec} --root={root} --launcher=local'
+  )
+  cmd = [
+    'gcloud',
+    'compute',
+    'tpus',
+    'tpu-vm',
+    'ssh',
+    tpu_name,
+    f'--zone={zone}',
+    '--worker=all',
+    f'--command={inner}',
+  ]
   if project:
     cmd.insert(5, f'--project={project}')
   return cmd
@@ -168,10 +224,12 @@ def launch_tpu(spec: str, root: str, *, dry_run: bool, log=print, **kwargs):
   subprocess.run(cmd, check=True)
   return cmd
 
+
 def inference_sweep(spec: str, root: str, steps: list[int], log=print) -> list[str]:
   """Re-evaluates every finished weight-tied run with each number of inference steps."""
-  from artrm.training import eval_checkpoint
   from artrm.models import get_rung
+  from artrm.training import eval_checkpoint
+
   _, done = pending_runs(spec, root)
   evaluated = []
   for run in done:

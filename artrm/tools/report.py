@@ -12,21 +12,29 @@ pyplot state or display is involved. `pip install -e ".[report]"`.
 import os
 import re
 
-import numpy as np
-import pandas as pd
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
+import numpy as np
+import pandas as pd
 
-from artrm.tools import results
 from artrm.models import RUNGS
 from artrm.tables import markdown_table
+from artrm.tools import results
 
 # Candidates for settings, in the order a column is kept: one determined by
 # those before it (n_head = n_embd / 64) adds nothing and is dropped.
-SETTING_COLUMNS = ('train_length', 'budget', 'n_embd', 'n_head', 'n_layer', 'n_outer_loops',
-                   'n_inner_loops', 'max_steps')
+SETTING_COLUMNS = (
+  'train_length',
+  'budget',
+  'n_embd',
+  'n_head',
+  'n_layer',
+  'n_outer_loops',
+  'n_inner_loops',
+  'max_steps',
+)
 ACCURACY = ('char_acc', 'seq_acc')
 QUARTILES = ('q1', 'q2', 'q3', 'q4')
 STREAM_GROUPS = ('non-recursive', 'single stream', 'dual stream')
@@ -44,14 +52,19 @@ def make_report(root: str, out_dir: str) -> str:
   tasks = sorted(df['task'].unique())
   final = _at_train(df, 'final')
   seeds = sorted(set(df.groupby('run')['seed'].nunique()))
-  md = [f'# Report: {df["suite"].iloc[0]}', '',
-        f'{df["run"].nunique()} runs: rungs {", ".join(models)}; tasks {", ".join(tasks)}; '
-        f'{"/".join(map(str, seeds))} seeds per run; evaluated at lengths '
-        f'{", ".join(map(str, sorted(df["eval_length"].unique())))}. '
-        'All rows: [results.csv](results.csv).', '',
-        'Cells are mean ± sem over seeds (sem = std(ddof=1)/√n) with n the number of seeds; '
-        'n = 1 has no error bar. "At the training length" means eval_length = train_length, '
-        'the last evaluation of each run unless said otherwise.', '']
+  md = [
+    f'# Report: {df["suite"].iloc[0]}',
+    '',
+    f'{df["run"].nunique()} runs: rungs {", ".join(models)}; tasks {", ".join(tasks)}; '
+    f'{"/".join(map(str, seeds))} seeds per run; evaluated at lengths '
+    f'{", ".join(map(str, sorted(df["eval_length"].unique())))}. '
+    'All rows: [results.csv](results.csv).',
+    '',
+    'Cells are mean ± sem over seeds (sem = std(ddof=1)/√n) with n the number of seeds; '
+    'n = 1 has no error bar. "At the training length" means eval_length = train_length, '
+    'the last evaluation of each run unless said otherwise.',
+    '',
+  ]
   if cols:
     md += [f'Settings (config columns that vary within a rung and task): {", ".join(cols)}.', '']
 
@@ -72,16 +85,16 @@ def make_report(root: str, out_dir: str) -> str:
   title = 'Figure 1: accuracy by task and rung'
   md += [f'## {title}', '', *section(title, 'fig1_task_rung.png', _fig_task_rung(final, models))]
   per_setting = [
-      ('Figure 2: addition accuracy by rung group', 'fig2_addition_groups', _fig_groups),
-      ('Figure 3: accuracy by answer position', 'fig3_positions', _fig_positions),
-      ('Figure 4: learning curves', 'fig4_curves', _fig_curves),
-      ('Figure 5: length generalisation', 'fig5_length', _fig_length),
-      ('Figure 6: inference-step scaling', 'fig6_inference', _fig_inference),
+    ('Figure 2: addition accuracy by rung group', 'fig2_addition_groups', _fig_groups),
+    ('Figure 3: accuracy by answer position', 'fig3_positions', _fig_positions),
+    ('Figure 4: learning curves', 'fig4_curves', _fig_curves),
+    ('Figure 5: length generalisation', 'fig5_length', _fig_length),
+    ('Figure 6: inference-step scaling', 'fig6_inference', _fig_inference),
   ]
   for title, name, draw in per_setting:
     md += [f'## {title}', '']
     drawn = {s: draw(df[df['setting'] == s], models, tasks) for s in settings}
-    if all(fig is None for fig, _ in drawn.values()):   # one note, not one per setting
+    if all(fig is None for fig, _ in drawn.values()):  # one note, not one per setting
       md += section(title, '', drawn[settings[0]])
       continue
     for setting, figure in drawn.items():
@@ -90,8 +103,11 @@ def make_report(root: str, out_dir: str) -> str:
       md += section(title, f'{name}{suffix}.png', figure)
   for col in cols:
     title = f'Figure 7: accuracy vs {col}'
-    md += [f'## {title}', '', *section(title, f'fig7_sweep_{col}.png',
-                                      _fig_sweep(final, col, cols, models))]
+    md += [
+      f'## {title}',
+      '',
+      *section(title, f'fig7_sweep_{col}.png', _fig_sweep(final, col, cols, models)),
+    ]
 
   path = os.path.join(out_dir, 'README.md')
   with open(path, 'w') as f:
@@ -148,9 +164,12 @@ def _at_train(df: pd.DataFrame, kind: str) -> pd.DataFrame:
 
 def _stats(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
   """mean, sem and n of `value` over seeds, per combination of `keys`."""
-  out = (df.groupby(keys, dropna=False, observed=True, sort=True)['value']
-         .agg(['mean', 'std', 'count']).reset_index())
-  out['sem'] = out['std'] / np.sqrt(out['count'])   # NaN for n = 1: no error bar
+  out = (
+    df.groupby(keys, dropna=False, observed=True, sort=True)['value']
+    .agg(['mean', 'std', 'count'])
+    .reset_index()
+  )
+  out['sem'] = out['std'] / np.sqrt(out['count'])  # NaN for n = 1: no error bar
   return out.rename(columns={'count': 'n'}).drop(columns='std')
 
 
@@ -166,7 +185,8 @@ def _table(stats: pd.DataFrame, index: list[str], column: str, values) -> str:
     cells = group.set_index(column)
     for v in values:
       row[_fmt(v) if column in ('task', 'metric') else f'{column}={_fmt(v)}'] = (
-          _cell(*cells.loc[v, ['mean', 'sem', 'n']]) if v in cells.index else '–')
+        _cell(*cells.loc[v, ['mean', 'sem', 'n']]) if v in cells.index else '–'
+      )
     rows.append(row)
   return markdown_table(rows)
 
@@ -187,10 +207,11 @@ def _lines(ax, stats: pd.DataFrame, x: str, models: list[str], band: bool = Fals
     kw = dict(color=_color(m), label=_name(m))
     if band:
       ax.plot(r[x], r['mean'], lw=1.5, **kw)
-      ax.fill_between(r[x], r['mean'] - r['sem'], r['mean'] + r['sem'], color=kw['color'],
-                      alpha=0.2, lw=0)
+      ax.fill_between(
+        r[x], r['mean'] - r['sem'], r['mean'] + r['sem'], color=kw['color'], alpha=0.2, lw=0
+      )
     else:
-      dodge = 0.01 * span * (i - (len(drawn) - 1) / 2)   # error bars at one x stay apart
+      dodge = 0.01 * span * (i - (len(drawn) - 1) / 2)  # error bars at one x stay apart
       ax.errorbar(r[x] + dodge, r['mean'], yerr=r['sem'], marker='o', ms=4, capsize=3, lw=1.5, **kw)
 
 
@@ -200,8 +221,13 @@ def _legend(fig: Figure, axes):
   for ax in np.ravel(axes):
     for h, label in zip(*ax.get_legend_handles_labels()):
       handles.setdefault(label, h)
-  fig.legend(handles.values(), handles.keys(), loc='outside lower center', fontsize=9,
-             ncols=max(1, min(len(handles), int(fig.get_figwidth() / 2.9))))
+  fig.legend(
+    handles.values(),
+    handles.keys(),
+    loc='outside lower center',
+    fontsize=9,
+    ncols=max(1, min(len(handles), int(fig.get_figwidth() / 2.9))),
+  )
 
 
 def _grid(n_rows: int, n_cols: int, width: float = 4.2, height: float = 3.0):
@@ -215,10 +241,11 @@ def _fig_task_rung(final: pd.DataFrame, models: list[str]):
     return None, "no 'final' evaluation at the training length"
   settings = stats['setting'].astype(str)
   stats['group'] = stats['task'] + np.where(
-      settings != '', '\n' + settings.str.replace(', ', '\n'), '')
+    settings != '', '\n' + settings.str.replace(', ', '\n'), ''
+  )
   groups = list(dict.fromkeys(stats['group']))
   drawn = [m for m in models if m in set(stats['model'])]
-  group_width = max(0.28 * len(drawn), 1.3 if (settings != '').any() else 0)   # room for labels
+  group_width = max(0.28 * len(drawn), 1.3 if (settings != '').any() else 0)  # room for labels
   fig = Figure(figsize=(max(9.0, group_width * len(groups) + 2), 7), layout='constrained')
   axes = fig.subplots(2, 1, sharex=True)
   width = 0.8 / len(drawn)
@@ -226,8 +253,16 @@ def _fig_task_rung(final: pd.DataFrame, models: list[str]):
     s = stats[stats['metric'] == metric]
     for i, m in enumerate(drawn):
       r = s[s['model'] == m].set_index('group').reindex(groups)
-      ax.bar(np.arange(len(groups)) + (i - (len(drawn) - 1) / 2) * width, r['mean'], width,
-             yerr=r['sem'], color=_color(m), label=_name(m), capsize=2, error_kw=dict(lw=0.8))
+      ax.bar(
+        np.arange(len(groups)) + (i - (len(drawn) - 1) / 2) * width,
+        r['mean'],
+        width,
+        yerr=r['sem'],
+        color=_color(m),
+        label=_name(m),
+        capsize=2,
+        error_kw=dict(lw=0.8),
+      )
     _accuracy_axis(ax, metric)
     ax.set_title(f'{metric} at the training length (final evaluation)')
   axes[-1].set_xticks(np.arange(len(groups)), groups)
@@ -255,16 +290,41 @@ def _fig_groups(df: pd.DataFrame, models: list[str], tasks: list[str]):
       for offset, metric, hatch in ((-0.2, 'char_acc', ''), (0.2, 'seq_acc', '//')):
         r = stats[(stats['model'] == m) & (stats['metric'] == metric)]
         if not r.empty:
-          ax.bar(x + offset, r['mean'].iloc[0], 0.4, yerr=r['sem'].iloc[0], color=colors[g],
-                 hatch=hatch, edgecolor='black', lw=0.5, capsize=2, error_kw=dict(lw=0.8))
+          ax.bar(
+            x + offset,
+            r['mean'].iloc[0],
+            0.4,
+            yerr=r['sem'].iloc[0],
+            color=colors[g],
+            hatch=hatch,
+            edgecolor='black',
+            lw=0.5,
+            capsize=2,
+            error_kw=dict(lw=0.8),
+          )
       by_metric = stats[stats['model'] == m].set_index('metric')
-      rows.append({'group': g, 'rung': _name(m), **{
-          metric: _cell(*by_metric.loc[metric, ['mean', 'sem', 'n']]) if metric in by_metric.index
-          else '–' for metric in ACCURACY}})
+      rows.append(
+        {
+          'group': g,
+          'rung': _name(m),
+          **{
+            metric: _cell(*by_metric.loc[metric, ['mean', 'sem', 'n']])
+            if metric in by_metric.index
+            else '–'
+            for metric in ACCURACY
+          },
+        }
+      )
       ticks.append((x, RUNGS[m].title if m in RUNGS else m))
       x += 1
-    ax.text((start + x - 1) / 2, 1.03, g, transform=ax.get_xaxis_transform(), ha='center',
-            fontweight='bold')
+    ax.text(
+      (start + x - 1) / 2,
+      1.03,
+      g,
+      transform=ax.get_xaxis_transform(),
+      ha='center',
+      fontweight='bold',
+    )
     if g != groups[-1]:
       ax.axvline(x - 0.25, color='grey', ls=':', lw=1)
     x += 0.5
@@ -274,9 +334,14 @@ def _fig_groups(df: pd.DataFrame, models: list[str], tasks: list[str]):
     label.set_horizontalalignment('right')
   _accuracy_axis(ax, 'accuracy at the training length')
   ax.set_title('Addition by rung group' + _where(df), pad=22)
-  ax.legend(handles=[Patch(facecolor='white', edgecolor='black', label='char_acc'),
-                     Patch(facecolor='white', edgecolor='black', hatch='//', label='seq_acc')],
-            loc='upper left', fontsize=9)
+  ax.legend(
+    handles=[
+      Patch(facecolor='white', edgecolor='black', label='char_acc'),
+      Patch(facecolor='white', edgecolor='black', hatch='//', label='seq_acc'),
+    ],
+    loc='upper left',
+    fontsize=9,
+  )
   return fig, markdown_table(rows)
 
 
@@ -284,10 +349,11 @@ def _fig_positions(df: pd.DataFrame, models: list[str], tasks: list[str]):
   final = _at_train(df, 'final')
   quartiles = _stats(final[final['metric'].isin(QUARTILES)], ['task', 'model', 'metric'])
   positions = final[final['metric'].str.fullmatch(r'pos\d+')].assign(
-      position=lambda d: d['metric'].str[3:].astype(int))
+    position=lambda d: d['metric'].str[3:].astype(int)
+  )
   positions = _stats(positions, ['task', 'model', 'position'])
   if quartiles.empty and positions.empty:
-    return None, "no per-position results at the training length"
+    return None, 'no per-position results at the training length'
   quartiles['quartile'] = quartiles['metric'].str[1:].astype(int)
   fig, axes = _grid(2, len(tasks))
   for j, task in enumerate(tasks):
@@ -314,8 +380,9 @@ def _fig_curves(df: pd.DataFrame, models: list[str], tasks: list[str]):
   for i, metric in enumerate(ACCURACY):
     for j, task in enumerate(tasks):
       ax = axes[i, j]
-      _lines(ax, stats[(stats['task'] == task) & (stats['metric'] == metric)], 'step', models,
-             band=True)
+      _lines(
+        ax, stats[(stats['task'] == task) & (stats['metric'] == metric)], 'step', models, band=True
+      )
       _accuracy_axis(ax, f'{metric} at train length')
       ax.set(title=f'{task}: {metric}', xlabel='training step')
   fig.suptitle('Learning curves, mean ± sem band over seeds' + _where(df))
@@ -332,8 +399,9 @@ def _fig_length(df: pd.DataFrame, models: list[str], tasks: list[str]):
   for i, metric in enumerate(ACCURACY):
     for j, task in enumerate(tasks):
       ax = axes[i, j]
-      _lines(ax, stats[(stats['task'] == task) & (stats['metric'] == metric)], 'eval_length',
-             models)
+      _lines(
+        ax, stats[(stats['task'] == task) & (stats['metric'] == metric)], 'eval_length', models
+      )
       for length in final.loc[final['task'] == task, 'train_length'].unique():
         ax.axvline(length, color='grey', ls='--', lw=1)
       ax.set_xticks(sorted(stats['eval_length'].unique()))
@@ -343,7 +411,8 @@ def _fig_length(df: pd.DataFrame, models: list[str], tasks: list[str]):
   _legend(fig, axes)
   lengths = sorted(stats['eval_length'].unique())
   return fig, '**char_acc by evaluation length**\n\n' + _table(
-      stats[stats['metric'] == 'char_acc'], ['task', 'model'], 'eval_length', lengths)
+    stats[stats['metric'] == 'char_acc'], ['task', 'model'], 'eval_length', lengths
+  )
 
 
 def _fig_inference(df: pd.DataFrame, models: list[str], tasks: list[str]):
@@ -356,8 +425,12 @@ def _fig_inference(df: pd.DataFrame, models: list[str], tasks: list[str]):
   for i, length in enumerate(lengths):
     for j, task in enumerate(tasks):
       ax = axes[i, j]
-      _lines(ax, stats[(stats['task'] == task) & (stats['eval_length'] == length)],
-             'inference_steps', models)
+      _lines(
+        ax,
+        stats[(stats['task'] == task) & (stats['eval_length'] == length)],
+        'inference_steps',
+        models,
+      )
       ax.set_xticks(sorted(stats['inference_steps'].unique()))
       _accuracy_axis(ax, 'char_acc')
       ax.set(title=f'{task}, length {length}', xlabel='inference steps')
@@ -365,7 +438,8 @@ def _fig_inference(df: pd.DataFrame, models: list[str], tasks: list[str]):
   _legend(fig, axes)
   steps = sorted(stats['inference_steps'].unique())
   return fig, '**char_acc by inference steps**\n\n' + _table(
-      stats, ['task', 'eval_length', 'model'], 'inference_steps', steps)
+    stats, ['task', 'eval_length', 'model'], 'inference_steps', steps
+  )
 
 
 def _fig_sweep(final: pd.DataFrame, col: str, cols: list[str], models: list[str]):

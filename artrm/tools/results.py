@@ -8,10 +8,9 @@ report groups by. Sources in each workdir: config.json, final_eval.json
 """
 
 import csv
+import dataclasses
 import glob
 import os
-
-import dataclasses
 
 from artrm import workdir as workdir_lib
 from artrm.models.config import ModelConfig, get_rung, normalize_budget
@@ -19,17 +18,39 @@ from artrm.models.recipe import Recipe, compute_record
 from artrm.workdir import metric_rows
 
 CONFIG_COLUMNS = {
-    'model': 'model.name', 'task': 'task', 'train_length': 'train_length', 'budget': 'budget',
-    'n_embd': 'model.n_embd', 'n_head': 'model.n_head', 'n_layer': 'model.n_layer',
-    'n_outer_loops': 'model.n_outer_loops', 'n_inner_loops': 'model.n_inner_loops',
-    'max_steps': 'max_steps',
+  'model': 'model.name',
+  'task': 'task',
+  'train_length': 'train_length',
+  'budget': 'budget',
+  'n_embd': 'model.n_embd',
+  'n_head': 'model.n_head',
+  'n_layer': 'model.n_layer',
+  'n_outer_loops': 'model.n_outer_loops',
+  'n_inner_loops': 'model.n_inner_loops',
+  'max_steps': 'max_steps',
 }
 # The run's training recipe (its non-default switches, 'paper' if none) and
 # compute (docs/compute.md), so that recipes compare at matched compute.
-COMPUTE_COLUMNS = ('recipe', 'forward_passes', 'grad_passes', 'train_passes_per_token',
-                   'inference_passes')
-COLUMNS = ['suite', 'run', *CONFIG_COLUMNS, *COMPUTE_COLUMNS, 'seed', 'kind', 'step', 'inference_steps',
-           'eval_length', 'metric', 'value']
+COMPUTE_COLUMNS = (
+  'recipe',
+  'forward_passes',
+  'grad_passes',
+  'train_passes_per_token',
+  'inference_passes',
+)
+COLUMNS = [
+  'suite',
+  'run',
+  *CONFIG_COLUMNS,
+  *COMPUTE_COLUMNS,
+  'seed',
+  'kind',
+  'step',
+  'inference_steps',
+  'eval_length',
+  'metric',
+  'value',
+]
 
 
 def _get(config: dict, dotted: str):
@@ -43,18 +64,23 @@ def run_compute(config: dict) -> dict:
   mc = ModelConfig.from_mapping(config['model'])
   mc = normalize_budget(mc, config['budget']) if config.get('budget') else mc
   recipe = Recipe.from_mapping(config.get('recipe'))
-  changed = [f'{f.name}={getattr(recipe, f.name)}' for f in dataclasses.fields(Recipe)
-             if getattr(recipe, f.name) != f.default]
+  changed = [
+    f'{f.name}={getattr(recipe, f.name)}'
+    for f in dataclasses.fields(Recipe)
+    if getattr(recipe, f.name) != f.default
+  ]
   record = compute_record(get_rung(mc.name), mc, recipe)
-  return dict(recipe=','.join(changed) or 'paper',
-              **{k: record[k] for k in COMPUTE_COLUMNS[1:]})
+  return dict(recipe=','.join(changed) or 'paper', **{k: record[k] for k in COMPUTE_COLUMNS[1:]})
 
 
 def run_rows(workdir: str, suite: str = '') -> list[dict]:
   config = workdir_lib.read_config(workdir)
-  base = dict(suite=suite, run=os.path.basename(os.path.normpath(workdir)),
-              **{col: _get(config, key) for col, key in CONFIG_COLUMNS.items()},
-              **run_compute(config))
+  base = dict(
+    suite=suite,
+    run=os.path.basename(os.path.normpath(workdir)),
+    **{col: _get(config, key) for col, key in CONFIG_COLUMNS.items()},
+    **run_compute(config),
+  )
   rows = []
   final = workdir_lib.read_final_eval(workdir)
   if final is not None:
@@ -64,14 +90,29 @@ def run_rows(workdir: str, suite: str = '') -> list[dict]:
     for key, value in record.items():
       if key.startswith('L') and '/' in key:
         length, metric = key[1:].split('/', 1)
-        rows.append({**base, 'seed': record['seed'], 'kind': 'curve', 'step': record['step'],
-                     'eval_length': int(length), 'metric': metric, 'value': float(value)})
+        rows.append(
+          {
+            **base,
+            'seed': record['seed'],
+            'kind': 'curve',
+            'step': record['step'],
+            'eval_length': int(length),
+            'metric': metric,
+            'value': float(value),
+          }
+        )
   scaling = workdir_lib.read_inference_eval(workdir)
   if scaling is not None:
     for steps, by_seed in scaling['results'].items():
       for seed, by_length in by_seed.items():
-        rows += metric_rows(by_length, **base, seed=seed, kind='inference',
-                            step=scaling['step'], inference_steps=steps)
+        rows += metric_rows(
+          by_length,
+          **base,
+          seed=seed,
+          kind='inference',
+          step=scaling['step'],
+          inference_steps=steps,
+        )
   return rows
 
 
@@ -79,7 +120,9 @@ def gather(root: str) -> list[dict]:
   """Rows of every run under `root` (a suite's directory)."""
   suite = os.path.basename(os.path.normpath(root))
   rows = []
-  for config_path in sorted(glob.glob(os.path.join(root, '**', workdir_lib.CONFIG), recursive=True)):
+  for config_path in sorted(
+    glob.glob(os.path.join(root, '**', workdir_lib.CONFIG), recursive=True)
+  ):
     rows += run_rows(os.path.dirname(config_path), suite)
   if not rows:
     raise FileNotFoundError(f'No runs under {root}: run the suite first (artrm suite ...).')
@@ -91,6 +134,7 @@ def write_table(rows: list[dict], path: str) -> str:
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   if path.endswith('.parquet'):
     import pandas as pd
+
     pd.DataFrame(rows, columns=COLUMNS).to_parquet(path)
     return path
   with open(path, 'w', newline='') as f:

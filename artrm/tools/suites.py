@@ -83,8 +83,15 @@ def is_finished(run: Run, config: ml_collections.ConfigDict) -> bool:
 
 def train_command(spec: str, run: Run, python: str | None = None) -> list[str]:
   """The `artrm train` command line of one run: what every launcher executes."""
-  cmd = [python or sys.executable, '-m', 'artrm', 'train', f'--config={spec}',
-         f'--workdir={run.workdir}', '--config.log.progress_bar=False']
+  cmd = [
+    python or sys.executable,
+    '-m',
+    'artrm',
+    'train',
+    f'--config={spec}',
+    f'--workdir={run.workdir}',
+    '--config.log.progress_bar=False',
+  ]
   cmd += [f'--config.{k}={_flag_value(v)}' for k, v in run.overrides.items()]
   return cmd
 

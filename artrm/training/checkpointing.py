@@ -21,10 +21,10 @@ import os
 import sys
 from typing import Any, Callable
 
+from absl import logging
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from absl import logging
 
 # Config fields (sections or dotted keys) that may change between a run and its
 # resumption (or its evaluation): they decide how long, how fast and how it is
@@ -57,8 +57,9 @@ def changed_fields(saved: dict, current: dict, ignore=MUTABLE_FIELDS) -> dict[st
   """{key: (saved, current)} for every field outside `ignore` that differs."""
   keep = lambda k: k not in ignore and k.split('.')[0] not in ignore
   a, b = _flatten(saved), _flatten(current)
-  return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
-          if keep(k) and a.get(k) != b.get(k)}
+  return {
+    k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if keep(k) and a.get(k) != b.get(k)
+  }
 
 
 def config_differences(saved: dict, current: dict, ignore=MUTABLE_FIELDS) -> list[str]:
@@ -71,9 +72,11 @@ def fingerprint(tree) -> dict[str, str]:
 
   The state is replicated, so each process reads its first local copy.
   """
+
   def digest(x):
     host = np.asarray(x.addressable_data(0) if isinstance(x, jax.Array) else x)
     return hashlib.sha256(np.ascontiguousarray(host).tobytes()).hexdigest()[:16]
+
   return {jax.tree_util.keystr(k): digest(x) for k, x in jax.tree_util.tree_leaves_with_path(tree)}
 
 
@@ -82,8 +85,12 @@ def _is_orphaned_read(exc: BaseException | None) -> bool:
   tb = exc and exc.__traceback__
   while tb and tb.tb_next:
     tb = tb.tb_next
-  return (isinstance(exc, RuntimeError) and str(exc) == 'Event loop is closed' and tb is not None
-          and tb.tb_frame.f_code.co_filename.endswith(os.path.join('asyncio', 'base_events.py')))
+  return (
+    isinstance(exc, RuntimeError)
+    and str(exc) == 'Event loop is closed'
+    and tb is not None
+    and tb.tb_frame.f_code.co_filename.endswith(os.path.join('asyncio', 'base_events.py'))
+  )
 
 
 def _ignore_orphaned_reads():
@@ -95,12 +102,15 @@ def _ignore_orphaned_reads():
   """
   if getattr(sys.excepthook, 'ignores_orphaned_reads', False):
     return
+
   def quiet(report, exc_of):
     def hook(*args):
       if not _is_orphaned_read(exc_of(*args)):
         report(*args)
+
     hook.ignores_orphaned_reads = True
     return hook
+
   sys.excepthook = quiet(sys.excepthook, lambda kind, value, tb: value)
   sys.unraisablehook = quiet(sys.unraisablehook, lambda unraisable: unraisable.exc_value)
 
@@ -114,9 +124,11 @@ def check_compatible(saved: dict, current: dict, where: str, ignore=MUTABLE_FIEL
   diffs = config_differences(saved, current, ignore)
   if diffs:
     raise ConfigMismatchError(
-        f'The checkpoint in {where} was made with another config:\n  ' + '\n  '.join(diffs) +
-        '\nUse a fresh --workdir for a new run, or pass the original config to resume it. '
-        'Nothing was changed on disk.')
+      f'The checkpoint in {where} was made with another config:\n  '
+      + '\n  '.join(diffs)
+      + '\nUse a fresh --workdir for a new run, or pass the original config to resume it. '
+      'Nothing was changed on disk.'
+    )
 
 
 @dataclasses.dataclass
@@ -125,18 +137,20 @@ class RunCheckpoints:
 
   workdir: str
   max_to_keep: int | None = None
-  create: bool = True   # False: a reader, who makes no directory
+  create: bool = True  # False: a reader, who makes no directory
 
   def __post_init__(self):
     options = dict(create=self.create, enable_async_checkpointing=True)
     self.periodic = ocp.CheckpointManager(
-        os.path.join(os.path.abspath(self.workdir), 'checkpoints'),
-        options=ocp.CheckpointManagerOptions(max_to_keep=self.max_to_keep or None, **options),
-        item_names=('state', 'config', 'fingerprint'))
+      os.path.join(os.path.abspath(self.workdir), 'checkpoints'),
+      options=ocp.CheckpointManagerOptions(max_to_keep=self.max_to_keep or None, **options),
+      item_names=('state', 'config', 'fingerprint'),
+    )
     self.best = ocp.CheckpointManager(
-        os.path.join(os.path.abspath(self.workdir), 'best'),
-        options=ocp.CheckpointManagerOptions(max_to_keep=1, **options),
-        item_names=('state', 'config', 'fingerprint', 'metrics'))
+      os.path.join(os.path.abspath(self.workdir), 'best'),
+      options=ocp.CheckpointManagerOptions(max_to_keep=1, **options),
+      item_names=('state', 'config', 'fingerprint', 'metrics'),
+    )
 
   def manager(self, which: str) -> ocp.CheckpointManager:
     return self.best if which == 'best' else self.periodic
@@ -147,8 +161,9 @@ class RunCheckpoints:
       return self.manager(which).latest_step()
     step = parse_which(which)
     if step not in self.periodic.all_steps():
-      raise FileNotFoundError(f'No checkpoint at step {step} in {self.workdir}; '
-                              f'saved steps: {self.periodic.all_steps()}.')
+      raise FileNotFoundError(
+        f'No checkpoint at step {step} in {self.workdir}; saved steps: {self.periodic.all_steps()}.'
+      )
     return step
 
   def best_metrics(self, move_aside: bool = False) -> dict | None:
@@ -164,16 +179,26 @@ class RunCheckpoints:
 
   def save(self, step: int, state, config: dict, *, best_metrics: dict | None = None):
     """A periodic checkpoint, or (with `best_metrics`) the new best."""
-    items = dict(state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config),
-                 fingerprint=ocp.args.JsonSave(fingerprint(state)))
+    items = dict(
+      state=ocp.args.StandardSave(state),
+      config=ocp.args.JsonSave(config),
+      fingerprint=ocp.args.JsonSave(fingerprint(state)),
+    )
     if best_metrics is None:
       self.periodic.save(step, args=ocp.args.Composite(**items))
     else:
-      self.best.save(step, args=ocp.args.Composite(**items, metrics=ocp.args.JsonSave(best_metrics)),
-                     force=True)
+      self.best.save(
+        step, args=ocp.args.Composite(**items, metrics=ocp.args.JsonSave(best_metrics)), force=True
+      )
 
-  def restore(self, which: str | int, abstract_for: Callable[[dict], Any], config: dict | None,
-              ignore=MUTABLE_FIELDS, move_aside: bool = False) -> tuple[int, Any, dict]:
+  def restore(
+    self,
+    which: str | int,
+    abstract_for: Callable[[dict], Any],
+    config: dict | None,
+    ignore=MUTABLE_FIELDS,
+    move_aside: bool = False,
+  ) -> tuple[int, Any, dict]:
     """(step, state, its saved config) of checkpoint `which`, after checking that config
     matches `config` (None: any). 'latest' falls back past damaged checkpoints to the newest
     good one; `move_aside` (the trainer, who holds the workdir) renames the damaged ones.
@@ -183,8 +208,11 @@ class RunCheckpoints:
     first = self.resolve_step(which)
     if first is None:
       raise FileNotFoundError(f'No {which} checkpoint in {self.workdir}.')
-    steps = ([s for s in sorted(self.periodic.all_steps(), reverse=True) if s <= first]
-             if which == 'latest' else [first])
+    steps = (
+      [s for s in sorted(self.periodic.all_steps(), reverse=True) if s <= first]
+      if which == 'latest'
+      else [first]
+    )
     damaged = []
     for step in steps:
       try:
@@ -204,14 +232,15 @@ class RunCheckpoints:
     listed = '; '.join(f'step {s}: {why}' for s, why in damaged)
     what = f'{which} checkpoint' if which in ('latest', 'best') else f'checkpoint at step {which}'
     raise CheckpointError(
-        f'No intact {what} in {self.workdir} ({listed}). Nothing was changed; '
-        'move the damaged step directories aside to start over there, or use a fresh --workdir.')
+      f'No intact {what} in {self.workdir} ({listed}). Nothing was changed; '
+      'move the damaged step directories aside to start over there, or use a fresh --workdir.'
+    )
 
   def _read_state(self, which: str, step: int, abstract_state) -> tuple[str, Any]:
     """('', state) if the state reads and matches its fingerprint, else (why not, None)."""
     has_fingerprint = os.path.isdir(self._step_dir(which, step, 'fingerprint'))
     items = dict(state=ocp.args.StandardRestore(abstract_state))
-    if has_fingerprint:   # absent from checkpoints saved before it was recorded
+    if has_fingerprint:  # absent from checkpoints saved before it was recorded
       items['fingerprint'] = ocp.args.JsonRestore()
     _ignore_orphaned_reads()
     try:
@@ -235,9 +264,12 @@ class RunCheckpoints:
     """Warns of a damaged checkpoint; moves it aside (`<step>.corrupt`), never deletes it."""
     where = self._step_dir(which, step)
     if move_aside:
-      target = next(f'{where}.corrupt{i or ""}' for i in range(1000)
-                    if not os.path.exists(f'{where}.corrupt{i or ""}'))
-      if jax.process_index() == 0:   # the workdir is shared by a multi-host run's processes
+      target = next(
+        f'{where}.corrupt{i or ""}'
+        for i in range(1000)
+        if not os.path.exists(f'{where}.corrupt{i or ""}')
+      )
+      if jax.process_index() == 0:  # the workdir is shared by a multi-host run's processes
         os.rename(where, target)
       self.manager(which).reload()
       where = f'{where} (moved to {os.path.basename(target)})'
@@ -259,4 +291,3 @@ def parse_which(which: str | int) -> str | int:
   if isinstance(which, int) or (isinstance(which, str) and which.isdigit()):
     return int(which)
   raise ValueError(f"checkpoint must be 'latest', 'best' or a step number, got {which!r}.")
-

@@ -16,6 +16,7 @@ import sys
 import time
 from typing import Any
 
+from absl import logging
 import flax
 import jax
 import jax.numpy as jnp
@@ -23,7 +24,6 @@ import ml_collections
 import numpy as np
 import optax
 import tqdm
-from absl import logging
 
 from artrm import parallel
 from artrm import workdir as workdir_lib
@@ -40,8 +40,8 @@ class TrainState:
   step: jax.Array
   params: Any
   opt_state: Any
-  rng: jax.Array   # raw key data (uint32): saved by Orbax like any array
-  ema_params: Any = None   # recipe.ema_decay > 0: the weights evaluation uses
+  rng: jax.Array  # raw key data (uint32): saved by Orbax like any array
+  ema_params: Any = None  # recipe.ema_decay > 0: the weights evaluation uses
 
 
 def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
@@ -65,11 +65,14 @@ def cross_entropy(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Array:
   """Mean over targets that are not IGNORE_INDEX (torch's ignore_index rule)."""
   mask_BxT = targets_BxT != IGNORE_INDEX
   nll_BxT = optax.softmax_cross_entropy_with_integer_labels(
-      logits_BxTxV.astype(jnp.float32), jnp.where(mask_BxT, targets_BxT, 0))
+    logits_BxTxV.astype(jnp.float32), jnp.where(mask_BxT, targets_BxT, 0)
+  )
   return jnp.sum(nll_BxT * mask_BxT) / jnp.maximum(jnp.sum(mask_BxT), 1)
 
 
-def lm_loss(config: ModelConfig, logits_BxTxV: jax.Array, aux: dict, targets_BxT: jax.Array) -> jax.Array:
+def lm_loss(
+  config: ModelConfig, logits_BxTxV: jax.Array, aux: dict, targets_BxT: jax.Array
+) -> jax.Array:
   """The paper's objective: next-token cross entropy plus the ACT ponder cost."""
   loss = cross_entropy(logits_BxTxV, targets_BxT)
   if 'ponder_cost' in aux:
@@ -91,8 +94,9 @@ def halt_loss(halt: dict, targets_BxT: jax.Array, target: str) -> jax.Array:
   right_SxBxT = jnp.argmax(halt['logits_SxBxTxV'], axis=-1) == targets_BxT
   if target == 'sequence':
     right_SxBxT = jnp.cumprod(right_SxBxT | ~mask_BxT, axis=-1).astype(bool)
-  bce_SxBxT = optax.sigmoid_binary_cross_entropy(halt['q_SxBxT'].astype(jnp.float32),
-                                                 right_SxBxT.astype(jnp.float32))
+  bce_SxBxT = optax.sigmoid_binary_cross_entropy(
+    halt['q_SxBxT'].astype(jnp.float32), right_SxBxT.astype(jnp.float32)
+  )
   mask_SxBxT = jnp.broadcast_to(mask_BxT, bce_SxBxT.shape)
   return jnp.sum(bce_SxBxT * mask_SxBxT) / jnp.maximum(jnp.sum(mask_SxBxT), 1)
 
@@ -101,8 +105,9 @@ def objective(model, logits_BxTxV: jax.Array, aux: dict, targets_BxT: jax.Array)
   """The loss of one supervision pass: the paper's, plus the recipe's halting loss."""
   loss = lm_loss(model.config, logits_BxTxV, aux, targets_BxT)
   if model.recipe.trains_halting:
-    loss = loss + model.recipe.halt_loss_weight * halt_loss(aux['halt'], targets_BxT,
-                                                            model.recipe.halt_target)
+    loss = loss + model.recipe.halt_loss_weight * halt_loss(
+      aux['halt'], targets_BxT, model.recipe.halt_target
+    )
   return loss
 
 
@@ -116,18 +121,21 @@ def eval_params(state: TrainState):
   return state.params if state.ema_params is None else state.ema_params
 
 
-def make_optimizer(opt: ml_collections.ConfigDict,
-                   recipe: Recipe = Recipe()) -> optax.GradientTransformation:
+def make_optimizer(
+  opt: ml_collections.ConfigDict, recipe: Recipe | None = None
+) -> optax.GradientTransformation:
   """AdamW as torch.optim.AdamW: decoupled decay lr * wd * param on every parameter
   (but fixed y0 / z0, which `recipe.fixed_init` keeps out of the optimizer)."""
-  tx = optax.adamw(opt.learning_rate, b1=opt.b1, b2=opt.b2, eps=opt.eps,
-                   weight_decay=opt.weight_decay)
+  tx = optax.adamw(
+    opt.learning_rate, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay
+  )
   if opt.grad_clip_norm > 0:
     tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), tx)
-  if recipe.fixed_init:
-    learned = lambda params: {k: jax.tree.map(lambda _: k not in ('y_init', 'z_init'), v)
-                              for k, v in params.items()}
-    tx = optax.masked(tx, learned)   # masked-out updates pass through: their gradient is 0
+  if recipe is not None and recipe.fixed_init:
+    learned = lambda params: jax.tree_util.tree_map_with_path(
+      lambda path, _: path[0].key not in ('y_init', 'z_init'), params
+    )
+    tx = optax.masked(tx, learned)  # masked-out updates pass through: their gradient is 0
   return tx
 
 
@@ -135,9 +143,13 @@ def init_state(model, optimizer: optax.GradientTransformation, seed: int) -> Tra
   """One seed's state; its params depend on `seed` alone."""
   init_key, train_key = jax.random.split(jax.random.key(seed))
   params = init_params(model, init_key)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    opt_state=jax.jit(optimizer.init)(params), rng=jax.random.key_data(train_key),
-                    ema_params=params if model.recipe.ema_decay > 0 else None)
+  return TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    opt_state=jax.jit(optimizer.init)(params),
+    rng=jax.random.key_data(train_key),
+    ema_params=params if model.recipe.ema_decay > 0 else None,
+  )
 
 
 def seeds_of(config: ml_collections.ConfigDict) -> list[int]:
@@ -179,13 +191,27 @@ def apply_gradients(state: TrainState, grads, loss, optimizer, ema_decay: float)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & all_finite((params, opt_state))
   keep_good = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
   ema = None if state.ema_params is None else ema_update(state.ema_params, params, ema_decay)
-  return state.replace(params=keep_good(params, state.params),
-                       opt_state=keep_good(opt_state, state.opt_state),
-                       ema_params=keep_good(ema, state.ema_params)), grad_norm, finite
+  return (
+    state.replace(
+      params=keep_good(params, state.params),
+      opt_state=keep_good(opt_state, state.opt_state),
+      ema_params=keep_good(ema, state.ema_params),
+    ),
+    grad_norm,
+    finite,
+  )
 
 
-def train_step(state: TrainState, *, model, optimizer, task: str, length: int, batch_size: int,
-               batch_sharding=None) -> tuple[TrainState, dict[str, jax.Array]]:
+def train_step(
+  state: TrainState,
+  *,
+  model,
+  optimizer,
+  task: str,
+  length: int,
+  batch_size: int,
+  batch_sharding=None,
+) -> tuple[TrainState, dict[str, jax.Array]]:
   """One batch: `recipe.n_sup` supervision passes over it, then step + 1.
 
   Each pass starts from the detached (y, z) the last one ended with and ends
@@ -201,8 +227,14 @@ def train_step(state: TrainState, *, model, optimizer, task: str, length: int, b
     batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
 
   def loss_fn(params, carry, key):
-    logits_BxTxV, aux = model.apply({'params': params}, batch['inputs'], deterministic=False,
-                                    rngs={'dropout': key}, carry=carry, sup_passes=1)
+    logits_BxTxV, aux = model.apply(
+      {'params': params},
+      batch['inputs'],
+      deterministic=False,
+      rngs={'dropout': key},
+      carry=carry,
+      sup_passes=1,
+    )
     return objective(model, logits_BxTxV, aux, batch['targets']), aux
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -215,18 +247,23 @@ def train_step(state: TrainState, *, model, optimizer, task: str, length: int, b
     else:
       grads_sum = jax.tree.map(jnp.add, grads_sum, grads)
       grad_norm, finite = optax.tree.norm(grads), jnp.isfinite(loss)
-    scalars = {k: jnp.asarray(v, jnp.float32) for k, v in aux.items()
-               if isinstance(v, jax.Array) and v.ndim == 0}
+    scalars = {
+      k: jnp.asarray(v, jnp.float32)
+      for k, v in aux.items()
+      if isinstance(v, jax.Array) and v.ndim == 0
+    }
     return state, carry, grads_sum, dict(loss=loss, grad_norm=grad_norm, finite=finite, **scalars)
 
   keys = jax.random.split(dropout_key, recipe.n_sup) if recipe.n_sup > 1 else dropout_key[None]
   zeros = jax.tree.map(jnp.zeros_like, state.params)
   state, carry, grads_sum, metrics = sup_pass(state, None, keys[0], zeros)
   if recipe.n_sup > 1:
+
     def body(c, key):
       state, carry, grads_sum = c
       state, carry, grads_sum, m = sup_pass(state, carry, key, grads_sum)
       return (state, carry, grads_sum), m
+
     (state, _, grads_sum), rest = jax.lax.scan(body, (state, carry, grads_sum), keys[1:])
     # The batch's metrics: means over its passes; the last pass's loss apart.
     stacked = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), metrics, rest)
@@ -234,7 +271,8 @@ def train_step(state: TrainState, *, model, optimizer, task: str, length: int, b
     metrics['loss_last_pass'] = stacked['loss'][-1]
   if recipe.sup_update == 'accumulate':
     state, metrics['grad_norm'], finite = apply_gradients(
-        state, grads_sum, metrics['loss'], optimizer, recipe.ema_decay)
+      state, grads_sum, metrics['loss'], optimizer, recipe.ema_decay
+    )
     metrics['finite'] = metrics['finite'] & finite
   return state.replace(step=state.step + 1), metrics
 
@@ -245,38 +283,64 @@ def all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in leaves]))
 
 
-def make_step_fn(config: ml_collections.ConfigDict, model, optimizer: optax.GradientTransformation,
-                 mesh: jax.sharding.Mesh):
+def make_step_fn(
+  config: ml_collections.ConfigDict,
+  model,
+  optimizer: optax.GradientTransformation,
+  mesh: jax.sharding.Mesh,
+):
   """The run's jitted step on a state stacked over its seeds (the loop's and the benchmark's).
 
   The batch is sharded over `mesh`, the state replicated and donated.
   """
   replicated = parallel.replicated(mesh)
-  step = functools.partial(train_step, model=model, optimizer=optimizer, task=config.task,
-                           length=config.train_length, batch_size=config.batch_size,
-                           batch_sharding=parallel.batch_sharding(mesh))
-  return jax.jit(over_seeds(step, config.num_seeds), in_shardings=(replicated,),
-                 out_shardings=(replicated, replicated), donate_argnums=0)
+  step = functools.partial(
+    train_step,
+    model=model,
+    optimizer=optimizer,
+    task=config.task,
+    length=config.train_length,
+    batch_size=config.batch_size,
+    batch_sharding=parallel.batch_sharding(mesh),
+  )
+  return jax.jit(
+    over_seeds(step, config.num_seeds),
+    in_shardings=(replicated,),
+    out_shardings=(replicated, replicated),
+    donate_argnums=0,
+  )
 
 
 def evaluator_for(config: ml_collections.ConfigDict, **overrides) -> LengthEvaluator:
   e = config.eval
-  lengths = sorted(set(e.lengths) | {config.train_length})   # best is picked at train length
-  kwargs = dict(task=config.task, lengths=lengths, n_samples=e.n_samples, seed=e.seed,
-                batch_size=e.batch_size, decoding=e.decoding,
-                inference_steps=e.inference_steps or None, full_compute=e.full_compute,
-                kv_cache=e.get('kv_cache', False))   # absent from configs saved before it
+  lengths = sorted(set(e.lengths) | {config.train_length})  # best is picked at train length
+  kwargs = dict(
+    task=config.task,
+    lengths=lengths,
+    n_samples=e.n_samples,
+    seed=e.seed,
+    batch_size=e.batch_size,
+    decoding=e.decoding,
+    inference_steps=e.inference_steps or None,
+    full_compute=e.full_compute,
+    kv_cache=e.get('kv_cache', False),
+  )  # absent from configs saved before it
   return LengthEvaluator(**{**kwargs, **overrides})
 
 
 def eval_scalars(results: dict[int, dict]) -> dict[str, float]:
   """Flat `L{length}/{metric}` scalars (per-position lists go to the eval files)."""
-  return {f'L{L}/{k}': v for L, m in results.items() for k, v in m.items()
-          if not isinstance(v, (list, tuple, np.ndarray))}
+  return {
+    f'L{L}/{k}': v
+    for L, m in results.items()
+    for k, v in m.items()
+    if not isinstance(v, (list, tuple, np.ndarray))
+  }
 
 
-def evaluate_seeds(evaluator: LengthEvaluator, model, params, seeds: list[int],
-                   mesh: jax.sharding.Mesh | None = None) -> dict[int, dict]:
+def evaluate_seeds(
+  evaluator: LengthEvaluator, model, params, seeds: list[int], mesh: jax.sharding.Mesh | None = None
+) -> dict[int, dict]:
   """{seed: {length: metrics}} for params stacked over seeds (replicated on `mesh`, over
   whose devices the prompts are split)."""
   return {seed: evaluator.run(model, seed_slice(params, i), mesh) for i, seed in enumerate(seeds)}
@@ -302,20 +366,26 @@ class _Window:
     """Per seed, the window's mean metrics and throughput (all seeds' tokens)."""
     if not self.pending:
       return []
-    host = jax.device_get(self.pending)   # metrics [S] per step
+    host = jax.device_get(self.pending)  # metrics [S] per step
     n, seconds = len(host), time.perf_counter() - self.start
     self.pending, self.start = [], time.perf_counter()
     bad = [i for i, m in enumerate(host) if not np.all(m['finite'])]
     if bad:
       m = host[bad[0]]
-      what = ('loss or gradient' if not np.all(np.isfinite(m['loss']) & np.isfinite(m['grad_norm']))
-              else 'params or optimizer state after the update')
-      raise FloatingPointError(f'Non-finite {what} at step {step - n + 1 + bad[0]} '
-                               f'(loss={m["loss"].tolist()}); that update was not kept.')
+      what = (
+        'loss or gradient'
+        if not np.all(np.isfinite(m['loss']) & np.isfinite(m['grad_norm']))
+        else 'params or optimizer state after the update'
+      )
+      raise FloatingPointError(
+        f'Non-finite {what} at step {step - n + 1 + bad[0]} '
+        f'(loss={m["loss"].tolist()}); that update was not kept.'
+      )
     means = {k: np.mean([m[k] for m in host], axis=0) for k in host[0] if k != 'finite'}
     n_seeds = len(means['loss'])
-    speed = dict(steps_per_sec=n / seconds,
-                 tokens_per_sec=n * n_seeds * self.tokens_per_step / seconds)
+    speed = dict(
+      steps_per_sec=n / seconds, tokens_per_sec=n * n_seeds * self.tokens_per_step / seconds
+    )
     return [{**{k: float(v[i]) for k, v in means.items()}, **speed} for i in range(n_seeds)]
 
 
@@ -339,35 +409,48 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 def divergence_advice(config: ml_collections.ConfigDict, workdir: str) -> str:
   """What to do after a non-finite step: the exact flags that resume from the last checkpoint."""
   lr, clip = config.optimizer.learning_rate, config.optimizer.grad_clip_norm
-  remedy = (f'--config.optimizer.learning_rate={lr / 10:g} (now {lr:g})'
-            + ('' if clip else ' or --config.optimizer.grad_clip_norm=1.0'))
+  remedy = f'--config.optimizer.learning_rate={lr / 10:g} (now {lr:g})' + (
+    '' if clip else ' or --config.optimizer.grad_clip_norm=1.0'
+  )
   steps = workdir_lib.checkpoint_steps(workdir)
   if not steps:
     return f'No checkpoint was saved; re-run the same command with {remedy} to start over.'
-  return (f'The checkpoint at step {max(steps)} holds finite params; re-run the same command '
-          f'with {remedy} to resume from it (these optimizer fields may change on resume).')
+  return (
+    f'The checkpoint at step {max(steps)} holds finite params; re-run the same command '
+    f'with {remedy} to resume from it (these optimizer fields may change on resume).'
+  )
 
 
 def abstract_state(model, saved: dict, sharding) -> TrainState:
   """The shapes (placed on `sharding`) of the state a checkpoint saved with config `saved` holds."""
   c = ml_collections.ConfigDict(saved)
-  abstract = jax.eval_shape(lambda: init_seeds(model, make_optimizer(c.optimizer, model.recipe),
-                                               seeds_of(c)))
+  abstract = jax.eval_shape(
+    lambda: init_seeds(model, make_optimizer(c.optimizer, model.recipe), seeds_of(c))
+  )
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), abstract)
 
 
-def _resume(ckpts: checkpointing.RunCheckpoints, state: TrainState, model, cfg: dict,
-            replicated) -> tuple[TrainState, dict[str, tuple]]:
+def _resume(
+  ckpts: checkpointing.RunCheckpoints, state: TrainState, model, cfg: dict, replicated
+) -> tuple[TrainState, dict[str, tuple]]:
   """The latest good checkpoint's state, and the optimizer fields changed since it was saved
   (`checkpointing.RESUME_CHANGES`; the optimizer state carries over to the new optimizer)."""
   _, restored, saved = ckpts.restore(
-      'latest', lambda saved: abstract_state(model, saved, replicated), cfg,
-      checkpointing.MUTABLE_FIELDS + checkpointing.RESUME_CHANGES, move_aside=True)
+    'latest',
+    lambda saved: abstract_state(model, saved, replicated),
+    cfg,
+    checkpointing.MUTABLE_FIELDS + checkpointing.RESUME_CHANGES,
+    move_aside=True,
+  )
   # Gradient clipping adds a stateless stage: the same arrays in another tree.
-  opt_state = jax.tree.unflatten(jax.tree.structure(state.opt_state),
-                                 jax.tree.leaves(restored.opt_state))
-  changes = {k: v for k, v in checkpointing.changed_fields(saved, cfg).items()
-             if k in checkpointing.RESUME_CHANGES}
+  opt_state = jax.tree.unflatten(
+    jax.tree.structure(state.opt_state), jax.tree.leaves(restored.opt_state)
+  )
+  changes = {
+    k: v
+    for k, v in checkpointing.changed_fields(saved, cfg).items()
+    if k in checkpointing.RESUME_CHANGES
+  }
   return restored.replace(opt_state=opt_state), changes
 
 
@@ -377,8 +460,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   task = get_task(config.task)
   seq_len = task.seq_len(config.train_length)
   if seq_len > mc.block_size:
-    raise ValueError(f'{config.task} at train_length={config.train_length} needs {seq_len} '
-                     f'positions but model.block_size={mc.block_size}; raise model.block_size.')
+    raise ValueError(
+      f'{config.task} at train_length={config.train_length} needs {seq_len} '
+      f'positions but model.block_size={mc.block_size}; raise model.block_size.'
+    )
   evaluator = evaluator_for(config)
   evaluator.check_fits(mc.block_size)
   mesh = parallel.data_mesh()
@@ -391,18 +476,27 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   ckpts = checkpointing.RunCheckpoints(workdir, config.checkpoint.max_to_keep)
   state = jax.device_put(init_seeds(model, optimizer, seeds), replicated)
   is_main = jax.process_index() == 0
-  writer = MetricWriter(workdir, tensorboard=config.log.tensorboard,
-                        wandb_project=config.log.wandb_project, config=cfg, enabled=is_main)
+  writer = MetricWriter(
+    workdir,
+    tensorboard=config.log.tensorboard,
+    wandb_project=config.log.wandb_project,
+    config=cfg,
+    enabled=is_main,
+  )
   best, changes = -math.inf, {}
   if ckpts.periodic.latest_step() is not None:
     state, changes = _resume(ckpts, state, model, cfg, replicated)
     best = (ckpts.best_metrics(move_aside=True) or {}).get('value', -math.inf)
-  writer.truncate_after(int(state.step[0]))   # records of steps after the checkpoint, torn lines
+  writer.truncate_after(int(state.step[0]))  # records of steps after the checkpoint, torn lines
   if changes:
-    logging.warning('Resuming at step %d with %s', int(state.step[0]),
-                    ', '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in changes.items()))
-    writer.write(int(state.step[0]), 'resume',
-                 dict(changes={k: list(v) for k, v in changes.items()}))
+    logging.warning(
+      'Resuming at step %d with %s',
+      int(state.step[0]),
+      ', '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in changes.items()),
+    )
+    writer.write(
+      int(state.step[0]), 'resume', dict(changes={k: list(v) for k, v in changes.items()})
+    )
   if is_main:
     workdir_lib.write_json(workdir, workdir_lib.CONFIG, cfg)
 
@@ -410,17 +504,31 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   start = int(state.step[0])
   t0 = time.perf_counter()
   step_fn = step_fn.lower(state).compile()
-  writer.write(start, 'setup', dict(
-      compile_seconds=time.perf_counter() - t0, seq_len=seq_len, seeds=seeds,
-      n_params=sum(math.prod(x.shape[1:]) for x in jax.tree.leaves(state.params)), n_layer=mc.n_layer,
-      n_outer_loops=mc.n_outer_loops, n_inner_loops=mc.n_inner_loops, devices=mesh.devices.size,
-      **compute_record(model.rung, mc, model.recipe)))
+  writer.write(
+    start,
+    'setup',
+    dict(
+      compile_seconds=time.perf_counter() - t0,
+      seq_len=seq_len,
+      seeds=seeds,
+      n_params=sum(math.prod(x.shape[1:]) for x in jax.tree.leaves(state.params)),
+      n_layer=mc.n_layer,
+      n_outer_loops=mc.n_outer_loops,
+      n_inner_loops=mc.n_inner_loops,
+      devices=mesh.devices.size,
+      **compute_record(model.rung, mc, model.recipe),
+    ),
+  )
 
   ckpt_every = config.checkpoint.every_steps or max(1, config.max_steps // 10)
   window = _Window(config.batch_size * seq_len)
   results: dict[int, dict] = {}
-  bar = tqdm.tqdm(total=config.max_steps, initial=start, desc=f'{mc.name} {config.task}',
-                  disable=not (is_main and config.log.progress_bar and sys.stderr.isatty()))
+  bar = tqdm.tqdm(
+    total=config.max_steps,
+    initial=start,
+    desc=f'{mc.name} {config.task}',
+    disable=not (is_main and config.log.progress_bar and sys.stderr.isatty()),
+  )
   try:
     for step in range(start + 1, config.max_steps + 1):
       state, metrics = step_fn(state)
@@ -429,7 +537,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
       is_eval = step % config.eval.every_steps == 0 or step == config.max_steps
       is_ckpt = step % ckpt_every == 0 or step == config.max_steps
       if step % config.log.every_steps == 0 or is_eval or is_ckpt:
-        logged = window.flush(step)   # before any save: a NaN never reaches a checkpoint
+        logged = window.flush(step)  # before any save: a NaN never reaches a checkpoint
         for seed, record in zip(seeds, logged):
           writer.write(step, 'train', dict(seed=seed, **record))
         bar.set_postfix(loss=f'{np.mean([r["loss"] for r in logged]):.4f}')
@@ -443,8 +551,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
         value = float(np.mean([r[config.train_length][metric] for r in results.values()]))
         if value > best:
           best = value
-          ckpts.save(step, state, cfg, best_metrics=dict(
-              step=step, metric=metric, value=value, length=config.train_length))
+          ckpts.save(
+            step,
+            state,
+            cfg,
+            best_metrics=dict(step=step, metric=metric, value=value, length=config.train_length),
+          )
       if is_ckpt:
         ckpts.save(step, state, cfg)
   finally:
@@ -453,12 +565,16 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     ckpts.close()
     writer.close()
   settings = final_eval_settings(evaluator)
-  if not results:   # nothing trained now: reuse the final evaluation if it is this one
+  if not results:  # nothing trained now: reuse the final evaluation if it is this one
     final = workdir_lib.read_final_eval(workdir)
-    same = (final is not None and final['step'] == int(state.step[0])
-            and final['settings'] == settings)
-    results = (final['results'] if same
-               else evaluate_seeds(evaluator, model, eval_params(state), seeds, mesh))
+    same = (
+      final is not None and final['step'] == int(state.step[0]) and final['settings'] == settings
+    )
+    results = (
+      final['results']
+      if same
+      else evaluate_seeds(evaluator, model, eval_params(state), seeds, mesh)
+    )
   if is_main:
     workdir_lib.write_final_eval(workdir, int(state.step[0]), results, settings)
   return dict(state=state, eval=results, best=best, model=model)

@@ -31,13 +31,17 @@ def _at_least(low: int):
   return lambda v: _is_int(v) and v >= low, f'an integer >= {low}'
 
 
-def _number(low: float, high: float = math.inf, *, open_low: bool = False,
-            open_high: bool = False):
+def _number(low: float, high: float = math.inf, *, open_low: bool = False, open_high: bool = False):
   open_high = open_high or high == math.inf
   above = lambda v: v > low if open_low else v >= low
   below = lambda v: v < high if open_high else v <= high
-  ok = lambda v: (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-                  and above(v) and below(v))
+  ok = lambda v: (
+    isinstance(v, (int, float))
+    and not isinstance(v, bool)
+    and math.isfinite(v)
+    and above(v)
+    and below(v)
+  )
   bounds = f'{"(" if open_low else "["}{low:g}, {high:g}{")" if open_high else "]"}'
   return ok, f'a finite number in {bounds}'
 
@@ -51,28 +55,28 @@ def _lengths(v) -> bool:
 
 
 _CHECKS = {
-    'seed': (_is_int, 'an integer'),
-    'num_seeds': _at_least(1),
-    'train_length': _at_least(1),
-    'batch_size': _at_least(1),
-    'max_steps': _at_least(1),
-    'budget': _at_least(0),
-    'optimizer.learning_rate': _number(0, open_low=True),
-    'optimizer.b1': _number(0, 1, open_high=True),
-    'optimizer.b2': _number(0, 1, open_high=True),
-    'optimizer.eps': _number(0),
-    'optimizer.weight_decay': _number(0),
-    'optimizer.grad_clip_norm': _number(0),
-    'eval.lengths': (_lengths, 'a non-empty tuple of integers >= 1'),
-    'eval.every_steps': _at_least(1),
-    'eval.n_samples': _at_least(1),
-    'eval.batch_size': _at_least(1),
-    'eval.decoding': _one_of(DECODINGS),
-    'eval.inference_steps': _at_least(0),
-    'checkpoint.every_steps': _at_least(0),
-    'checkpoint.max_to_keep': _at_least(0),
-    'checkpoint.best_metric': _one_of(BEST_METRICS),
-    'log.every_steps': _at_least(1),
+  'seed': (_is_int, 'an integer'),
+  'num_seeds': _at_least(1),
+  'train_length': _at_least(1),
+  'batch_size': _at_least(1),
+  'max_steps': _at_least(1),
+  'budget': _at_least(0),
+  'optimizer.learning_rate': _number(0, open_low=True),
+  'optimizer.b1': _number(0, 1, open_high=True),
+  'optimizer.b2': _number(0, 1, open_high=True),
+  'optimizer.eps': _number(0),
+  'optimizer.weight_decay': _number(0),
+  'optimizer.grad_clip_norm': _number(0),
+  'eval.lengths': (_lengths, 'a non-empty tuple of integers >= 1'),
+  'eval.every_steps': _at_least(1),
+  'eval.n_samples': _at_least(1),
+  'eval.batch_size': _at_least(1),
+  'eval.decoding': _one_of(DECODINGS),
+  'eval.inference_steps': _at_least(0),
+  'checkpoint.every_steps': _at_least(0),
+  'checkpoint.max_to_keep': _at_least(0),
+  'checkpoint.best_metric': _one_of(BEST_METRICS),
+  'log.every_steps': _at_least(1),
 }
 
 
@@ -84,7 +88,7 @@ def _get(config: ml_collections.ConfigDict, key: str) -> Any:
 
 def check_config(config: ml_collections.ConfigDict):
   """Raises on the first field out of range (model shapes: `ModelConfig`, the trainer)."""
-  get_task(config.task)          # their errors name the known ones
+  get_task(config.task)  # their errors name the known ones
   get_rung(config.model.name)
   recipe = config.get('recipe')
   Recipe.from_mapping(recipe.to_dict() if recipe is not None else None).check(config.model.name)
@@ -101,6 +105,7 @@ def parse_lengths(lengths) -> list[int]:
   except (TypeError, ValueError):
     out = []
   if not out or min(out) < 1:
-    raise ConfigError(f'lengths={",".join(map(str, lengths))}: must be integers >= 1, '
-                      'e.g. --lengths=10,20.')
+    raise ConfigError(
+      f'lengths={",".join(map(str, lengths))}: must be integers >= 1, e.g. --lengths=10,20.'
+    )
   return out

@@ -14,16 +14,23 @@ from artrm import workdir as workdir_lib
 def _jsonable(value):
   value = value.item() if hasattr(value, 'item') else value
   if isinstance(value, float) and not math.isfinite(value):
-    return str(value)   # JSON has no NaN / Inf
+    return str(value)  # JSON has no NaN / Inf
   return value
 
 
 class MetricWriter:
   """Appends `{'step', 'kind', **scalars}` lines to workdir/metrics.jsonl."""
 
-  def __init__(self, workdir: str, *, tensorboard: bool = False, wandb_project: str = '',
-               config: Mapping[str, Any] | None = None, enabled: bool = True):
-    self.enabled = enabled   # only process 0 writes in a multi-host run
+  def __init__(
+    self,
+    workdir: str,
+    *,
+    tensorboard: bool = False,
+    wandb_project: str = '',
+    config: Mapping[str, Any] | None = None,
+    enabled: bool = True,
+  ):
+    self.enabled = enabled  # only process 0 writes in a multi-host run
     self.path = workdir_lib.path(workdir, workdir_lib.METRICS)
     self._tb = self._wandb = None
     if not enabled:
@@ -33,16 +40,22 @@ class MetricWriter:
       try:
         from tensorboardX import SummaryWriter
       except ImportError as e:
-        raise ImportError('log.tensorboard=True needs tensorboardX: '
-                          'pip install -e ".[tensorboard]"') from e
+        raise ImportError(
+          'log.tensorboard=True needs tensorboardX: pip install -e ".[tensorboard]"'
+        ) from e
       self._tb = SummaryWriter(os.path.join(workdir, 'tb'))
     if wandb_project:
       try:
         import wandb
       except ImportError as e:
         raise ImportError('log.wandb_project needs wandb: pip install wandb') from e
-      self._wandb = wandb.init(project=wandb_project, dir=workdir, config=dict(config or {}),
-                               name=os.path.basename(os.path.abspath(workdir)), resume='allow')
+      self._wandb = wandb.init(
+        project=wandb_project,
+        dir=workdir,
+        config=dict(config or {}),
+        name=os.path.basename(os.path.abspath(workdir)),
+        resume='allow',
+      )
 
   def truncate_after(self, step: int):
     """Drops records past `step` (and a line torn by a crash): a run that starts at `step`
@@ -61,8 +74,11 @@ class MetricWriter:
     record = {'step': int(step), 'kind': kind, **{k: _jsonable(v) for k, v in scalars.items()}}
     with open(self.path, 'a') as f:
       f.write(json.dumps(record) + '\n')
-    numeric = {k: v for k, v in record.items()
-               if k not in ('step', 'kind') and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    numeric = {
+      k: v
+      for k, v in record.items()
+      if k not in ('step', 'kind') and isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
     if self._tb is not None:
       for k, v in numeric.items():
         self._tb.add_scalar(f'{kind}/{k}', v, step)
@@ -74,4 +90,3 @@ class MetricWriter:
       self._tb.close()
     if self._wandb is not None:
       self._wandb.finish()
-
