@@ -140,6 +140,8 @@ def test_why_trm_rows_are_valid_recipes():
   spec = os.path.join(os.path.dirname(__file__), '..', 'experiments', 'why_trm.py:runlocal')
   runs = suites.suite_runs(spec, '/tmp/unused')
   assert len(runs) == 3 * 21
+  core = suites.suite_runs(spec + ',core,only=copy', '/tmp/unused')
+  assert len(core) == 14 and all(r.overrides['task'] == 'copy' for r in core)
   for r in runs:
     model = train.run_model(suites.run_config(spec, r))
     assert model.rung.block_passes(model.config) == 12

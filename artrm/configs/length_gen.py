@@ -129,10 +129,11 @@ def get_config(arg: str | None = None):
   return make_runlocal(c) if a.runlocal else c
 
 
-def suite_config(arg: str | None, task: str = 'addition'):
+def suite_config(arg: str | None, task: str = 'addition', **suite_args):
   """(config, parsed arg) for a suite in experiments/: `runlocal`, `seeds=N` (default 3),
-  `dtype=bfloat16` (model.dtype, for GPUs) and `steps=N` (max_steps; 0 keeps the config's)."""
-  a = parse_arg(arg, runlocal=False, seeds=3, dtype='float32', steps=0)
+  `dtype=bfloat16` (model.dtype, for GPUs), `steps=N` (max_steps; 0 keeps the config's),
+  and the suite's own `suite_args` (name=default)."""
+  a = parse_arg(arg, runlocal=False, seeds=3, dtype='float32', steps=0, **suite_args)
   c = get_config(f'task={task}' + (',runlocal' if a.runlocal else ''))
   c.num_seeds = a.seeds
   c.model.dtype = a.dtype
