@@ -14,7 +14,7 @@ from artrm.configs import length_gen
 from artrm.data import sample_batch
 from artrm.evaluation import decoding
 from artrm.models import ModelConfig, build_model, init_params, rungs
-from artrm.models.recipe import Recipe, compute_record, grad_passes
+from artrm.models.recipe import Recipe, backward_passes, compute_record, grad_passes
 from artrm.training import train
 
 
@@ -61,16 +61,17 @@ def test_contradictory_recipes_are_refused(name, recipe, match):
 def test_default_recipe_is_the_paper():
   """The paper's config has a recipe section whose values change nothing."""
   c = length_gen.get_config('model=trm,runlocal')
-  assert train.recipe_of(c) == Recipe()
+  assert Recipe.of_config(c) == Recipe()
   c.recipe = None  # configs saved before the recipe existed
-  assert train.recipe_of(c) == Recipe()
+  assert Recipe.of_config(c) == Recipe()
 
 
 # -- gradient reach, by pass ---------------------------------------------------------
 
 
 def passes_with_gradient(monkeypatch, model, params, idx, targets):
-  """Indices of the block passes whose output carries a nonzero cotangent."""
+  """(indices of the block passes whose output gets a nonzero cotangent, how many passes
+  the backward pass runs, the gradients)."""
   hit = {}
 
   @jax.custom_vjp
@@ -100,7 +101,7 @@ def passes_with_gradient(monkeypatch, model, params, idx, targets):
 
   grads = jax.jit(jax.grad(loss))(params)
   jax.effects_barrier()
-  return sorted(n for n, g in hit.items() if g), grads
+  return sorted(n for n, g in hit.items() if g), len(hit), grads
 
 
 # trm, 2 steps of H=2 cycles of (L=1 + 1) passes: passes 0..7, steps [0-3] [4-7].
@@ -124,9 +125,10 @@ def test_gradient_reach_by_pass(monkeypatch, name, recipe, expected):
   if recipe.trains_halting:  # TRM's zero-initialised head passes no gradient on at init
     params['q_halt']['kernel'] = jnp.full_like(params['q_halt']['kernel'], 0.1)
   idx = jax.random.randint(jax.random.key(1), (2, 8), 0, 14)
-  got, grads = passes_with_gradient(monkeypatch, model, params, idx, jnp.roll(idx, -1, axis=1))
+  got, ran, grads = passes_with_gradient(monkeypatch, model, params, idx, jnp.roll(idx, -1, axis=1))
   assert got == expected
   assert grad_passes(model.rung, cfg, recipe) == len(expected), 'compute.md formula'
+  assert backward_passes(model.rung, cfg, recipe) == ran, 'compute.md formula'
   zero = lambda x: float(jnp.abs(x).max()) == 0.0
   if name == 'trm':  # the inits get gradient only when nothing cuts them off
     assert zero(grads['y_init']) == (expected[0] > 0)
@@ -327,10 +329,20 @@ def test_act_halt_bias_init():
 def test_compute_record():
   cfg = small('trm')  # 2 steps x 2 cycles x 2 passes
   assert compute_record(build_model(cfg).rung, cfg, Recipe()) == dict(
-    forward_passes=8, grad_passes=2, n_sup=1, train_passes_per_token=10, inference_passes=8
+    forward_passes=8,
+    grad_passes=2,
+    backward_passes=4,
+    n_sup=1,
+    train_passes_per_token=12,
+    inference_passes=8,
   )
   assert compute_record(build_model(cfg).rung, cfg, Recipe(n_sup=4, grad_reach='all')) == dict(
-    forward_passes=8, grad_passes=8, n_sup=4, train_passes_per_token=64, inference_passes=32
+    forward_passes=8,
+    grad_passes=8,
+    backward_passes=8,
+    n_sup=4,
+    train_passes_per_token=64,
+    inference_passes=32,
   )
 
 
@@ -364,12 +376,18 @@ def test_results_table_carries_recipe_and_compute():
 
   c = length_gen.get_config('model=trm')
   assert results.run_compute(train.config_dict(c)) == dict(
-    recipe='paper', forward_passes=24, grad_passes=3, train_passes_per_token=27, inference_passes=24
+    recipe='paper',
+    forward_passes=24,
+    grad_passes=3,
+    backward_passes=12,
+    train_passes_per_token=36,
+    inference_passes=24,
   )
   c.recipe.update(n_sup=2, grad_reach='all')
   assert results.run_compute(train.config_dict(c)) == dict(
     recipe='grad_reach=all,n_sup=2',
     forward_passes=24,
+    backward_passes=24,
     grad_passes=24,
     train_passes_per_token=96,
     inference_passes=48,

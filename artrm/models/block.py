@@ -124,9 +124,8 @@ class CausalMLPMixer(nn.Module):
     w_SxS = self.param('mix', INIT, (self.max_len, self.max_len))
     b_S = self.param('mix_bias', nn.initializers.zeros, (self.max_len,))
     w_TxT = jnp.where(jnp.tri(T, dtype=bool), w_SxS[:T, :T], 0.0)
-    y_BxTxC = jnp.einsum('ts,bsc->btc', w_TxT.astype(self.dtype), x_BxTxC.astype(self.dtype)) + b_S[
-      :T, None
-    ].astype(self.dtype)
+    y_BxTxC = jnp.einsum('ts,bsc->btc', w_TxT.astype(self.dtype), x_BxTxC)
+    y_BxTxC = y_BxTxC + b_S[:T, None].astype(self.dtype)
     return nn.Dropout(self.dropout)(y_BxTxC, deterministic=deterministic), None
 
 

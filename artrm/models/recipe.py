@@ -71,6 +71,12 @@ class Recipe:
     return self.halt_loss_weight > 0
 
   @classmethod
+  def of_config(cls, config) -> 'Recipe':
+    """A run config's recipe (the paper's where it has no `recipe` section)."""
+    recipe = config.get('recipe')
+    return cls.from_mapping(recipe.to_dict() if recipe is not None else None)
+
+  @classmethod
   def from_mapping(cls, mapping: Mapping[str, Any] | None) -> 'Recipe':
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(mapping or {}) - fields)
@@ -78,8 +84,9 @@ class Recipe:
       raise ValueError(f'Unknown recipe keys {unknown}; known keys: {sorted(fields)}.')
     return cls(**dict(mapping or {}))
 
-  def check(self, name: str) -> 'Recipe':
-    """Refuses what `name`'s rung cannot do, with the change to make; returns self."""
+  def check(self, name: str, forward_passes: int | None = None) -> 'Recipe':
+    """Refuses what `name`'s rung cannot do (in a forward of `forward_passes` block passes,
+    where known), with the change to make; returns self."""
     rung = get_rung(name)
     errors = []
     choice = lambda field, options: (
@@ -98,6 +105,16 @@ class Recipe:
       )
     if (self.grad_reach == 'last_k') != (self.grad_last_k > 0):
       errors.append('grad_reach=last_k needs recipe.grad_last_k > 0 (and only it takes one)')
+    if forward_passes and self.grad_last_k > forward_passes:
+      errors.append(
+        f'recipe.grad_last_k={self.grad_last_k} exceeds the {forward_passes} passes of a '
+        'forward: use grad_reach=all, or a smaller k'
+      )
+    if self.grad_reach == 'last_k' and self.trains_halting:
+      errors.append(
+        'grad_reach=last_k with halt_loss_weight > 0: the halting loss reads every step, so '
+        'one cut does not bound the gradient; use paper, last_step or all'
+      )
     if self.grad_reach == 'last_k' and rung.halting == 'act':
       errors.append(
         f'grad_reach=last_k: {name} reads every step through ACT, so one cut does '
@@ -164,20 +181,34 @@ def grad_passes(rung: Rung, cfg: ModelConfig, recipe: Recipe, steps: int | None 
   return len(reached)
 
 
+def backward_passes(rung: Rung, cfg: ModelConfig, recipe: Recipe, steps: int | None = None) -> int:
+  """Block passes the backward pass runs: in every step, those after the step's last
+  static cut. The scan over steps transposes every step, so a step whose output is cut
+  off from the loss still runs them, on zero cotangents (`grad_passes` <= this)."""
+  steps = steps or rung.default_steps(cfg)
+  if not rung.nested:
+    return rung.block_passes(cfg, steps)
+  H, L = rung.cycles(cfg)
+  per_step = H * (L + 1)
+  return steps * (per_step - max(GRAD_REACH[recipe.grad_reach](per_step, L + 1), default=0))
+
+
 def compute_record(rung: Rung, cfg: ModelConfig, recipe: Recipe) -> dict[str, int]:
   """The run's compute (docs/compute.md), for the setup record and result tables.
 
   forward_passes: block passes of one forward (all steps); grad_passes: those
-  that receive gradient; train_passes_per_token: block passes run forward or
-  backward per position of a batch, over its n_sup supervision passes (each
-  position of a batch is seen once, whatever n_sup); inference_passes: block
-  passes per generated token (every supervision pass, every step).
+  whose parameters receive gradient; backward_passes: those the backward pass
+  runs; train_passes_per_token: block passes run forward or backward per
+  position of a batch, over its n_sup supervision passes (each position of a
+  batch is seen once, whatever n_sup); inference_passes: block passes per
+  generated token (every supervision pass, every step).
   """
-  forward, grad = rung.block_passes(cfg), grad_passes(rung, cfg, recipe)
+  forward, backward = rung.block_passes(cfg), backward_passes(rung, cfg, recipe)
   return dict(
     forward_passes=forward,
-    grad_passes=grad,
+    grad_passes=grad_passes(rung, cfg, recipe),
+    backward_passes=backward,
     n_sup=recipe.n_sup,
-    train_passes_per_token=recipe.n_sup * (forward + grad),
+    train_passes_per_token=recipe.n_sup * (forward + backward),
     inference_passes=recipe.n_sup * forward,
   )

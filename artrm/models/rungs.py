@@ -8,8 +8,9 @@ differ along three independent axes, which the `Rung` recipe names:
                      then y <- block(y + z + e_s)                  (rungs 5-7)
   halting  'none' (fixed steps), 'act' (Graves ACT on the stream), 'q' (TRM
            Q-head at position 0, batch-level stop)
-  nested   H, L from the config, y/z detached at each step start and the first
-           H-1 cycles without gradient (rungs 6-7); otherwise H = L = 1.
+  nested   H, L from the config, y/z detached where the recipe's gradient reach
+           cuts (the paper's: at each step start and before the last cycle;
+           `artrm.models.recipe`) (rungs 6-7); otherwise H = L = 1.
 
 All loops are `nn.scan` (compile time does not grow with steps); the early
 stop of ACT and TRM is an `nn.cond` inside the scan that skips the block work.
@@ -120,7 +121,7 @@ class RecursiveLM(nn.Module):
       )(cfg.n_head, cfg.dropout, cfg.remat, *block_args[2:])
     if rung.stream == 'dual':
       # TRM's fixed y0 / z0: std-1 draws that the optimizer never moves
-      # (`init_state` masks them out) and no gradient reaches.
+      # (`train.make_optimizer` masks them out) and no gradient reaches.
       init = nn.initializers.normal(stddev=1.0) if recipe.fixed_init else INIT
       self.y_init = self.param('y_init', init, (cfg.n_embd,))
       self.z_init = self.param('z_init', init, (cfg.n_embd,))
@@ -183,7 +184,7 @@ class RecursiveLM(nn.Module):
 
     `inference_steps` runs more (or fewer) steps than trained, reusing the last
     step embedding past the table; `full_compute` disables every early stop.
-    With `cache` (`artrm.decoding.init_cache`), idx holds the tokens at positions
+    With `cache` (`artrm.evaluation.decoding.init_cache`), idx holds the tokens at positions
     cache.index.., the earlier ones being cached; aux['cache'] then has them added.
 
     Deep supervision: `sup_passes` (default recipe.n_sup) supervision passes
@@ -249,10 +250,8 @@ class RecursiveLM(nn.Module):
       h_BxTxC, stream, passes, aux = trunk(self, stream=stream, passes=passes)
     else:
 
-      def sup_pass(mdl, carry, _):
-        h_BxTxC, stream, passes, aux = trunk(
-          mdl, stream=jax.lax.stop_gradient(carry[0]), passes=carry[1]
-        )
+      def sup_pass(mdl, c, _):
+        h_BxTxC, stream, passes, aux = trunk(mdl, stream=jax.lax.stop_gradient(c[0]), passes=c[1])
         return (stream, passes), (h_BxTxC, aux)
 
       (stream, passes), (h_SxBxTxC, aux_S) = SCAN(sup_pass, length=sup_passes)(
@@ -382,10 +381,13 @@ class RecursiveLM(nn.Module):
     B = x_BxTxC.shape[0]
     min_steps_B = self._min_steps(B, steps, deterministic)
     # The Q-head reads position 0. Decoding a later token, position 0 is only
-    # in the cache: the step count the head fixed at prefill stops instead.
-    reads_q, last_step = (
-      (True, steps) if passes.kv is None else (passes.kv.index == 0, passes.kv.steps)
-    )
+    # in the cache: the step count the head fixed at prefill stops instead
+    # (with several supervision passes, the last pass's count stops them all).
+    if passes.kv is None:
+      reads_q, last_step = True, steps
+    else:
+      prefill = passes.kv.index == 0
+      reads_q, last_step = prefill, jnp.where(prefill, steps, passes.kv.steps)
 
     # Decoding, each sequence stops at its own halting step, as if decoded
     # alone (the reference's evaluator): a halted sequence's streams freeze
@@ -480,4 +482,5 @@ def build_model(config: ModelConfig | Any, recipe: Recipe | Any = None) -> Recur
     config = ModelConfig.from_mapping(config)
   if not isinstance(recipe, Recipe):
     recipe = Recipe.from_mapping(recipe)
-  return RecursiveLM(config, get_rung(config.name), recipe.check(config.name))
+  rung = get_rung(config.name)
+  return RecursiveLM(config, rung, recipe.check(config.name, rung.block_passes(config)))

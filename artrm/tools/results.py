@@ -35,6 +35,7 @@ COMPUTE_COLUMNS = (
   'recipe',
   'forward_passes',
   'grad_passes',
+  'backward_passes',
   'train_passes_per_token',
   'inference_passes',
 )

@@ -17,6 +17,7 @@ newest good one is used.
 
 import dataclasses
 import hashlib
+import json
 import os
 import sys
 from typing import Any, Callable
@@ -25,6 +26,8 @@ from absl import logging
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from artrm.configs import length_gen
 
 # Config fields (sections or dotted keys) that may change between a run and its
 # resumption (or its evaluation): they decide how long, how fast and how it is
@@ -56,10 +59,15 @@ def _flatten(d: dict, prefix: str = '') -> dict[str, Any]:
 def changed_fields(saved: dict, current: dict, ignore=MUTABLE_FIELDS) -> dict[str, tuple]:
   """{key: (saved, current)} for every field outside `ignore` that differs."""
   keep = lambda k: k not in ignore and k.split('.')[0] not in ignore
-  a, b = _flatten(saved), _flatten(current)
+  # A field added to the configs after a run was saved held its default there.
+  a, b = {**_flatten(_defaults()), **_flatten(saved)}, _flatten(current)
   return {
     k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if keep(k) and a.get(k) != b.get(k)
   }
+
+
+def _defaults() -> dict:
+  return json.loads(length_gen.base_config().to_json())
 
 
 def config_differences(saved: dict, current: dict, ignore=MUTABLE_FIELDS) -> list[str]:

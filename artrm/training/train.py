@@ -50,15 +50,9 @@ def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
   return normalize_budget(mc, config.budget) if config.budget else mc
 
 
-def recipe_of(config: ml_collections.ConfigDict) -> Recipe:
-  """The run's training recipe (the paper's where the config has no `recipe` section)."""
-  recipe = config.get('recipe')
-  return Recipe.from_mapping(recipe.to_dict() if recipe is not None else None)
-
-
 def run_model(config: ml_collections.ConfigDict):
   """The module a run trains: its rung and sizes, and its recipe checked against the rung."""
-  return build_model(model_config(config), recipe_of(config))
+  return build_model(model_config(config), Recipe.of_config(config))
 
 
 def cross_entropy(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Array:
@@ -255,7 +249,7 @@ def train_step(
     return state, carry, grads_sum, dict(loss=loss, grad_norm=grad_norm, finite=finite, **scalars)
 
   keys = jax.random.split(dropout_key, recipe.n_sup) if recipe.n_sup > 1 else dropout_key[None]
-  zeros = jax.tree.map(jnp.zeros_like, state.params)
+  zeros = jax.tree.map(jnp.zeros_like, state.params) if recipe.sup_update == 'accumulate' else None
   state, carry, grads_sum, metrics = sup_pass(state, None, keys[0], zeros)
   if recipe.n_sup > 1:
 
@@ -379,7 +373,8 @@ class _Window:
       )
       raise FloatingPointError(
         f'Non-finite {what} at step {step - n + 1 + bad[0]} '
-        f'(loss={m["loss"].tolist()}); that update was not kept.'
+        f'(loss={m["loss"].tolist()}); the update of the non-finite supervision pass was not '
+        'kept.'
       )
     means = {k: np.mean([m[k] for m in host], axis=0) for k in host[0] if k != 'finite'}
     n_seeds = len(means['loss'])

@@ -90,8 +90,11 @@ def check_config(config: ml_collections.ConfigDict):
   """Raises on the first field out of range (model shapes: `ModelConfig`, the trainer)."""
   get_task(config.task)  # their errors name the known ones
   get_rung(config.model.name)
-  recipe = config.get('recipe')
-  Recipe.from_mapping(recipe.to_dict() if recipe is not None else None).check(config.model.name)
+  recipe = Recipe.of_config(config).check(config.model.name)
+  if recipe.mixer == 'mlp' and config.eval.kv_cache:
+    raise ConfigError(
+      'config.recipe.mixer=mlp has no KV cache to decode with: set --config.eval.kv_cache=False.'
+    )
   for key, (ok, allowed) in _CHECKS.items():
     value = _get(config, key)
     if not ok(value):
