@@ -26,6 +26,7 @@ from artrm.tools import results
 # Candidates for settings, in the order a column is kept: one determined by
 # those before it (n_head = n_embd / 64) adds nothing and is dropped.
 SETTING_COLUMNS = (
+  'recipe',  # a run's non-default training recipe ('paper' if none)
   'train_length',
   'budget',
   'n_embd',
@@ -101,7 +102,7 @@ def make_report(root: str, out_dir: str) -> str:
       suffix = '_' + re.sub(r'[^A-Za-z0-9]+', '_', setting).strip('_') if setting else ''
       md += [f'### {setting}', ''] if setting else []
       md += section(title, f'{name}{suffix}.png', figure)
-  for col in cols:
+  for col in (c for c in cols if pd.api.types.is_numeric_dtype(df[c])):  # a line per number
     title = f'Figure 7: accuracy vs {col}'
     md += [
       f'## {title}',
