@@ -11,9 +11,9 @@ import chex
 import jax
 import numpy as np
 import pytest
+import tiny
 
 from artrm import workdir as workdir_lib
-from artrm.configs import length_gen
 from artrm.training import checkpointing, eval_checkpoint, train, validation
 
 REPO = os.path.join(os.path.dirname(__file__), '..')
@@ -21,18 +21,7 @@ REPO = os.path.join(os.path.dirname(__file__), '..')
 
 def tiny_config(**overrides):
   """8 steps of a 16-wide gpt on copy: checkpoints at 4 and 8, evaluations at 4 and 8."""
-  c = length_gen.get_config('model=gpt,task=copy,runlocal')
-  c.model.update(n_embd=16, n_head=2, block_size=16)
-  c.budget = 2
-  c.train_length = 3
-  c.batch_size = 8
-  c.max_steps = 8
-  c.eval.update(lengths=(3,), every_steps=4, n_samples=8, batch_size=8)
-  c.checkpoint.every_steps = 4
-  c.log.update(every_steps=2, progress_bar=False)
-  for k, v in overrides.items():
-    c[k] = v
-  return c
+  return tiny.tiny_config(width=16, batch=8, block_size=16, **overrides)
 
 
 @pytest.fixture(scope='module')

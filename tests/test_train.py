@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from ml_collections import config_flags
 import numpy as np
 import pytest
+from tiny import tiny_config
 
 from artrm import parallel
 from artrm import workdir as workdir_lib
@@ -18,21 +19,6 @@ from artrm.tools import ladder
 from artrm.training import checkpointing, eval_checkpoint, train, writers
 
 CONFIG_FILE = os.path.join(os.path.dirname(__file__), '..', 'artrm', 'configs', 'length_gen.py')
-
-
-def tiny_config(name='gpt', task='copy', **overrides):
-  c = length_gen.get_config(f'model={name},task={task},runlocal')
-  c.model.update(n_embd=32, n_head=2, block_size=24)
-  c.budget = 2
-  c.train_length = 3
-  c.batch_size = 16
-  c.max_steps = 8
-  c.eval.update(lengths=(3,), every_steps=4, n_samples=16, batch_size=16)
-  c.checkpoint.every_steps = 4
-  c.log.update(every_steps=2, progress_bar=False)
-  for k, v in overrides.items():
-    c[k] = v
-  return c
 
 
 def params_of(out):

@@ -30,7 +30,7 @@ from artrm.bench.flops import backprop_passes, peak_basis, peak_flops, step_flop
 from artrm.bench.setups import Setup, run_config
 from artrm.data import eval_set, get_task
 from artrm.evaluation import decoding
-from artrm.models import RUNGS, build_model, get_rung, init_params
+from artrm.models import RUNGS, get_rung, init_params
 from artrm.training import train
 
 PROFILED_CALLS = 3  # steps or decoding calls per profiler trace (--profile_dir)
@@ -78,7 +78,7 @@ def bench_train(
   """Compile and time the jitted training step, data-parallel over `mesh`; returns
   (numbers, params after training). With `profile_dir`, `PROFILED_CALLS` more steps
   are traced there and summarised (`profiling.summarize`)."""
-  optimizer = train.make_optimizer(config.optimizer)
+  optimizer = train.make_optimizer(config.optimizer, model.recipe)
   state = jax.device_put(
     train.init_seeds(model, optimizer, train.seeds_of(config)), parallel.replicated(mesh)
   )
@@ -278,8 +278,8 @@ def run_benchmark(
   )
   for rung in rungs:
     config = run_config(setup, rung)
-    mc = train.model_config(config)
-    model = build_model(mc)
+    model = train.run_model(config)
+    mc = model.config
     H, L = model.rung.cycles(model.config)  # (1, 1) unless nested
     row = dict(
       title=get_rung(rung).title,
