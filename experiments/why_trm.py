@@ -12,8 +12,9 @@ token; docs/compute.md).
   paper scale: artrm suite --suite=experiments/why_trm.py --root=workdirs/why_trm
   CPU form:    artrm suite --suite=experiments/why_trm.py:runlocal --root=workdirs/why_trm_cpu
   report:      artrm report --root=workdirs/why_trm_cpu --out=docs/results/why_trm_cpu
-Arguments besides `runlocal`, `seeds=N`, `steps=N`: `only=copy` (one task) and
-`core` (the 14 rows that answer the question first, of 21).
+Arguments besides `runlocal`, `seeds=N`, `steps=N`: `only=copy` (one task),
+`core` (the 14 rows that answer the question first, of 21) and `rows=N` (the
+first N rows: references first, then gradient reach).
 
 The paper form is the length-generalisation setting (budget 24: trm runs 4
 steps of 2 x (2 + 1) passes; 5000 steps, train L 10, eval 10 and 20). The CPU
@@ -43,7 +44,8 @@ def rows(max_steps: int, core: bool = False) -> list[dict]:
     'recipe.fixed_init': True,
   }
   trm = {'model.name': 'trm'}
-  control = lambda n: {**trm, 'max_steps': n * max_steps}  # as many forward passes as n_sup = n
+  # As many forward passes as n_sup = n, evaluated as often per run.
+  control = lambda n: {**trm, 'max_steps': n * max_steps, 'eval.every_steps': n * max_steps // 10}
   refs = [{'model.name': 'gpt'}, {'model.name': 'ut_level1'}, {'model.name': 'ut_level2'}, trm]
   reach = [{**trm, 'recipe.grad_reach': r} for r in ('last_step', 'all')]
   deep = lambda n: [{**trm, 'recipe.n_sup': n, 'recipe.grad_reach': r} for r in ('paper', 'all')]
@@ -74,15 +76,17 @@ def get_config(arg=None):
 
 
 def parsed(arg):
-  c, a = length_gen.suite_config(arg, only='', core=False)
+  c, a = length_gen.suite_config(arg, only='', core=False, rows=0)
   if a.runlocal:
     c.budget = 12
     c.train_length = 5
   c.eval.lengths = (c.train_length, 2 * c.train_length)
+  c.eval.every_steps = c.max_steps // 10  # learning curves of 10 points
   return c, a
 
 
 def get_sweep(arg=None):
   c, a = parsed(arg)
   tasks = (a.only,) if a.only else TASKS
-  return [{'task': task, **row} for task in tasks for row in rows(c.max_steps, a.core)]
+  picked = rows(c.max_steps, a.core)[: a.rows or None]
+  return [{'task': task, **row} for task in tasks for row in picked]

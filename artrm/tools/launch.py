@@ -57,6 +57,8 @@ def run_local(
         env['CUDA_VISIBLE_DEVICES'] = device
       if len(devices) > 1 and device is None:
         env.setdefault('XLA_FLAGS', '--xla_cpu_multi_thread_eigen=false')  # one core per run
+      # Runs that differ only in data (a suite's tasks of one shape) compile once.
+      env.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(os.path.abspath(root), '.jax_cache'))
       os.makedirs(run.workdir, exist_ok=True)
       out = open(os.path.join(run.workdir, 'stdout.log'), 'a')
       proc = subprocess.Popen(
