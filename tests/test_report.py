@@ -42,14 +42,20 @@ def write_run(
   curves=True,
   inference=True,
   fixed: dict | None = None,
+  recipe: dict | None = None,
 ):
   """A finished run's workdir in the formats train.py and results.run_rows use.
 
   `fixed` = {seed: acc} makes every answer position at the training length score `acc`.
   """
-  workdir = os.path.join(root, f'task={task},name={model},n_embd={n_embd}')
+  workdir = os.path.join(
+    root,
+    f'task={task},name={model},n_embd={n_embd}'
+    + ''.join(f',{k}={v}' for k, v in (recipe or {}).items()),
+  )
   os.makedirs(workdir)
   config = dict(
+    recipe=recipe or {},
     task=task,
     train_length=TRAIN_LENGTH,
     budget=6,
@@ -155,3 +161,20 @@ def test_report_of_a_sweep_notes_what_it_lacks(tmp_path):
   assert '(n=1)' in md and '±' not in md.split('## Headline')[1].split('## Figure 1')[0]
   for missing in ('Figure 2', 'Figure 4', 'Figure 5', 'Figure 6'):
     assert md.count(f'{missing}: not drawn') == 1  # one note, not one per setting
+
+
+def test_report_of_a_recipe_study_shows_compute(tmp_path):
+  """Rows that differ in recipe: a compute table per row and every row's curve against compute."""
+  root = tmp_path / 'why'
+  write_run(root, 'gpt', 'copy')
+  write_run(root, 'trm', 'copy')
+  write_run(root, 'trm', 'copy', recipe={'n_sup': 2, 'grad_reach': 'all'})
+  md = open(report.make_report(str(root), str(tmp_path / 'report'))).read()
+  assert 'fig8_rows_compute.png' in check_images(tmp_path / 'report', md)
+  table = md.split('### Compute per row')[1].split('## Figure 1')[0]
+  rows = {line.split('|')[1].strip(): line for line in table.splitlines() if '| trm' in line}
+  # budget 6, trm (1 step of 2 x 3): the paper back-propagates the last cycle (3 of 6 passes);
+  # n_sup = 2 with reach all: every pass, twice per batch, so 200 steps see 2 x 200 x 6 forward.
+  cells = lambda row: [c.strip() for c in rows[row].split('|')[3:-1]]
+  assert cells('paper') == ['6', '3', '3', '9', '6', '1200']
+  assert cells('grad_reach=all,n_sup=2') == ['6', '6', '6', '24', '12', '2400']

@@ -242,7 +242,8 @@ def test_metric_writer(tmp_path):
 def test_main_job_table(tmp_path, capsys):
   rows = ladder.run_ladder(str(tmp_path), max_steps=2, rungs=('trm',))
   assert [r['rung'] for r in rows] == ['trm']
-  assert rows[0]['shape'] == '1x2x2' and rows[0]['passes'] == 6
+  # Two steps: trm's Q-head loop is not ut_level2's ACT in disguise.
+  assert rows[0]['shape'] == '2x2x2' and rows[0]['passes'] == 12
   table = (tmp_path / 'ladder.md').read_text()
   assert '| trm ' in table and f'seq_acc@{ladder.LONGER_LENGTH}' in table
   assert 'Autoregressive TRM' in capsys.readouterr().out

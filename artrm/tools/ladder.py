@@ -17,11 +17,16 @@ from artrm.training import train
 
 TRAIN_LENGTH = 8
 LONGER_LENGTH = 12
+# 12 block passes: the nested rungs run 2 steps of H 2 x (L 2 + 1) passes, so
+# ut_level2 (ACT over steps) and trm (Q-head) are different functions; at
+# runlocal's 6 they have one step each and are the same function.
+BUDGET = 12
 
 
 def ladder_config(name: str, task: str, max_steps: int | None = None):
   c = length_gen.get_config(f'model={name},task={task},runlocal')
   c.train_length = TRAIN_LENGTH
+  c.budget = BUDGET
   c.eval.lengths = (TRAIN_LENGTH, LONGER_LENGTH)
   c.log.progress_bar = False
   if max_steps:

@@ -75,6 +75,9 @@ def make_report(root: str, out_dir: str) -> str:
     table = _table(stats[stats['metric'] == metric], [*cols, 'model'], 'task', tasks)
     md += [f'### {metric}', '', table, '']
 
+  if 'recipe' in cols:  # a recipe study: what each row costs, to compare at matched compute
+    md += ['### Compute per row', '', _compute_table(df, cols), '']
+
   def section(title, name, drawn):
     """Saves the figure of `drawn` = (figure or None, markdown) and returns its markdown."""
     fig, text = drawn
@@ -109,6 +112,10 @@ def make_report(root: str, out_dir: str) -> str:
       '',
       *section(title, f'fig7_sweep_{col}.png', _fig_sweep(final, col, cols, models)),
     ]
+
+  if 'recipe' in cols:
+    title = 'Figure 8: every row against training compute'
+    md += [f'## {title}', '', *section(title, 'fig8_rows_compute.png', _fig_rows(df, tasks))]
 
   path = os.path.join(out_dir, 'README.md')
   with open(path, 'w') as f:
@@ -216,8 +223,8 @@ def _lines(ax, stats: pd.DataFrame, x: str, models: list[str], band: bool = Fals
       ax.errorbar(r[x] + dodge, r['mean'], yerr=r['sem'], marker='o', ms=4, capsize=3, lw=1.5, **kw)
 
 
-def _legend(fig: Figure, axes):
-  """One legend for the figure, below it, from the rungs drawn in any subplot."""
+def _legend(fig: Figure, axes, fontsize: int = 9, ncols: int | None = None):
+  """One legend for the figure, below it, from the lines drawn in any subplot."""
   handles = {}
   for ax in np.ravel(axes):
     for h, label in zip(*ax.get_legend_handles_labels()):
@@ -226,8 +233,8 @@ def _legend(fig: Figure, axes):
     handles.values(),
     handles.keys(),
     loc='outside lower center',
-    fontsize=9,
-    ncols=max(1, min(len(handles), int(fig.get_figwidth() / 2.9))),
+    fontsize=fontsize,
+    ncols=ncols or max(1, min(len(handles), int(fig.get_figwidth() / 2.9))),
   )
 
 
@@ -465,4 +472,62 @@ def _fig_sweep(final: pd.DataFrame, col: str, cols: list[str], models: list[str]
       ax.set(title=f'{prefix}{task}: {metric}', xlabel=col)
   fig.suptitle(f'Accuracy at the training length vs {col}')
   _legend(fig, axes)
+  return fig, ''
+
+
+COMPUTE_NOTE = (
+  'forward: block passes of one forward (all steps); grad: those whose parameters '
+  'get gradient; backward: those the backward pass runs; train/token: passes run '
+  'forward or backward per position of a batch over its supervision passes; '
+  'inference/token: passes per generated token; training forward: max_steps x '
+  'inference/token, the forward passes a position of the training stream sees in a '
+  'run (compute-matched controls equal it). docs/compute.md.'
+)
+
+
+def _compute_table(df: pd.DataFrame, cols: list[str]) -> str:
+  """The compute columns of each (setting, rung) row; constant within a run."""
+  keys = [*cols, 'model']
+  first = df.groupby(keys, observed=True, sort=True).first().reset_index()
+  rows = [
+    {
+      **{c: _name(r[c]) if c == 'model' else _fmt(r[c]) for c in keys},
+      'forward': _fmt(r['forward_passes']),
+      'grad': _fmt(r['grad_passes']),
+      'backward': _fmt(r['backward_passes']),
+      'train/token': _fmt(r['train_passes_per_token']),
+      'inference/token': _fmt(r['inference_passes']),
+      'training forward': _fmt(r['max_steps'] * r['inference_passes']),
+    }
+    for _, r in first.iterrows()
+  ]
+  return markdown_table(rows) + '\n\n' + COMPUTE_NOTE
+
+
+def _fig_rows(df: pd.DataFrame, tasks: list[str]):
+  """char_acc at the training length of every (setting, rung) row on one axis per task,
+  against the forward block passes trained so far (step x inference passes per token),
+  so a recipe and its compute-matched control end at the same x."""
+  curves = _at_train(df, 'curve')
+  curves = curves[curves['metric'] == 'char_acc'].copy()
+  if curves.empty:
+    return None, "no learning curves ('curve' rows from metrics.jsonl)"
+  curves['compute'] = curves['step'] * curves['inference_passes']
+  curves['row'] = (
+    curves['model'].astype(str) + ' ' + curves['setting'].astype(str).str.replace('recipe=', '')
+  )
+  stats = _stats(curves, ['task', 'row', 'compute'])
+  rows = list(dict.fromkeys(curves.sort_values(['model', 'setting'])['row']))
+  colors = colormaps['tab20'].resampled(max(len(rows), 2))
+  fig, axes = _grid(1, len(tasks), width=max(5.5, 13 / len(tasks)), height=4.0)
+  for j, task in enumerate(tasks):
+    ax = axes[0, j]
+    for i, row in enumerate(rows):
+      r = stats[(stats['task'] == task) & (stats['row'] == row)].sort_values('compute')
+      if len(r):
+        ax.plot(r['compute'], r['mean'], lw=1.3, marker='.', color=colors(i), label=row)
+    _accuracy_axis(ax, 'char_acc at train length')
+    ax.set(title=task, xlabel='forward block passes trained (step x passes per token)')
+  fig.suptitle('Every row, mean over seeds, against training forward compute')
+  _legend(fig, axes, fontsize=7, ncols=2)
   return fig, ''
