@@ -13,7 +13,7 @@ token; docs/compute.md).
   CPU form:    artrm suite --suite=experiments/why_trm.py:runlocal --root=workdirs/why_trm_cpu
   report:      artrm report --root=workdirs/why_trm_cpu --out=docs/results/why_trm_cpu
 Arguments besides `runlocal`, `seeds=N`, `steps=N`: `only=copy` (one task),
-`core` (the 14 rows that answer the question first, of 21) and `rows=N` (the
+`core` (the 16 rows that answer the question first, of 23) and `rows=N` (the
 first N rows: references first, then gradient reach).
 
 The paper form is the length-generalisation setting (budget 24: trm runs 4
@@ -28,7 +28,7 @@ from artrm.configs import length_gen
 TASKS = ('copy', 'reverse', 'addition')
 
 
-def rows(max_steps: int, core: bool = False) -> list[dict]:
+def rows(max_steps: int, forward_passes: int, core: bool = False) -> list[dict]:
   """The study's rows; `core`: those that answer the question first (references,
   gradient reach, deep supervision with its control, each other ingredient,
   the full recipe with its control).
@@ -54,8 +54,15 @@ def rows(max_steps: int, core: bool = False) -> list[dict]:
     {**trm, 'recipe.ema_decay': ema},
     {**trm, 'recipe.fixed_init': True},
   ]
+  # What `all` adds over `last_step`, split: gradient into the earlier step
+  # (reach 3/4 of the forward, so it crosses one step boundary) and gradient
+  # into the learned y0 / z0 (`all` with them fixed).
+  probes = [
+    {**trm, 'recipe.grad_reach': 'last_k', 'recipe.grad_last_k': 3 * forward_passes // 4},
+    {**trm, 'recipe.grad_reach': 'all', 'recipe.fixed_init': True},
+  ]
   if core:
-    return refs + reach + deep(2) + [control(2)] + singles + [{**trm, **full}, control(4)]
+    return refs + reach + deep(2) + [control(2)] + singles + [{**trm, **full}, control(4)] + probes
   return (
     refs
     + reach
@@ -67,6 +74,7 @@ def rows(max_steps: int, core: bool = False) -> list[dict]:
     + [control(4)]
     + singles
     + [{**trm, **full}, {**trm, **full, 'recipe.mixer': 'mlp', 'eval.kv_cache': False}]
+    + probes
   )
 
 
@@ -88,5 +96,5 @@ def parsed(arg):
 def get_sweep(arg=None):
   c, a = parsed(arg)
   tasks = (a.only,) if a.only else TASKS
-  picked = rows(c.max_steps, a.core)[: a.rows or None]
+  picked = rows(c.max_steps, c.budget, a.core)[: a.rows or None]
   return [{'task': task, **row} for task in tasks for row in picked]
