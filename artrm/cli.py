@@ -35,9 +35,7 @@ def _main_flags(fv, argv):
   flags.DEFINE_string(
     'task', 'copy', 'Task of the comparison: copy, reverse or addition.', flag_values=fv
   )
-  flags.DEFINE_integer(
-    'max_steps', None, "Training steps per rung (default: the CPU config's).", flag_values=fv
-  )
+  flags.DEFINE_integer('max_steps', None, 'Training steps per rung (default: 300).', flag_values=fv)
 
 
 def _main(f):
