@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import zlib
 
 import numpy as np
@@ -167,8 +168,8 @@ def test_report_of_a_recipe_study_shows_compute(tmp_path):
   """Rows that differ in recipe: a compute table per row and every row's curve against compute."""
   root = tmp_path / 'why'
   write_run(root, 'gpt', 'copy')
-  write_run(root, 'trm', 'copy')
-  write_run(root, 'trm', 'copy', recipe={'n_sup': 2, 'grad_reach': 'all'})
+  write_run(root, 'trm', 'copy', fixed={0: 0.2, 1: 0.4})
+  write_run(root, 'trm', 'copy', recipe={'n_sup': 2, 'grad_reach': 'all'}, fixed={0: 0.9, 1: 1.0})
   md = open(report.make_report(str(root), str(tmp_path / 'report'))).read()
   assert 'fig8_rows_compute.png' in check_images(tmp_path / 'report', md)
   table = md.split('### Compute per row')[1].split('## Figure 1')[0]
@@ -178,3 +179,9 @@ def test_report_of_a_recipe_study_shows_compute(tmp_path):
   cells = lambda row: [c.strip() for c in rows[row].split('|')[3:-1]]
   assert cells('paper') == ['6', '3', '3', '9', '6', '1200']
   assert cells('grad_reach=all,n_sup=2') == ['6', '6', '6', '24', '12', '2400']
+  effects = md.split('### Effects')[1].split('## Figure 1')[0]
+  row = next(line for line in effects.splitlines() if 'grad_reach=all' in line)
+  diff, low, high = (float(v) for v in re.findall(r'[+-]\d\.\d+', row.split('|')[4]))
+  assert diff == 0.65 and low < 0 < 0.65 < high and abs((high - diff) - (diff - low)) < 2e-3
+  paper = next(line for line in effects.splitlines() if '| paper' in line and '| trm' in line)
+  assert paper.split('|')[4].strip() == '–'  # the reference is not compared with itself

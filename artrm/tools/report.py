@@ -11,6 +11,7 @@ pyplot state or display is involved. `pip install -e ".[report]"`.
 
 import os
 import re
+import warnings
 
 from matplotlib import colormaps
 from matplotlib.figure import Figure
@@ -18,6 +19,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 import numpy as np
 import pandas as pd
+from scipy import stats as scipy_stats
 
 from artrm.models import RUNGS
 from artrm.tables import markdown_table
@@ -75,8 +77,10 @@ def make_report(root: str, out_dir: str) -> str:
     table = _table(stats[stats['metric'] == metric], [*cols, 'model'], 'task', tasks)
     md += [f'### {metric}', '', table, '']
 
-  if 'recipe' in cols:  # a recipe study: what each row costs, to compare at matched compute
+  if 'recipe' in cols:  # a recipe study: what each row costs, and its effect with a CI
     md += ['### Compute per row', '', _compute_table(df, cols), '']
+    md += ['### Effects: differences in char_acc with 95% confidence intervals', '']
+    md += [_effects_table(final, cols, tasks), '']
 
   def section(title, name, drawn):
     """Saves the figure of `drawn` = (figure or None, markdown) and returns its markdown."""
@@ -531,3 +535,47 @@ def _fig_rows(df: pd.DataFrame, tasks: list[str]):
   fig.suptitle('Every row, mean over seeds, against training forward compute')
   _legend(fig, axes, fontsize=7, ncols=2)
   return fig, ''
+
+
+# The references every row of a recipe study is compared with: the paper's trm
+# at its base step count, and the paper's best rung.
+REFERENCES = (('trm', "the paper's trm"), ('ut_level1', 'ut_level1'))
+
+
+def _effects_table(final: pd.DataFrame, cols: list[str], tasks: list[str]) -> str:
+  """Per task and row, char_acc at the training length minus each reference's
+  (recipe 'paper', fewest max_steps), with a Welch t 95% CI over seeds."""
+  acc = final[final['metric'] == 'char_acc']
+  base = acc[acc['recipe'] == 'paper']
+  if 'max_steps' in cols:
+    base = base[
+      base['max_steps'] == base.groupby('model', observed=True)['max_steps'].transform('min')
+    ]
+  rows = []
+  for task in tasks:
+    refs = {
+      m: base[(base['task'] == task) & (base['model'] == m)]['value'].to_numpy()
+      for m, _ in REFERENCES
+    }
+    for (setting, model), g in acc[acc['task'] == task].groupby(
+      ['setting', 'model'], observed=True, sort=True
+    ):
+      row = {'task': task, 'model': model, 'setting': setting.replace('recipe=', '')}
+      for m, label in REFERENCES:
+        ref, x = refs[m], g['value'].to_numpy()
+        if len(ref) < 2 or len(x) < 2 or (model == m and np.array_equal(np.sort(x), np.sort(ref))):
+          row[f'vs {label}'] = '–'
+          continue
+        with warnings.catch_warnings():  # seeds that agree exactly: no spread to estimate
+          warnings.simplefilter('ignore', RuntimeWarning)
+          ci = scipy_stats.ttest_ind(x, ref, equal_var=False).confidence_interval(0.95)
+        d = x.mean() - ref.mean()
+        if not np.isfinite(ci.low):  # both without spread: the difference is exact
+          ci = type(ci)(d, d)
+        row[f'vs {label}'] = f'{d:+.3f} [{ci.low:+.3f}, {ci.high:+.3f}]'
+      rows.append(row)
+  return markdown_table(rows) + (
+    "\n\nDifference of means over seeds, [95% CI] from Welch's t; an interval that "
+    'excludes 0 is a difference at the 5% level. The references are the rungs with the '
+    "paper's recipe at the base step count."
+  )
