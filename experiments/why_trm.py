@@ -13,7 +13,7 @@ token; docs/compute.md).
   CPU form:    artrm suite --suite=experiments/why_trm.py:runlocal --root=workdirs/why_trm_cpu
   report:      artrm report --root=workdirs/why_trm_cpu --out=docs/results/why_trm_cpu
 Arguments besides `runlocal`, `seeds=N`, `steps=N`: `only=copy` (one task),
-`core` (the 16 rows that answer the question first, of 23) and `rows=N` (the
+`core` (the 18 rows that answer the question first, of 25) and `rows=N` (the
 first N rows: references first, then gradient reach).
 
 The paper form is the length-generalisation setting (budget 24: trm runs 4
@@ -57,9 +57,13 @@ def rows(max_steps: int, forward_passes: int, core: bool = False) -> list[dict]:
   # What `all` adds over `last_step`, split: gradient into the earlier step
   # (reach 3/4 of the forward, so it crosses one step boundary) and gradient
   # into the learned y0 / z0 (`all` with them fixed).
+  # And the carry: TRM's post-norm (carry_norm) keeps y and z at unit RMS,
+  # where the paper's pre-norm streams grow geometrically over the passes.
   probes = [
     {**trm, 'recipe.grad_reach': 'last_k', 'recipe.grad_last_k': 3 * forward_passes // 4},
     {**trm, 'recipe.grad_reach': 'all', 'recipe.fixed_init': True},
+    {**trm, 'recipe.carry_norm': True},
+    {'model.name': 'ut_level2', 'recipe.carry_norm': True},
   ]
   if core:
     return refs + reach + deep(2) + [control(2)] + singles + [{**trm, **full}, control(4)] + probes

@@ -48,6 +48,7 @@ def model_and_params(cfg, recipe=None, seed=0):
     ('trm', dict(grad_reach='last_k'), 'grad_last_k > 0'),
     ('trm', dict(grad_reach='some'), 'choose one of'),
     ('gpt_level1', dict(fixed_init=True), 'has no y0 / z0'),
+    ('ut', dict(carry_norm=True), 'has no y / z streams'),
     ('trm', dict(act_halt_bias=-3.0), 'has no ACT head'),
     ('trm', dict(mixer='conv'), 'choose one of'),
     ('trm', dict(n_supervision=2), 'Unknown recipe keys'),
@@ -299,6 +300,23 @@ def test_fixed_inits_never_change():
     chex.assert_trees_all_equal(state.params[name], state0.params[name])
     assert 0.5 < float(jnp.std(state0.params[name])) < 1.5, 'std-1 draws'
   assert not np.allclose(state.params['lm_head']['kernel'], state0.params['lm_head']['kernel'])
+
+
+def test_carry_norm_keeps_the_streams_at_unit_rms():
+  """The pre-norm streams grow with every pass; normalised, y and z stay at RMS 1,
+  and cached decoding still equals full recompute."""
+  idx = jax.random.randint(jax.random.key(5), (2, 6), 0, 14)
+  rms = lambda a: jnp.sqrt(jnp.mean(jnp.square(a), -1))
+  grown = []
+  for recipe in (Recipe(), Recipe(carry_norm=True)):
+    model, params = model_and_params(small('trm'), recipe)
+    _, aux = model.apply({'params': params}, idx, inference_steps=6, full_compute=True)
+    grown.append(max(float(jnp.max(rms(s))) for s in aux['carry']))
+  assert grown[0] > 10 and abs(grown[1] - 1) < 1e-3, grown
+  for name in ('ut_level1', 'trm'):
+    model, params = model_and_params(small(name), Recipe(carry_norm=True))
+    full = decoding.generate(model, params, idx[:, :4], 3)
+    chex.assert_trees_all_equal(full, decoding.generate_cached(model, params, idx[:, :4], 3))
 
 
 def test_mlp_mixer_is_causal_and_refuses_the_cache():

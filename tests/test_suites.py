@@ -139,9 +139,9 @@ def test_why_trm_rows_are_valid_recipes():
 
   spec = os.path.join(os.path.dirname(__file__), '..', 'experiments', 'why_trm.py:runlocal')
   runs = suites.suite_runs(spec, '/tmp/unused')
-  assert len(runs) == 3 * 23
+  assert len(runs) == 3 * 25
   core = suites.suite_runs(spec + ',core,only=copy', '/tmp/unused')
-  assert len(core) == 16 and all(r.overrides['task'] == 'copy' for r in core)
+  assert len(core) == 18 and all(r.overrides['task'] == 'copy' for r in core)
   first = suites.suite_runs(spec + ',core,only=copy,rows=6', '/tmp/unused')
   assert [r.name for r in first] == [r.name for r in core[:6]]
   for r in runs:

@@ -24,6 +24,12 @@ def layer_norm(name: str, dtype: Any = jnp.float32) -> nn.LayerNorm:
   return nn.LayerNorm(epsilon=LN_EPS, use_fast_variance=False, dtype=dtype, name=name)
 
 
+def rms_normalize(x: jax.Array, eps: float = LN_EPS) -> jax.Array:
+  """x / RMS(x) over channels, statistics in float32, no learned scale (TRM's post-norm)."""
+  x32 = x.astype(jnp.float32)
+  return (x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), -1, keepdims=True) + eps)).astype(x.dtype)
+
+
 def dense(features: int, name: str, dtype: Any = jnp.float32) -> nn.Dense:
   return nn.Dense(
     features, kernel_init=INIT, bias_init=nn.initializers.zeros, dtype=dtype, name=name

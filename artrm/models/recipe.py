@@ -8,6 +8,7 @@ behaviour, so `Recipe()` trains the seven rungs exactly as the paper's code.
 An ingredient is one field here plus one small function where it acts:
   grad_reach, grad_last_k   `GRAD_REACH` below: where the carried (y, z) is cut
   fixed_init                `RecursiveLM._stream_init`: std-1 constants as y0 / z0
+  carry_norm                `RecursiveLM._dual_step`: y and z RMS-normalised after each update
   mixer                     `block.Block`: causal attention or a causal MLP mixer
   act_halt_bias             `RecursiveLM.setup`: the ACT halting head's initial bias
   halt_loss_weight, halt_target   `train.halt_loss`: the Q-head learns when to stop
@@ -63,6 +64,9 @@ class Recipe:
   halt_target: str = 'token'  # what "right" means for the Q-head (see train.halt_loss)
   ema_decay: float = 0.0  # > 0: evaluate and keep the best of an EMA of the params
   fixed_init: bool = False  # y0 / z0 fixed std-1 vectors instead of learned ones
+  # RMS-normalise each y / z update (TRM's post-norm blocks); without it the
+  # pre-norm residual streams grow geometrically over the passes.
+  carry_norm: bool = False
   mixer: str = 'attention'  # token mixing of the shared block
   act_halt_bias: float = 0.0  # initial bias of ACT's halting head (paper: 0, p = 0.5)
 
@@ -136,6 +140,8 @@ class Recipe:
       errors.append('recipe.halt_loss_weight must be >= 0 and recipe.ema_decay in [0, 1)')
     if self.fixed_init and rung.stream != 'dual':
       errors.append(f'recipe.fixed_init: {name} has no y0 / z0; use a dual-stream rung')
+    if self.carry_norm and rung.stream != 'dual':
+      errors.append(f'recipe.carry_norm: {name} has no y / z streams; use a dual-stream rung')
     if self.act_halt_bias and rung.halting != 'act':
       errors.append(
         f'recipe.act_halt_bias: {name} has no ACT head; use ut, ut_level1 or '

@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 
 from artrm.models import act as act_lib
-from artrm.models.block import INIT, KVSlot, block_class, dense, layer_norm
+from artrm.models.block import INIT, KVSlot, block_class, dense, layer_norm, rms_normalize
 from artrm.models.config import ModelConfig, Rung, get_rung
 from artrm.models.recipe import GRAD_REACH, Recipe, last_k_cut
 
@@ -305,6 +305,7 @@ class RecursiveLM(nn.Module):
     H, L = self.rung.cycles(self.config)
     per_step = H * (L + 1)
     cuts = GRAD_REACH[self.recipe.grad_reach](per_step, L + 1) if self.rung.nested else ()
+    norm = rms_normalize if self.recipe.carry_norm else (lambda v: v)
 
     def sub_step(mdl, carry, xs):
       updates_z, j = xs
@@ -315,6 +316,7 @@ class RecursiveLM(nn.Module):
       new, n = mdl._apply_block(
         jnp.where(updates_z, x_BxTxC + y + z, y + z) + e_C, n, deterministic
       )
+      new = norm(new)
       return (jnp.where(updates_z, y, new), jnp.where(updates_z, new, z), n), None
 
     pattern = jnp.tile(jnp.arange(L + 1) < L, H)
