@@ -14,7 +14,8 @@ token; docs/compute.md).
   report:      artrm report --root=workdirs/why_trm_cpu --out=docs/results/why_trm_cpu
 Arguments besides `runlocal`, `seeds=N`, `steps=N`: `only=copy` (one task),
 `core` (the 18 rows that answer the question first, of 25) and `rows=N` (the
-first N rows: references first, then gradient reach).
+first N rows: references first, then gradient reach; `rows=-4`: the last 4,
+the probes of what `grad_reach=all` adds and of the carry).
 
 The paper form is the length-generalisation setting (budget 24: trm runs 4
 steps of 2 x (2 + 1) passes; 5000 steps, train L 10, eval 10 and 20). The CPU
@@ -100,5 +101,6 @@ def parsed(arg):
 def get_sweep(arg=None):
   c, a = parsed(arg)
   tasks = (a.only,) if a.only else TASKS
-  picked = rows(c.max_steps, c.budget, a.core)[: a.rows or None]
+  every = rows(c.max_steps, c.budget, a.core)
+  picked = every[a.rows :] if a.rows < 0 else every[: a.rows or None]
   return [{'task': task, **row} for task in tasks for row in picked]
