@@ -13,9 +13,9 @@ token; docs/compute.md).
   CPU form:    artrm suite --suite=experiments/why_trm.py:runlocal --root=workdirs/why_trm_cpu
   report:      artrm report --root=workdirs/why_trm_cpu --out=docs/results/why_trm_cpu
 Arguments besides `runlocal`, `seeds=N`, `steps=N`: `only=copy` (one task),
-`core` (the 18 rows that answer the question first, of 25) and `rows=N` (the
-first N rows: references first, then gradient reach; `rows=-4`: the last 4,
-the probes of what `grad_reach=all` adds and of the carry).
+`core` (the 21 rows that answer the question first, of 28) and `rows=N` (the
+first N rows: references first, then gradient reach; `rows=-7`: the last 7,
+the probes of what `grad_reach=all` adds, of the carry and of the input).
 
 The paper form is the length-generalisation setting (budget 24: trm runs 4
 steps of 2 x (2 + 1) passes; 5000 steps, train L 10, eval 10 and 20). The CPU
@@ -65,6 +65,10 @@ def rows(max_steps: int, forward_passes: int, core: bool = False) -> list[dict]:
     {**trm, 'recipe.grad_reach': 'all', 'recipe.fixed_init': True},
     {**trm, 'recipe.carry_norm': True},
     {'model.name': 'ut_level2', 'recipe.carry_norm': True},
+    # ... and the input's visibility: x (std 0.02 embeddings) against the carry.
+    {**trm, 'recipe.input_norm': True},
+    {**trm, 'recipe.carry_norm': True, 'recipe.input_norm': True},
+    {'model.name': 'ut_level2', 'recipe.carry_norm': True, 'recipe.input_norm': True},
   ]
   if core:
     return refs + reach + deep(2) + [control(2)] + singles + [{**trm, **full}, control(4)] + probes

@@ -49,6 +49,7 @@ def model_and_params(cfg, recipe=None, seed=0):
     ('trm', dict(grad_reach='some'), 'choose one of'),
     ('gpt_level1', dict(fixed_init=True), 'has no y0 / z0'),
     ('ut', dict(carry_norm=True), 'has no y / z streams'),
+    ('gpt', dict(input_norm=True), 'has no y / z streams'),
     ('trm', dict(act_halt_bias=-3.0), 'has no ACT head'),
     ('trm', dict(mixer='conv'), 'choose one of'),
     ('trm', dict(n_supervision=2), 'Unknown recipe keys'),
@@ -314,9 +315,21 @@ def test_carry_norm_keeps_the_streams_at_unit_rms():
     grown.append(max(float(jnp.max(rms(s))) for s in aux['carry']))
   assert grown[0] > 10 and abs(grown[1] - 1) < 1e-3, grown
   for name in ('ut_level1', 'trm'):
-    model, params = model_and_params(small(name), Recipe(carry_norm=True))
+    model, params = model_and_params(small(name), Recipe(carry_norm=True, input_norm=True))
     full = decoding.generate(model, params, idx[:, :4], 3)
     chex.assert_trees_all_equal(full, decoding.generate_cached(model, params, idx[:, :4], 3))
+
+
+def test_input_norm_makes_the_input_scale_free():
+  """x enters at unit RMS: scaling both embedding tables leaves the output as it was."""
+  idx = jax.random.randint(jax.random.key(6), (2, 6), 0, 14)
+  for recipe, same in ((Recipe(), False), (Recipe(input_norm=True), True)):
+    model, params = model_and_params(small('trm'), recipe)
+    scaled = {**params, 'pos_emb': 30 * params['pos_emb']}
+    scaled['tok_emb'] = {'embedding': 30 * params['tok_emb']['embedding']}
+    a, _ = model.apply({'params': params}, idx)
+    b, _ = model.apply({'params': scaled}, idx)
+    assert np.allclose(a, b, atol=1e-4) == same
 
 
 def test_mlp_mixer_is_causal_and_refuses_the_cache():

@@ -9,6 +9,7 @@ An ingredient is one field here plus one small function where it acts:
   grad_reach, grad_last_k   `GRAD_REACH` below: where the carried (y, z) is cut
   fixed_init                `RecursiveLM._stream_init`: std-1 constants as y0 / z0
   carry_norm                `RecursiveLM._dual_step`: y and z RMS-normalised after each update
+  input_norm                `RecursiveLM._forward`: the embedded input x at unit RMS
   mixer                     `block.Block`: causal attention or a causal MLP mixer
   act_halt_bias             `RecursiveLM.setup`: the ACT halting head's initial bias
   halt_loss_weight, halt_target   `train.halt_loss`: the Q-head learns when to stop
@@ -67,6 +68,9 @@ class Recipe:
   # RMS-normalise each y / z update (TRM's post-norm blocks); without it the
   # pre-norm residual streams grow geometrically over the passes.
   carry_norm: bool = False
+  # x = token + position embedding at unit RMS (TRM scales its embeddings by
+  # sqrt(C) to that end); the paper's x starts at std 0.02 * sqrt(2).
+  input_norm: bool = False
   mixer: str = 'attention'  # token mixing of the shared block
   act_halt_bias: float = 0.0  # initial bias of ACT's halting head (paper: 0, p = 0.5)
 
@@ -140,8 +144,9 @@ class Recipe:
       errors.append('recipe.halt_loss_weight must be >= 0 and recipe.ema_decay in [0, 1)')
     if self.fixed_init and rung.stream != 'dual':
       errors.append(f'recipe.fixed_init: {name} has no y0 / z0; use a dual-stream rung')
-    if self.carry_norm and rung.stream != 'dual':
-      errors.append(f'recipe.carry_norm: {name} has no y / z streams; use a dual-stream rung')
+    for field in ('carry_norm', 'input_norm'):
+      if getattr(self, field) and rung.stream != 'dual':
+        errors.append(f'recipe.{field}: {name} has no y / z streams; use a dual-stream rung')
     if self.act_halt_bias and rung.halting != 'act':
       errors.append(
         f'recipe.act_halt_bias: {name} has no ACT head; use ut, ut_level1 or '

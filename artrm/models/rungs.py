@@ -233,6 +233,8 @@ class RecursiveLM(nn.Module):
     x_BxTxC = self.tok_emb(idx_BxT) + jax.lax.dynamic_slice_in_dim(
       self.pos_emb.astype(self.dtype), start, T
     )
+    if self.recipe.input_norm:
+      x_BxTxC = rms_normalize(x_BxTxC)
     if cache is not None and self.halting in ('act', 'q_trained'):
       # Halted positions keep evolving and later positions attend to every
       # pass of theirs: a new token must fill the cache at all steps.
