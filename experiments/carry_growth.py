@@ -3,11 +3,11 @@
 The paper's dual recursion sums its streams back into every pass
 (`z <- B(x + y + z)`, `y <- B(y + z)`) through a pre-norm block, which adds its
 attention and MLP terms to its input: the streams grow geometrically with the
-passes, so the final readout LN(y) is dominated by the earliest passes.
-With the paper's detaching only the last cycle gets gradient. For every
-finished dual-stream run of a suite, this loads its last checkpoint and runs
-fixed training-length prompts (teacher-forced, every step run) with 1..S steps:
-the RMS of y and z at the end, and next-token accuracy on the answer.
+passes, while the input x (token + position embeddings, initialised at std
+0.02) enters every z-update at its own small scale. For every finished
+dual-stream run of a suite, this loads its last checkpoint and runs fixed
+training-length prompts (teacher-forced, every step run) with 1..S steps: the
+RMS of x, and of y and z at the end, and next-token accuracy on the answer.
 
   python experiments/carry_growth.py --root=workdirs/why_trm_cpu \
       --out=docs/results/why_trm_cpu/carry_growth.md
@@ -23,6 +23,7 @@ import numpy as np
 from artrm import workdir as workdir_lib
 from artrm.data import python_batch
 from artrm.models import RUNGS
+from artrm.models.block import rms_normalize
 from artrm.tables import markdown_table
 from artrm.training import eval_checkpoint, train
 
@@ -51,10 +52,20 @@ def measure(workdir: str, steps: list[int], n: int) -> list[dict]:
     def measure_seed(params, s=s):
       logits, aux = model.apply({'params': params}, inputs, inference_steps=s, full_compute=True)
       hit = (logits.argmax(-1) == targets) & answer
-      return (*(rms(a) for a in aux['carry']), hit.sum() / answer.sum())
+      x = params['tok_emb']['embedding'][inputs] + params['pos_emb'][: inputs.shape[1]]
+      x = rms_normalize(x) if model.recipe.input_norm else x
+      return (rms(x), *(rms(a) for a in aux['carry']), hit.sum() / answer.sum())
 
-    y_rms, z_rms, acc = (float(v.mean()) for v in measure_seed(train.eval_params(state)))
-    rows.append(dict(steps=s, rms_y=f'{y_rms:.3g}', rms_z=f'{z_rms:.3g}', char_acc=f'{acc:.3f}'))
+    x_rms, y_rms, z_rms, acc = (float(v.mean()) for v in measure_seed(train.eval_params(state)))
+    rows.append(
+      dict(
+        steps=s,
+        rms_x=f'{x_rms:.3g}',
+        rms_y=f'{y_rms:.3g}',
+        rms_z=f'{z_rms:.3g}',
+        char_acc=f'{acc:.3f}',
+      )
+    )
   return [dict(run=os.path.basename(workdir), trained_step=step, **r) for r in rows]
 
 
