@@ -172,7 +172,7 @@ def test_report_of_a_recipe_study_shows_compute(tmp_path):
   write_run(root, 'trm', 'copy', recipe={'n_sup': 2, 'grad_reach': 'all'}, fixed={0: 0.9, 1: 1.0})
   md = open(report.make_report(str(root), str(tmp_path / 'report'))).read()
   assert 'fig8_rows_compute.png' in check_images(tmp_path / 'report', md)
-  table = md.split('### Compute per row')[1].split('## Figure 1')[0]
+  table = md.split('### Compute per row')[1].split('### Effects')[0]
   rows = {line.split('|')[1].strip(): line for line in table.splitlines() if '| trm' in line}
   # budget 6, trm (1 step of 2 x 3): the paper back-propagates the last cycle (3 of 6 passes);
   # n_sup = 2 with reach all: every pass, twice per batch, so 200 steps see 2 x 200 x 6 forward.
@@ -185,3 +185,10 @@ def test_report_of_a_recipe_study_shows_compute(tmp_path):
   assert diff == 0.65 and low < 0 < 0.65 < high and abs((high - diff) - (diff - low)) < 2e-3
   paper = next(line for line in effects.splitlines() if '| paper' in line and '| trm' in line)
   assert paper.split('|')[4].strip() == '–'  # the reference is not compared with itself
+  learned = md.split('### When each row learns')[1].split('## Figure 1')[0]
+  row = next(line for line in learned.splitlines() if 'grad_reach=all' in line)
+  # Fixed accuracies hold from the first evaluation (step 50): the mean 0.95 is learned
+  # after 50 x 12 forward passes per position (n_sup 2 x 6); the paper's mean 0.3 never.
+  assert row.split('|')[3].strip() == 'step 50 (600 passes)'
+  paper = next(line for line in learned.splitlines() if '| paper' in line and '| trm' in line)
+  assert paper.split('|')[3].strip() == 'not learned'

@@ -81,6 +81,8 @@ def make_report(root: str, out_dir: str) -> str:
     md += ['### Compute per row', '', _compute_table(df, cols), '']
     md += ['### Effects: differences in char_acc with 95% confidence intervals', '']
     md += [_effects_table(final, cols, tasks), '']
+    md += [f'### When each row learns: first step with mean char_acc >= {LEARNED}', '']
+    md += [_learned_table(df, cols, tasks), '']
 
   def section(title, name, drawn):
     """Saves the figure of `drawn` = (figure or None, markdown) and returns its markdown."""
@@ -578,4 +580,32 @@ def _effects_table(final: pd.DataFrame, cols: list[str], tasks: list[str]) -> st
     "\n\nDifference of means over seeds, [95% CI] from Welch's t; an interval that "
     'excludes 0 is a difference at the 5% level. The references are the rungs with the '
     "paper's recipe at the base step count."
+  )
+
+
+LEARNED = 0.9  # char_acc (mean over seeds) at which a row counts as having learned the task
+
+
+def _learned_table(df: pd.DataFrame, cols: list[str], tasks: list[str]) -> str:
+  """Per row and task, the first evaluation step (and the training forward passes per
+  position by then) at which the seed-mean char_acc at the training length reaches LEARNED."""
+  curves = _at_train(df, 'curve')
+  curves = curves[curves['metric'] == 'char_acc']
+  stats = _stats(curves, [*cols, 'model', 'task', 'step', 'inference_passes'])
+  rows = []
+  for key, g in stats.groupby([*cols, 'model'], observed=True, sort=True):
+    row = {c: _name(v) if c == 'model' else _fmt(v) for c, v in zip([*cols, 'model'], key)}
+    for task in tasks:
+      hit = g[(g['task'] == task) & (g['mean'] >= LEARNED)].sort_values('step')
+      if not (g['task'] == task).any():
+        row[task] = '–'
+      elif hit.empty:
+        row[task] = 'not learned'
+      else:
+        step, passes = int(hit['step'].iloc[0]), int(hit['inference_passes'].iloc[0])
+        row[task] = f'step {step} ({step * passes} passes)'
+    rows.append(row)
+  return markdown_table(rows) + (
+    '\n\nPasses: training forward block passes per position by that step (step x '
+    'inference passes per token); evaluations every max_steps / 10 steps.'
   )
