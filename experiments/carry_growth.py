@@ -9,7 +9,7 @@ dual-stream run of a suite, this loads its last checkpoint and runs fixed
 training-length prompts (teacher-forced, every step run) with 1..S steps: the
 RMS of x, and of y and z at the end, and next-token accuracy on the answer.
 
-  python experiments/carry_growth.py --root=workdirs/why_trm_cpu \
+  python experiments/carry_growth.py --root=workdirs/why_trm_cpu --task=copy \
       --out=docs/results/why_trm_cpu/carry_growth.md
 """
 
@@ -31,6 +31,7 @@ flags.DEFINE_string('root', None, 'Suite root holding the runs.', required=True)
 flags.DEFINE_string('out', None, 'Markdown file for the table (default: print only).')
 flags.DEFINE_list('steps', ['1', '2', '4', '8'], 'Recursion steps to run each model with.')
 flags.DEFINE_integer('n', 64, 'Prompts per run (one fixed batch).')
+flags.DEFINE_string('task', '', 'Only the runs of this task (default: every run).')
 FLAGS = flags.FLAGS
 
 
@@ -77,7 +78,8 @@ def main(argv):
     workdir = os.path.join(FLAGS.root, name)
     if workdir_lib.read_final_eval(workdir) is None:  # not a finished run
       continue
-    if RUNGS[workdir_lib.read_config(workdir)['model']['name']].stream == 'dual':
+    config = workdir_lib.read_config(workdir)
+    if RUNGS[config['model']['name']].stream == 'dual' and FLAGS.task in ('', config['task']):
       rows += measure(workdir, steps, FLAGS.n)
   table = markdown_table(rows)
   print(table)
@@ -85,7 +87,8 @@ def main(argv):
     with open(FLAGS.out, 'w') as f:
       f.write(
         '# Carry growth: RMS of y and z after each number of recursion steps\n\n'
-        f'Made by `python experiments/carry_growth.py --root={FLAGS.root} --out={FLAGS.out}` '
+        f'Made by `python experiments/carry_growth.py --root={FLAGS.root} --task={FLAGS.task} '
+        f'--steps={",".join(FLAGS.steps)} --out={FLAGS.out}` '
         f"from each run's last checkpoint; {FLAGS.n} fixed training-length prompts, "
         "teacher-forced, every step run, mean over the run's seeds. The runs were "
         'trained with the number of steps their budget gives (2 in the CPU form).\n\n'
