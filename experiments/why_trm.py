@@ -12,6 +12,8 @@ token; docs/compute.md).
   paper scale: artrm suite --suite=experiments/why_trm.py --root=workdirs/why_trm
   CPU form:    artrm suite --suite=experiments/why_trm.py:runlocal --root=workdirs/why_trm_cpu
   report:      artrm report --root=workdirs/why_trm_cpu --out=docs/results/why_trm_cpu
+  the carry:   python experiments/carry_growth.py --root=workdirs/why_trm_cpu --task=copy
+The answer, with the commands that made docs/results/why_trm_cpu: docs/science.md.
 Arguments besides `runlocal`, `seeds=N`, `steps=N`: `only=copy` (one task),
 `core` (the 21 rows that answer the question first, of 28) and `rows=N` (the
 first N rows: references first, then gradient reach; `rows=-7`: the last 7,
@@ -32,7 +34,7 @@ TASKS = ('copy', 'reverse', 'addition')
 def rows(max_steps: int, forward_passes: int, core: bool = False) -> list[dict]:
   """The study's rows; `core`: those that answer the question first (references,
   gradient reach, deep supervision with its control, each other ingredient,
-  the full recipe with its control).
+  the full recipe with its control, the probes of the input and the carry).
 
   EMA: TRM's 0.999 averages over ~1000 steps; the 400-step CPU form uses 0.99
   (0.999 ** 400 = 0.67 of the weight would stay on the initial params).
