@@ -463,6 +463,12 @@ def _fig_sweep(final: pd.DataFrame, col: str, cols: list[str], models: list[str]
   if stats[col].nunique() < 2:
     return None, f'{col} takes one value at the training length'
   combos = stats[others].drop_duplicates().to_dict('records') if others else [{}]
+  # Only the combinations along which `col` varies (a recipe study sweeps steps for one recipe).
+  combos = [
+    combo
+    for combo in combos
+    if stats.loc[(stats[list(combo)] == pd.Series(combo)).all(axis=1), col].nunique() > 1
+  ]
   panels = [(t, m) for t in sorted(stats['task'].unique()) for m in ACCURACY]
   fig, axes = _grid(len(combos), len(panels))
   for i, combo in enumerate(combos):
