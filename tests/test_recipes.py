@@ -203,6 +203,8 @@ def test_deep_supervision_steps_and_carry(update):
   params, _ = one_batch(model, state, optimizer, 3, update)
   chex.assert_trees_all_close(new_state.params, params, rtol=1e-5, atol=1e-6)
   assert {'loss', 'loss_last_pass', 'grad_norm', 'block_passes'} <= set(metrics)
+  if update == 'accumulate':
+    return  # the carry is the same in both
 
   # Dropping the carry (each pass from y0 / z0) is a different computation.
   drop = jax.jit(
@@ -314,10 +316,9 @@ def test_carry_norm_keeps_the_streams_at_unit_rms():
     _, aux = model.apply({'params': params}, idx, inference_steps=6, full_compute=True)
     grown.append(max(float(jnp.max(rms(s))) for s in aux['carry']))
   assert grown[0] > 10 and abs(grown[1] - 1) < 1e-3, grown
-  for name in ('ut_level1', 'trm'):
-    model, params = model_and_params(small(name), Recipe(carry_norm=True, input_norm=True))
-    full = decoding.generate(model, params, idx[:, :4], 3)
-    chex.assert_trees_all_equal(full, decoding.generate_cached(model, params, idx[:, :4], 3))
+  model, params = model_and_params(small('trm'), Recipe(carry_norm=True, input_norm=True))
+  full = decoding.generate(model, params, idx[:, :4], 3)
+  chex.assert_trees_all_equal(full, decoding.generate_cached(model, params, idx[:, :4], 3))
 
 
 def test_input_norm_makes_the_input_scale_free():

@@ -159,15 +159,16 @@ def test_carry_growth_measures_a_dual_stream_run(tmp_path):
 
   from artrm.training import train
 
-  c = tiny_config('trm', num_seeds=2)
+  c = tiny_config('trm', num_seeds=2, max_steps=2)
   c.budget = 6  # one step of H 2 x (L 2 + 1)
   c.recipe.input_norm = True
+  c.eval.every_steps = c.checkpoint.every_steps = 2
   train.train_and_evaluate(c, str(tmp_path / 'trm'))
   path = os.path.join(os.path.dirname(__file__), '..', 'experiments', 'carry_growth.py')
   spec = importlib.util.spec_from_file_location('carry_growth', path)
   carry_growth = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(carry_growth)
   rows = carry_growth.measure(str(tmp_path / 'trm'), [1, 3], n=4)
-  assert [r['steps'] for r in rows] == [1, 3] and rows[0]['trained_step'] == 8
+  assert [r['steps'] for r in rows] == [1, 3] and rows[0]['trained_step'] == 2
   assert float(rows[0]['rms_x']) == pytest.approx(1, abs=0.02)  # input_norm (eps 1e-5)
   assert float(rows[1]['rms_y']) > 5 * float(rows[0]['rms_y'])  # the pre-norm carry grows

@@ -240,10 +240,13 @@ def test_metric_writer(tmp_path):
 
 
 def test_main_job_table(tmp_path, capsys):
-  rows = ladder.run_ladder(str(tmp_path), max_steps=2, rungs=('trm',))
-  assert [r['rung'] for r in rows] == ['trm']
-  # Two steps: trm's Q-head loop is not ut_level2's ACT in disguise.
-  assert rows[0]['shape'] == '2x2x2' and rows[0]['passes'] == 12
+  rows = ladder.run_ladder(str(tmp_path), max_steps=2, rungs=('ut',))
+  assert [r['rung'] for r in rows] == ['ut'] and rows[0]['passes'] == ladder.BUDGET
   table = (tmp_path / 'ladder.md').read_text()
-  assert '| trm ' in table and f'seq_acc@{ladder.LONGER_LENGTH}' in table
-  assert 'Autoregressive TRM' in capsys.readouterr().out
+  assert '| ut ' in table and f'seq_acc@{ladder.LONGER_LENGTH}' in table
+  assert 'Universal Transformer' in capsys.readouterr().out
+  # Two recursion steps at the main job's budget: trm's Q-head loop is not
+  # ut_level2's ACT in disguise, as it is at one step.
+  for name in ('ut_level2', 'trm'):
+    mc = train.model_config(ladder.ladder_config(name, 'copy'))
+    assert (mc.n_layer, mc.n_outer_loops, mc.n_inner_loops) == (2, 2, 2)
