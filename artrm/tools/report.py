@@ -5,6 +5,8 @@ has no error bar), at the run's own training length unless the figure sweeps
 another axis. Config columns that vary within a (rung, task), e.g. n_embd in a
 width sweep, define settings: the tables index by them, figure 1 and the
 sweep figures put them side by side, and the other figures repeat per setting.
+Runs that differ in recipe (a recipe study) also get their compute, their
+effects with 95% confidence intervals, when each learns, and figure 8.
 Figures use matplotlib's object API (Figure, rendered by Agg on savefig), so no
 pyplot state or display is involved. `pip install -e ".[report]"`.
 """
