@@ -15,8 +15,8 @@ token; docs/compute.md).
   the carry:   python experiments/carry_growth.py --root=workdirs/why_trm_cpu --task=copy
 The answer, with the commands that made docs/results/why_trm_cpu: docs/science.md.
 Arguments besides `runlocal`, `seeds=N`, `steps=N`: `only=copy` (one task),
-`core` (the 21 rows that answer the question first, of 28) and `rows=N` (the
-first N rows: references first, then gradient reach; `rows=-7`: the last 7,
+`core` (the 22 rows that answer the question first, of 29) and `rows=N` (the
+first N rows: references first, then gradient reach; `rows=-8`: the last 8,
 the probes of what `grad_reach=all` adds, of the carry and of the input).
 
 The paper form is the length-generalisation setting (budget 24: trm runs 4
@@ -67,6 +67,9 @@ def rows(max_steps: int, forward_passes: int, core: bool = False) -> list[dict]:
     {**trm, 'recipe.grad_reach': 'all', 'recipe.fixed_init': True},
     {**trm, 'recipe.carry_norm': True},
     {'model.name': 'ut_level2', 'recipe.carry_norm': True},
+    # TRM's deep supervision once the input is seen (before the input probes, so
+    # that rows=-3 stays the three below).
+    {**trm, 'recipe.carry_norm': True, 'recipe.input_norm': True, 'recipe.n_sup': 2},
     # ... and the input's visibility: x (std 0.02 embeddings) against the carry.
     {**trm, 'recipe.input_norm': True},
     {**trm, 'recipe.carry_norm': True, 'recipe.input_norm': True},

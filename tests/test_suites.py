@@ -139,13 +139,13 @@ def test_why_trm_rows_are_valid_recipes():
 
   spec = os.path.join(os.path.dirname(__file__), '..', 'experiments', 'why_trm.py:runlocal')
   runs = suites.suite_runs(spec, '/tmp/unused')
-  assert len(runs) == 3 * 28
+  assert len(runs) == 3 * 29
   core = suites.suite_runs(spec + ',core,only=copy', '/tmp/unused')
-  assert len(core) == 21 and all(r.overrides['task'] == 'copy' for r in core)
+  assert len(core) == 22 and all(r.overrides['task'] == 'copy' for r in core)
   first = suites.suite_runs(spec + ',core,only=copy,rows=6', '/tmp/unused')
   assert [r.name for r in first] == [r.name for r in core[:6]]
-  last = suites.suite_runs(spec + ',core,only=copy,rows=-7', '/tmp/unused')
-  assert [r.name for r in last] == [r.name for r in core[-7:]]
+  last = suites.suite_runs(spec + ',core,only=copy,rows=-8', '/tmp/unused')
+  assert [r.name for r in last] == [r.name for r in core[-8:]]
   for r in runs:
     model = train.run_model(suites.run_config(spec, r))
     assert model.rung.block_passes(model.config) == 12
