@@ -532,14 +532,15 @@ def _fig_rows(df: pd.DataFrame, tasks: list[str]):
   )
   stats = _stats(curves, ['task', 'row', 'compute'])
   rows = list(dict.fromkeys(curves.sort_values(['model', 'setting'])['row']))
-  colors = colormaps['tab20'].resampled(max(len(rows), 2))
+  palette = [*colormaps['tab10'].colors, *colormaps['Dark2'].colors, *colormaps['tab20b'].colors]
   fig, axes = _grid(1, len(tasks), width=max(5.5, 13 / len(tasks)), height=4.0)
   for j, task in enumerate(tasks):
     ax = axes[0, j]
     for i, row in enumerate(rows):
       r = stats[(stats['task'] == task) & (stats['row'] == row)].sort_values('compute')
       if len(r):
-        ax.plot(r['compute'], r['mean'], lw=1.3, marker='.', color=colors(i), label=row)
+        color, style = palette[i % len(palette)], ('-', '--')[i // len(palette) % 2]
+        ax.plot(r['compute'], r['mean'], style, lw=1.3, marker='.', color=color, label=row)
     _accuracy_axis(ax, 'char_acc at train length')
     ax.set(title=task, xlabel='forward block passes trained (step x passes per token)')
   fig.suptitle('Every row, mean over seeds, against training forward compute')
