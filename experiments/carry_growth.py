@@ -23,7 +23,6 @@ import numpy as np
 from artrm import workdir as workdir_lib
 from artrm.data import python_batch
 from artrm.models import RUNGS
-from artrm.models.block import rms_normalize
 from artrm.tables import markdown_table
 from artrm.training import eval_checkpoint, train
 
@@ -53,8 +52,7 @@ def measure(workdir: str, steps: list[int], n: int) -> list[dict]:
     def measure_seed(params, s=s):
       logits, aux = model.apply({'params': params}, inputs, inference_steps=s, full_compute=True)
       hit = (logits.argmax(-1) == targets) & answer
-      x = params['tok_emb']['embedding'][inputs] + params['pos_emb'][: inputs.shape[1]]
-      x = rms_normalize(x) if model.recipe.input_norm else x
+      x = model.apply({'params': params}, inputs, method='embed')
       return (rms(x), *(rms(a) for a in aux['carry']), hit.sum() / answer.sum())
 
     x_rms, y_rms, z_rms, acc = (float(v.mean()) for v in measure_seed(train.eval_params(state)))

@@ -142,11 +142,13 @@ class Recipe:
       )
     if self.halt_loss_weight < 0 or not 0 <= self.ema_decay < 1:
       errors.append('recipe.halt_loss_weight must be >= 0 and recipe.ema_decay in [0, 1)')
-    if self.fixed_init and rung.stream != 'dual':
-      errors.append(f'recipe.fixed_init: {name} has no y0 / z0; use a dual-stream rung')
-    for field in ('carry_norm', 'input_norm'):
+    for field, what in (
+      ('fixed_init', 'y0 / z0'),
+      ('carry_norm', 'y / z streams'),
+      ('input_norm', 'y / z streams'),
+    ):
       if getattr(self, field) and rung.stream != 'dual':
-        errors.append(f'recipe.{field}: {name} has no y / z streams; use a dual-stream rung')
+        errors.append(f'recipe.{field}: {name} has no {what}; use a dual-stream rung')
     if self.act_halt_bias and rung.halting != 'act':
       errors.append(
         f'recipe.act_halt_bias: {name} has no ACT head; use ut, ut_level1 or '

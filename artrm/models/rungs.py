@@ -228,13 +228,17 @@ class RecursiveLM(nn.Module):
     with jax.default_matmul_precision(cfg.matmul_precision):
       return forward()
 
+  def embed(self, idx_BxT: jax.Array, start: jax.Array | int = 0) -> jax.Array:
+    """The input x every rung starts from: token + position embeddings of positions
+    start.., at unit RMS with recipe.input_norm (`model.apply(..., method='embed')`)."""
+    x_BxTxC = self.tok_emb(idx_BxT) + jax.lax.dynamic_slice_in_dim(
+      self.pos_emb.astype(self.dtype), start, idx_BxT.shape[1]
+    )
+    return rms_normalize(x_BxTxC) if self.recipe.input_norm else x_BxTxC
+
   def _forward(self, idx_BxT, steps, deterministic, full_compute, cache, carry, sup_passes):
     start, T = (0 if cache is None else cache.index), idx_BxT.shape[1]
-    x_BxTxC = self.tok_emb(idx_BxT) + jax.lax.dynamic_slice_in_dim(
-      self.pos_emb.astype(self.dtype), start, T
-    )
-    if self.recipe.input_norm:
-      x_BxTxC = rms_normalize(x_BxTxC)
+    x_BxTxC = self.embed(idx_BxT, start)
     if cache is not None and self.halting in ('act', 'q_trained'):
       # Halted positions keep evolving and later positions attend to every
       # pass of theirs: a new token must fill the cache at all steps.
