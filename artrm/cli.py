@@ -114,7 +114,12 @@ def _suite_flags(fv, argv):
     'root', None, "Directory of the suite's runs, one workdir each.", flag_values=fv
   )
   flags.DEFINE_enum('launcher', 'local', ['local', 'slurm', 'tpu'], 'Where to run.', flag_values=fv)
-  flags.DEFINE_integer('slots', 1, 'local: runs at once (per GPU with --gpus).', flag_values=fv)
+  flags.DEFINE_integer(
+    'slots',
+    None,
+    'local: runs at once (per GPU with --gpus, default 1; on CPU default one per core).',
+    flag_values=fv,
+  )
   flags.DEFINE_list('gpus', None, 'local: GPU ids for a one-run-per-GPU queue.', flag_values=fv)
   flags.DEFINE_bool('dry_run', False, 'Print what would run or be submitted.', flag_values=fv)
   flags.DEFINE_list(
@@ -179,6 +184,12 @@ def _bench_flags(fv, argv):
   flags.DEFINE_list('rungs', None, 'Rungs to measure (default: all seven).', flag_values=fv)
   flags.DEFINE_integer('steps', 20, 'Timed training steps (median reported).', flag_values=fv)
   flags.DEFINE_integer('warmup', 3, 'Untimed steps after compilation.', flag_values=fv)
+  flags.DEFINE_integer(
+    'seeds',
+    None,
+    'Seeds vmapped in one training step, as suites run them (default 1).',
+    flag_values=fv,
+  )
   flags.DEFINE_integer('eval_repeats', 5, 'Timed decoding calls per length.', flag_values=fv)
   flags.DEFINE_list(
     'eval_lengths', None, "Decoding lengths (default: the setup's).", flag_values=fv
@@ -243,6 +254,7 @@ def _bench(f):
     eval_batch=f.eval_batch,
     remat=f.remat,
     dtype=f.dtype,
+    num_seeds=f.seeds,
   )
   result = timing.run_benchmark(
     setup,

@@ -137,6 +137,31 @@ def test_gradient_reach_by_pass(monkeypatch, name, recipe, expected):
     assert zero(grads['q_halt']['kernel']) == (not recipe.trains_halting)
 
 
+@pytest.mark.parametrize('halts_early', [False, True])
+def test_trm_differentiates_only_its_last_step(monkeypatch, halts_early):
+  """Training trm runs the steps before the last outside the differentiated program:
+  loss, steps and gradients equal one scan's over every step, dropout on, also when
+  the batch halts early (the halting step runs again, with its passes' dropout keys)."""
+  cfg = dataclasses.replace(small('trm'), n_layer=3, dropout=0.1, halt_exploration_prob=0.0)
+  model, params = model_and_params(cfg)
+  if halts_early:
+    params['q_halt']['bias'] = jnp.array([30.0])  # q > 0 after the first step
+  idx = jax.random.randint(jax.random.key(1), (2, 8), 0, 14)
+
+  def loss(p):
+    logits, aux = model.apply(
+      {'params': p}, idx, deterministic=False, rngs={'dropout': jax.random.key(5)}
+    )
+    return train.objective(model, logits, aux, jnp.roll(idx, -1, axis=1)), aux['steps_taken']
+
+  split = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+  monkeypatch.setattr(rungs.RecursiveLM, 'steps_cut_apart', property(lambda self: False))
+  whole = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+  chex.assert_trees_all_close(split, whole, rtol=1e-6, atol=1e-8)
+  assert int(split[0][1]) == (1 if halts_early else 3)
+  assert float(jnp.abs(split[1]['block']['mlp']['fc1']['kernel']).max()) > 0
+
+
 def test_paper_reach_is_the_two_scan_program():
   """grad_reach=paper keeps the paper's program: the step start and last cycle cut
   statically, so the earlier cycles are not differentiated at all."""
@@ -363,9 +388,9 @@ def test_compute_record():
   assert compute_record(build_model(cfg).rung, cfg, Recipe()) == dict(
     forward_passes=8,
     grad_passes=2,
-    backward_passes=4,
+    backward_passes=2,  # the last step's last cycle: the first step is not differentiated
     n_sup=1,
-    train_passes_per_token=12,
+    train_passes_per_token=10,
     inference_passes=8,
   )
   assert compute_record(build_model(cfg).rung, cfg, Recipe(n_sup=4, grad_reach='all')) == dict(
@@ -403,7 +428,8 @@ def test_exact_resume_with_the_full_recipe(tmp_path):
 
 
 def test_results_table_carries_recipe_and_compute():
-  """trm at the paper's budget 24: 24 passes forward, 3 with gradient (the last cycle)."""
+  """trm at the paper's budget 24: 24 passes forward, 3 with gradient (the last cycle),
+  and only those 3 run backward (the earlier steps are not differentiated)."""
   from artrm.tools import results
 
   c = length_gen.get_config('model=trm')
@@ -411,8 +437,8 @@ def test_results_table_carries_recipe_and_compute():
     recipe='paper',
     forward_passes=24,
     grad_passes=3,
-    backward_passes=12,
-    train_passes_per_token=36,
+    backward_passes=3,
+    train_passes_per_token=27,
     inference_passes=24,
   )
   c.recipe.update(n_sup=2, grad_reach='all')

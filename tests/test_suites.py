@@ -58,6 +58,7 @@ def test_local_queue_runs_skips_and_resumes(suite_file, tmp_path):
   logs.clear()
   assert launch.run_local(suite_file, root, log=logs.append) == [0]
   assert logs[0].startswith('1 finished, 1 to run')
+  assert 'one per core' in logs[1] and ' on core ' in logs[2]  # the CPU default, pinned
 
   assert launch.inference_sweep(suite_file, root, [1, 3], log=logs.append) == ['name=ut,task=copy']
 
@@ -83,6 +84,14 @@ def test_local_dry_run_prints_commands(suite_file, tmp_path):
     'CUDA_VISIBLE_DEVICES=1 '
   )
   assert not os.path.exists(tmp_path / 'name=gpt,task=copy')
+
+
+def test_cpu_slots_pin_runs_to_cores(monkeypatch):
+  monkeypatch.setattr(os, 'sched_getaffinity', lambda pid: {3, 0, 1, 2})
+  assert launch.cpu_slots(None) == [[0], [1], [2], [3]]  # the default: one run per core
+  assert launch.cpu_slots(1) == [[0, 1, 2, 3]]
+  assert launch.cpu_slots(2) == [[0, 2], [1, 3]]
+  assert launch.cpu_slots(6) == [[0], [1], [2], [3], [0], [1]]
 
 
 def test_slurm_dry_run(suite_file, tmp_path):

@@ -5,6 +5,7 @@ however many steps it runs.
 """
 
 from artrm.models import ModelConfig, get_rung
+from artrm.models.recipe import Recipe, backward_passes
 
 # Dense peak FLOP/s per device by matmul input type (`peak_basis`: bf16 for
 # model.dtype bfloat16; for float32, tf32 at JAX's default matmul precision on
@@ -32,12 +33,16 @@ def head_flops(batch: int, seq_len: int, n_embd: int, vocab_size: int) -> int:
 
 
 def backprop_passes(config: ModelConfig, fwd_passes: float) -> float:
-  """Passes of a forward that gradients flow through.
+  """Passes of a forward that the backward pass runs (the paper's recipe).
 
   Nested rungs (ut_level2, trm) run H cycles per step but back-propagate only
-  the last (the first H - 1 run under stop_gradient); the others, all passes.
+  the last (the first H - 1 run under stop_gradient), and trm only that of its
+  last step (`recipe.backward_passes`); the others, all passes.
   """
-  return fwd_passes / config.n_outer_loops if get_rung(config.name).nested else fwd_passes
+  rung = get_rung(config.name)
+  if rung.nested and rung.halting == 'q':
+    return backward_passes(rung, config, Recipe())
+  return fwd_passes / config.n_outer_loops if rung.nested else fwd_passes
 
 
 def step_flops(config: ModelConfig, batch: int, seq_len: int, fwd_passes: float) -> float:

@@ -3,7 +3,7 @@
 `small` and `paper` train on addition at L = 10, whose rows the model reads as 33
 tokens (the example without its closing newline); the paper's code pads rows to
 block_size, so both token counts are kept. `eval` decodes at L = 10 and 50. Each rung runs under the paper's training config
-(`length_gen.base_config`) with the setup's sizes, one seed.
+(`length_gen.base_config`) with the setup's sizes, one seed unless `num_seeds` says more.
 """
 
 import dataclasses
@@ -29,6 +29,7 @@ class Setup:
   dropout: float = 0.1
   remat: str | None = None  # model.remat; None: the training config's
   dtype: str | None = None  # model.dtype; None: the training config's (float32)
+  num_seeds: int = 1  # seeds vmapped in one step
 
   def replace(self, **overrides) -> 'Setup':
     """A copy with the overrides that are not None (unset CLI flags)."""
@@ -58,7 +59,7 @@ def get_setup(name: str) -> Setup:
 
 
 def run_config(setup: Setup, rung: str):
-  """The training config of `rung` under `setup`: the paper's base config, one seed."""
+  """The training config of `rung` under `setup`: the paper's base config, `num_seeds` seeds."""
   c = length_gen.base_config()
   c.model.update(
     name=rung,
@@ -76,6 +77,6 @@ def run_config(setup: Setup, rung: str):
     train_length=setup.train_length,
     batch_size=setup.batch_size,
     budget=setup.budget,
-    num_seeds=1,
+    num_seeds=setup.num_seeds,
   )
   return c

@@ -1,7 +1,7 @@
 """Speed of the seven rungs: compile time, step time, tokens/s, FLOPs, MFU, memory, decoding.
 
 The timed step is the training loop's own (`train.make_step_fn`) for one seed
-(run unvmapped, so early stops skip work), on one device or data-parallel over
+or for the setup's `num_seeds` vmapped as suites run them, on one device or data-parallel over
 `devices`, and decoding splits its batch the same way: the numbers are those
 `artrm train` runs at. On a CPU host, one device per core (`XLA_FLAGS=
 "--xla_force_host_platform_device_count=2 --xla_cpu_multi_thread_eigen=false"`,
@@ -107,8 +107,9 @@ def bench_train(
   fwd = float(np.mean([m['block_passes'] for m in metrics]))
   seconds = statistics.median(times)
   flops = step_flops(mc, config.batch_size, seq_len, fwd)
-  tokens = config.batch_size * seq_len
-  padded = config.batch_size * mc.block_size
+  flops *= config.num_seeds
+  tokens = config.batch_size * seq_len * config.num_seeds
+  padded = config.batch_size * mc.block_size * config.num_seeds
   out = dict(
     compile_seconds=compile_seconds,
     step_seconds=seconds,

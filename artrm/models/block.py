@@ -64,7 +64,9 @@ class CausalSelfAttention(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x_BxTxC: jax.Array, deterministic: bool, slot: KVSlot | None = None):
+  def __call__(
+    self, x_BxTxC: jax.Array, deterministic: bool, slot: KVSlot | None = None, rngs=(None, None)
+  ):
     C = x_BxTxC.shape[-1]
     if C % self.n_head:
       raise ValueError(
@@ -98,11 +100,10 @@ class CausalSelfAttention(nn.Module):
     causal_TxS = jnp.arange(S)[None, :] <= start + jnp.arange(T)[:, None]
     logits_BxHxTxS = jnp.where(causal_TxS, logits_BxHxTxS, jnp.finfo(logits_BxHxTxS.dtype).min)
     weights_BxHxTxS = jax.nn.softmax(logits_BxHxTxS, axis=-1).astype(self.dtype)
-    weights_BxHxTxS = nn.Dropout(self.dropout)(weights_BxHxTxS, deterministic=deterministic)
+    weights_BxHxTxS = nn.Dropout(self.dropout)(weights_BxHxTxS, deterministic, rngs[0])
     y_BxTxHxD = jnp.einsum('bhqk,bhkd->bqhd', weights_BxHxTxS, v_BxHxSxD)
     y_BxTxC = dense(C, 'out', self.dtype)(y_BxTxHxD.reshape(x_BxTxC.shape))
-    y_BxTxC = nn.Dropout(self.dropout)(y_BxTxC, deterministic=deterministic)
-    return y_BxTxC, slot
+    return nn.Dropout(self.dropout)(y_BxTxC, deterministic, rngs[1]), slot
 
 
 class CausalMLPMixer(nn.Module):
@@ -120,7 +121,9 @@ class CausalMLPMixer(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x_BxTxC: jax.Array, deterministic: bool, slot: KVSlot | None = None):
+  def __call__(
+    self, x_BxTxC: jax.Array, deterministic: bool, slot: KVSlot | None = None, rngs=(None, None)
+  ):
     if slot is not None:
       raise ValueError(
         'recipe.mixer=mlp has no KV cache: evaluate with eval.kv_cache=False '
@@ -132,7 +135,7 @@ class CausalMLPMixer(nn.Module):
     w_TxT = jnp.where(jnp.tri(T, dtype=bool), w_SxS[:T, :T], 0.0)
     y_BxTxC = jnp.einsum('ts,bsc->btc', w_TxT.astype(self.dtype), x_BxTxC)
     y_BxTxC = y_BxTxC + b_S[:T, None].astype(self.dtype)
-    return nn.Dropout(self.dropout)(y_BxTxC, deterministic=deterministic), None
+    return nn.Dropout(self.dropout)(y_BxTxC, deterministic, rngs[1]), None
 
 
 class MLP(nn.Module):
@@ -140,19 +143,20 @@ class MLP(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x_BxTxC: jax.Array, deterministic: bool) -> jax.Array:
+  def __call__(self, x_BxTxC: jax.Array, deterministic: bool, rng=None) -> jax.Array:
     C = x_BxTxC.shape[-1]
     h_BxTx4C = jax.nn.gelu(dense(4 * C, 'fc1', self.dtype)(x_BxTxC), approximate=False)
-    return nn.Dropout(self.dropout)(
-      dense(C, 'fc2', self.dtype)(h_BxTx4C), deterministic=deterministic
-    )
+    return nn.Dropout(self.dropout)(dense(C, 'fc2', self.dtype)(h_BxTx4C), deterministic, rng)
 
 
 class Block(nn.Module):
   """x + Attn(LN1(x)), then + MLP(LN2(.)): pre-norm, as the paper's code.
 
   Returns (out, slot): the `KVSlot` updated with this pass's keys/values when
-  decoding (see `CausalSelfAttention`), else None.
+  decoding (see `CausalSelfAttention`), else None. `rng` (training) is the
+  pass's own dropout key, split over its three dropouts: a pass's masks then
+  depend on the forward's key and the pass's index only, not on how the loops
+  around it are arranged (without it, Flax's 'dropout' stream).
   """
 
   n_head: int
@@ -163,17 +167,22 @@ class Block(nn.Module):
 
   @nn.compact
   def __call__(
-    self, x_BxTxC: jax.Array, deterministic: bool = True, slot: KVSlot | None = None
+    self,
+    x_BxTxC: jax.Array,
+    deterministic: bool = True,
+    slot: KVSlot | None = None,
+    rng: jax.Array | None = None,
   ) -> tuple[jax.Array, KVSlot | None]:
     mix = (
       CausalSelfAttention(self.n_head, self.dropout, self.dtype, name='attn')
       if self.mixer == 'attention'
       else CausalMLPMixer(self.n_head, self.dropout, self.max_len, self.dtype, name='mix')
     )
-    attn_BxTxC, slot = mix(layer_norm('ln1', self.dtype)(x_BxTxC), deterministic, slot)
+    rngs = (None,) * 3 if rng is None else tuple(jax.random.split(rng, 3))
+    attn_BxTxC, slot = mix(layer_norm('ln1', self.dtype)(x_BxTxC), deterministic, slot, rngs[:2])
     h_BxTxC = x_BxTxC + attn_BxTxC
     out_BxTxC = h_BxTxC + MLP(self.dropout, self.dtype, name='mlp')(
-      layer_norm('ln2', self.dtype)(h_BxTxC), deterministic
+      layer_norm('ln2', self.dtype)(h_BxTxC), deterministic, rngs[2]
     )
     return out_BxTxC, slot
 

@@ -194,16 +194,28 @@ def grad_passes(rung: Rung, cfg: ModelConfig, recipe: Recipe, steps: int | None 
   return len(reached)
 
 
+def steps_cut_apart(rung: Rung, cfg: ModelConfig, recipe: Recipe) -> bool:
+  """Whether the gradient reach detaches (y, z) at every step start (nested rungs)."""
+  H, L = rung.cycles(cfg)
+  return rung.nested and 0 in GRAD_REACH[recipe.grad_reach](H * (L + 1), L + 1)
+
+
 def backward_passes(rung: Rung, cfg: ModelConfig, recipe: Recipe, steps: int | None = None) -> int:
   """Block passes the backward pass runs: in every step, those after the step's last
   static cut. The scan over steps transposes every step, so a step whose output is cut
-  off from the loss still runs them, on zero cotangents (`grad_passes` <= this)."""
+  off from the loss still runs them, on zero cotangents (`grad_passes` <= this), except
+  for TRM's untrained Q-head with steps cut apart: only its last step is differentiated
+  (`RecursiveLM._q_trunk`)."""
   steps = steps or rung.default_steps(cfg)
   if not rung.nested:
     return rung.block_passes(cfg, steps)
   H, L = rung.cycles(cfg)
   per_step = H * (L + 1)
-  return steps * (per_step - max(GRAD_REACH[recipe.grad_reach](per_step, L + 1), default=0))
+  reads_last_step_only = rung.halting == 'q' and not recipe.trains_halting
+  differentiated = 1 if reads_last_step_only and steps_cut_apart(rung, cfg, recipe) else steps
+  return differentiated * (
+    per_step - max(GRAD_REACH[recipe.grad_reach](per_step, L + 1), default=0)
+  )
 
 
 def compute_record(rung: Rung, cfg: ModelConfig, recipe: Recipe) -> dict[str, int]:

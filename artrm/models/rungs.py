@@ -13,7 +13,9 @@ differ along three independent axes, which the `Rung` recipe names:
            `artrm.models.recipe`) (rungs 6-7); otherwise H = L = 1.
 
 All loops are `nn.scan` (compile time does not grow with steps); the early
-stop of ACT and TRM is an `nn.cond` inside the scan that skips the block work.
+stop of ACT and TRM is an `nn.cond` inside the scan that skips the block work
+(with seeds vmapped, once every seed has halted: `seed_axis`). Training `trm`,
+whose steps are cut apart, differentiates only its last executed step.
 Each trunk also returns the number of block passes it executed, threaded
 through the loops as a counter, so tests can check the compute accounting.
 
@@ -39,7 +41,7 @@ import jax.numpy as jnp
 from artrm.models import act as act_lib
 from artrm.models.block import INIT, KVSlot, block_class, dense, layer_norm, rms_normalize
 from artrm.models.config import ModelConfig, Rung, get_rung
-from artrm.models.recipe import GRAD_REACH, Recipe, last_k_cut
+from artrm.models.recipe import GRAD_REACH, Recipe, last_k_cut, steps_cut_apart
 
 Aux = dict[str, Any]
 
@@ -54,25 +56,27 @@ class KVCache(NamedTuple):
 
 
 class Passes(NamedTuple):
-  """Block passes executed so far and, when decoding, the KV cache they index."""
+  """Block passes executed so far, what they index: when decoding, the KV cache;
+  when training, the forward's dropout key (a pass's key is it folded with the count)."""
 
   count: jax.Array
   kv: KVCache | None = None
+  dropout_key: jax.Array | None = None
 
 
 def apply_block(block: nn.Module, h_BxTxC, passes: Passes, deterministic):
   """One block pass; when decoding, it reads and extends this pass's slice of the cache."""
-  count, kv = passes
+  count, kv, key = passes
   slot = None if kv is None else KVSlot(kv.key_PxBxHxSxD, kv.value_PxBxHxSxD, count, kv.index)
-  out_BxTxC, slot = block(h_BxTxC, deterministic, slot)
+  rng = None if key is None else jax.random.fold_in(key, count)
+  out_BxTxC, slot = block(h_BxTxC, deterministic, slot, rng)
   if kv is not None:
     kv = kv._replace(key_PxBxHxSxD=slot.key_PxBxHxSxD, value_PxBxHxSxD=slot.value_PxBxHxSxD)
-  return out_BxTxC, Passes(count + 1, kv)
+  return out_BxTxC, passes._replace(count=count + 1, kv=kv)
 
 
-SCAN = functools.partial(
-  nn.scan, variable_broadcast='params', split_rngs={'params': False, 'dropout': True}
-)
+# Dropout keys come with `Passes`, so no loop splits Flax's 'dropout' stream.
+SCAN = functools.partial(nn.scan, variable_broadcast='params', split_rngs={'params': False})
 
 
 class _LayerStep(nn.Module):
@@ -101,6 +105,8 @@ class RecursiveLM(nn.Module):
   config: ModelConfig
   rung: Rung
   recipe: Recipe = Recipe()
+  # The vmap axis name over seeds, when the caller vmaps several (`train.over_seeds`).
+  seed_axis: str | None = None
 
   def setup(self):
     cfg, rung, recipe = self.config, self.rung, self.recipe
@@ -116,7 +122,7 @@ class RecursiveLM(nn.Module):
         _LayerStep,
         variable_axes={'params': 0},
         in_axes=nn.broadcast,
-        split_rngs={'params': True, 'dropout': True},
+        split_rngs={'params': True},
         length=cfg.n_layer,
       )(cfg.n_head, cfg.dropout, cfg.remat, *block_args[2:])
     if rung.stream == 'dual':
@@ -164,6 +170,10 @@ class RecursiveLM(nn.Module):
     """The paper's TRM halts when the whole batch has: one sequence's output
     depends on the others (a trained Q-head halts per position instead)."""
     return self.halting == 'q'
+
+  @property
+  def steps_cut_apart(self) -> bool:
+    return steps_cut_apart(self.rung, self.config, self.recipe)
 
   def passes_per_forward(self, steps: int | None = None) -> int:
     """Block passes of a forward that runs every step of every supervision pass."""
@@ -237,6 +247,7 @@ class RecursiveLM(nn.Module):
     return rms_normalize(x_BxTxC) if self.recipe.input_norm else x_BxTxC
 
   def _forward(self, idx_BxT, steps, deterministic, full_compute, cache, carry, sup_passes):
+    cfg = self.config
     start, T = (0 if cache is None else cache.index), idx_BxT.shape[1]
     x_BxTxC = self.embed(idx_BxT, start)
     if cache is not None and self.halting in ('act', 'q_trained'):
@@ -251,7 +262,8 @@ class RecursiveLM(nn.Module):
       full_compute=full_compute,
     )
     stream = self._stream_init(x_BxTxC) if carry is None else tuple(carry)
-    passes = Passes(jnp.zeros((), jnp.int32), cache)
+    dropout_key = None if deterministic or not cfg.dropout else self.make_rng('dropout')
+    passes = Passes(jnp.zeros((), jnp.int32), cache, dropout_key)
     if sup_passes == 1:
       h_BxTxC, stream, passes, aux = trunk(self, stream=stream, passes=passes)
     else:
@@ -338,7 +350,16 @@ class RecursiveLM(nn.Module):
     """Runs `step_fn(mdl, carry)` unless `done`; skipping keeps carry as is."""
     if full_compute or self.is_initializing():
       return step_fn(self, carry)
-    return nn.cond(done, lambda mdl, c: c, step_fn, self, carry)
+    if self.seed_axis is None:
+      return nn.cond(done, lambda mdl, c: c, step_fn, self, carry)
+    # Under vmap a per-seed `done` turns the cond into a select that runs
+    # every step: skip when every seed is done, and keep a done seed's carry.
+    every_seed_done = jax.lax.pmin(done.astype(jnp.int32), self.seed_axis) > 0
+
+    def step_or_keep(mdl, c):
+      return jax.tree.map(functools.partial(jnp.where, done), c, step_fn(mdl, c))
+
+    return nn.cond(every_seed_done, lambda mdl, c: c, step_or_keep, self, carry)
 
   # -- trunks: how steps are looped and read out --------------------------------
   # Each takes the initial streams and returns (readout state, final streams,
@@ -405,9 +426,16 @@ class RecursiveLM(nn.Module):
     # Every step then runs: skipping under `cond` would copy the cache.
     freeze = passes.kv is not None and not full_compute
 
+    # Training with steps cut apart, only the last executed step's output
+    # reaches the loss. The steps before it run in a scan whose outputs are
+    # detached, so the backward pass skips them instead of running them on
+    # zero cotangents; the latest step's input is kept to run it again (its
+    # passes' dropout keys too) should the batch halt early.
+    split = not deterministic and passes.kv is None and steps > 1 and self.steps_cut_apart
+
     def step_fn(s, mdl, carry):
-      stream, halted_B, passes, taken = carry
-      new_stream, passes = mdl._step(x_BxTxC, stream, s, passes, deterministic, steps)
+      stream, halted_B, new_passes, taken = carry[:4]
+      new_stream, new_passes = mdl._step(x_BxTxC, stream, s, new_passes, deterministic, steps)
       if freeze:
         new_stream = jax.tree.map(
           lambda new, old: jnp.where(halted_B[:, None, None], old, new), new_stream, stream
@@ -415,7 +443,8 @@ class RecursiveLM(nn.Module):
       q_B = mdl.q_halt(new_stream[0][:, 0])[:, 0]
       halts_B = (reads_q & (q_B > 0) & (s + 1 >= min_steps_B)) | (s + 1 >= last_step)
       taken = taken + (~halted_B if freeze else 1)
-      return new_stream, halted_B | halts_B, passes, taken
+      last = ((s, stream, carry[2].count),) if split else ()
+      return (new_stream, halted_B | halts_B, new_passes, taken, *last)
 
     def body(mdl, carry, s):
       done = jnp.all(carry[1])
@@ -425,7 +454,25 @@ class RecursiveLM(nn.Module):
 
     zero = jnp.zeros((B,) if freeze else (), jnp.int32)
     carry0 = (stream, jnp.zeros((B,), bool), passes, zero)
-    (stream, _, passes, taken), _ = SCAN(body)(self, carry0, jnp.arange(steps))
+    if not split:
+      (stream, _, passes, taken), _ = SCAN(body)(self, carry0, jnp.arange(steps))
+    else:
+      carry0 = (*carry0, (zero, stream, passes.count))
+      (stream, halted_B, passes, taken, last), _ = SCAN(body)(self, carry0, jnp.arange(steps - 1))
+      # The last step, or the halting step again (same pass indices: same dropout).
+      early = jnp.all(halted_B)
+      s, stream, count = jax.tree.map(
+        lambda a, b: jnp.where(early, a, b), last, (steps - 1, stream, passes.count)
+      )
+      stream, passes = self._step(
+        x_BxTxC,
+        jax.lax.stop_gradient(stream),
+        s,
+        passes._replace(count=count),
+        deterministic,
+        steps,
+      )
+      taken = taken + ~early
     if passes.kv is not None:
       passes = passes._replace(kv=passes.kv._replace(steps=jnp.broadcast_to(taken, (B,))))
     return stream[0], stream, passes, {'steps_taken': taken}

@@ -21,11 +21,21 @@ def pending_runs(spec: str, root: str) -> tuple[list[suites.Run], list[suites.Ru
   return todo, done
 
 
+def cpu_slots(slots: int | None) -> list[list[int]]:
+  """The cores of each CPU slot: `slots` None is one slot per core, the faster
+  arrangement for a suite on a small CPU host (docs/performance.md, "Suites")."""
+  cores = sorted(os.sched_getaffinity(0))
+  n = slots or len(cores)
+  if n >= len(cores):
+    return [[cores[i % len(cores)]] for i in range(n)]
+  return [cores[i::n] for i in range(n)]
+
+
 def run_local(
   spec: str,
   root: str,
   *,
-  slots: int = 1,
+  slots: int | None = None,
   gpus: list[str] | None = None,
   dry_run: bool = False,
   log=print,
@@ -33,44 +43,70 @@ def run_local(
   """Runs the suite's pending runs as a queue of subprocesses; returns exit codes.
 
   `gpus` (e.g. ['0', '1']): each run sees one GPU (CUDA_VISIBLE_DEVICES) and
-  `slots` runs share a GPU; without GPUs, `slots` CPU runs go side by side.
+  `slots` (default 1) runs share a GPU. Without GPUs, `slots` runs go side by
+  side, each pinned to its share of the cores (`cpu_slots`; default one run
+  per core, single-threaded).
   """
   todo, done = pending_runs(spec, root)
   log(f'{len(done)} finished, {len(todo)} to run ({len(suites.suite_runs(spec, root))} in suite)')
-  devices = [g for g in (gpus or [None]) for _ in range(slots)]
+  if gpus:
+    places = [
+      ({'CUDA_VISIBLE_DEVICES': g}, None, f' on GPU {g}') for g in gpus for _ in range(slots or 1)
+    ]
+  else:
+    places = [
+      (
+        # One core: XLA:CPU's own thread pools would only contend with the other runs.
+        {'XLA_FLAGS': '--xla_cpu_multi_thread_eigen=false'} if len(cores) == 1 else {},
+        cores,
+        f' on core{"s" * (len(cores) > 1)} {",".join(map(str, cores))}',
+      )
+      for cores in cpu_slots(slots)
+    ]
+    log(
+      f'{len(places)} run(s) at a time, each pinned to its cores'
+      + (
+        ' (one per core: the faster arrangement on CPU; --slots=1 for one run on all)'
+        if slots is None
+        else ''
+      )
+    )
   if dry_run:
     for i, run in enumerate(todo):
-      gpu = devices[i % len(devices)]
+      env = places[i % len(places)][0]
       log(
-        (f'CUDA_VISIBLE_DEVICES={gpu} ' if gpu is not None else '')
+        ''.join(f'{k}={v} ' for k, v in env.items() if k == 'CUDA_VISIBLE_DEVICES')
         + suites.shell_line(suites.train_command(spec, run))
       )
     return []
   os.makedirs(root, exist_ok=True)
-  free, running, codes = list(devices), {}, []
+  free, running, codes = list(places), {}, []
   queue = list(todo)
   while queue or running:
     while queue and free:
-      run, device = queue.pop(0), free.pop(0)
+      run, place = queue.pop(0), free.pop(0)
+      extra_env, cores, where = place
       env = dict(os.environ)
-      if device is not None:
-        env['CUDA_VISIBLE_DEVICES'] = device
-      if len(devices) > 1 and device is None:
-        env.setdefault('XLA_FLAGS', '--xla_cpu_multi_thread_eigen=false')  # one core per run
+      for k, v in extra_env.items():
+        env[k] = v if k == 'CUDA_VISIBLE_DEVICES' else env.get(k, v)
       # Runs that differ only in data (a suite's tasks of one shape) compile once.
       env.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(os.path.abspath(root), '.jax_cache'))
       os.makedirs(run.workdir, exist_ok=True)
       out = open(os.path.join(run.workdir, 'stdout.log'), 'a')
       proc = subprocess.Popen(
-        suites.train_command(spec, run), env=env, stdout=out, stderr=subprocess.STDOUT
+        suites.train_command(spec, run),
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        preexec_fn=None if cores is None else (lambda c=cores: os.sched_setaffinity(0, c)),
       )
-      running[proc] = (run, device, out, time.perf_counter())
-      log(f'start {run.name}' + (f' on GPU {device}' if device is not None else ''))
+      running[proc] = (run, place, out, time.perf_counter())
+      log(f'start {run.name}{where}')
     time.sleep(0.5)
     for proc in [p for p in running if p.poll() is not None]:
-      run, device, out, start = running.pop(proc)
+      run, place, out, start = running.pop(proc)
       out.close()
-      free.append(device)
+      free.append(place)
       codes.append(proc.returncode)
       status = (
         'done'

@@ -159,15 +159,18 @@ def init_seeds(model, optimizer: optax.GradientTransformation, seeds: list[int])
   return jax.jit(jax.vmap(init))(jnp.asarray(seeds, jnp.int32))
 
 
+SEED_AXIS = 'seeds'
+
+
 def over_seeds(fn, num_seeds: int):
   """`fn` on a state stacked over seeds.
 
-  Several seeds are vmapped; there, the early stop of ACT / TRM becomes a
-  select (both branches run, results unchanged). One seed is squeezed and
-  run unbatched, so its early stop still skips the work.
+  Several seeds are vmapped over `SEED_AXIS`; a model built with that
+  `seed_axis` then skips the steps of ACT / TRM once every seed has halted.
+  One seed is squeezed and run unbatched.
   """
   if num_seeds > 1:
-    return jax.vmap(fn)
+    return jax.vmap(fn, axis_name=SEED_AXIS)
   expand = lambda tree: jax.tree.map(lambda x: x[None], tree)
   return lambda state: expand(fn(seed_slice(state, 0)))
 
@@ -290,7 +293,7 @@ def make_step_fn(
   replicated = parallel.replicated(mesh)
   step = functools.partial(
     train_step,
-    model=model,
+    model=model.clone(seed_axis=SEED_AXIS) if config.num_seeds > 1 else model,
     optimizer=optimizer,
     task=config.task,
     length=config.train_length,
