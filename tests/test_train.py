@@ -180,6 +180,17 @@ def test_vmapped_seed_equals_seed_trained_alone(tmp_path):
   assert seeds == {group.seed, group.seed + 1}
 
 
+def test_vmapped_seeds_keep_the_early_stop():
+  """With seeds vmapped, ACT's skip stays a cond (decided over all seeds) instead of
+  the select that vmap makes of a per-seed one, which runs every step."""
+  c = tiny_config('ut', num_seeds=2)
+  model = train.run_model(c)
+  optimizer = train.make_optimizer(c.optimizer, model.recipe)
+  state = train.init_seeds(model, optimizer, train.seeds_of(c))
+  step = train.make_step_fn(c, model, optimizer, parallel.data_mesh())
+  assert 'cond[' in str(jax.make_jaxpr(step)(state))
+
+
 def test_optimizer_is_torch_adamw():
   """One step from zero moments: p - lr * (g / (|g| + eps) + wd * p), as torch.optim.AdamW."""
   c = tiny_config()
