@@ -23,7 +23,8 @@ def pending_runs(spec: str, root: str) -> tuple[list[suites.Run], list[suites.Ru
 
 def cpu_slots(slots: int | None) -> list[list[int]]:
   """The cores of each CPU slot: `slots` None is one slot per core, the faster
-  arrangement for a suite on a small CPU host (docs/performance.md, "Suites")."""
+  arrangement for a suite on a small CPU host (docs/performance.md, "A study on
+  this CPU")."""
   cores = sorted(os.sched_getaffinity(0))
   n = slots or len(cores)
   if n >= len(cores):
@@ -57,7 +58,9 @@ def run_local(
     places = [
       (
         # One core: XLA:CPU's own thread pools would only contend with the other runs.
-        {'XLA_FLAGS': '--xla_cpu_multi_thread_eigen=false'} if len(cores) == 1 else {},
+        {'XLA_FLAGS': '--xla_cpu_multi_thread_eigen=false'}
+        if len(cores) == 1 and 'XLA_FLAGS' not in os.environ
+        else {},
         cores,
         f' on core{"s" * (len(cores) > 1)} {",".join(map(str, cores))}',
       )
@@ -75,7 +78,7 @@ def run_local(
     for i, run in enumerate(todo):
       env = places[i % len(places)][0]
       log(
-        ''.join(f'{k}={v} ' for k, v in env.items() if k == 'CUDA_VISIBLE_DEVICES')
+        ''.join(f'{k}={v} ' for k, v in env.items())
         + suites.shell_line(suites.train_command(spec, run))
       )
     return []
@@ -86,9 +89,7 @@ def run_local(
     while queue and free:
       run, place = queue.pop(0), free.pop(0)
       extra_env, cores, where = place
-      env = dict(os.environ)
-      for k, v in extra_env.items():
-        env[k] = v if k == 'CUDA_VISIBLE_DEVICES' else env.get(k, v)
+      env = {**os.environ, **extra_env}
       # Runs that differ only in data (a suite's tasks of one shape) compile once.
       env.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(os.path.abspath(root), '.jax_cache'))
       os.makedirs(run.workdir, exist_ok=True)
