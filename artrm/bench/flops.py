@@ -33,16 +33,14 @@ def head_flops(batch: int, seq_len: int, n_embd: int, vocab_size: int) -> int:
 
 
 def backprop_passes(config: ModelConfig, fwd_passes: float) -> float:
-  """Passes of a forward that the backward pass runs (the paper's recipe).
+  """Passes the backward pass runs (the paper's recipe, `recipe.backward_passes`) in a
+  forward that executed `fwd_passes`: an early stop skips forward and backward alike.
 
-  Nested rungs (ut_level2, trm) run H cycles per step but back-propagate only
-  the last (the first H - 1 run under stop_gradient), and trm only that of its
-  last step (`recipe.backward_passes`); the others, all passes.
+  Nested rungs back-propagate only the last of H cycles per step, and trm only
+  that of its last step; the others, all passes.
   """
   rung = get_rung(config.name)
-  if rung.nested and rung.halting == 'q':
-    return backward_passes(rung, config, Recipe())
-  return fwd_passes / config.n_outer_loops if rung.nested else fwd_passes
+  return backward_passes(rung, config, Recipe()) * fwd_passes / rung.block_passes(config)
 
 
 def step_flops(config: ModelConfig, batch: int, seq_len: int, fwd_passes: float) -> float:
