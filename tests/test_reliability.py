@@ -140,6 +140,44 @@ def test_kill_before_first_checkpoint_logs_no_step_twice(tmp_path, monkeypatch):
   assert [r['step'] for r in workdir_lib.read_metrics(workdir, 'eval')] == [4, 8]
 
 
+@pytest.mark.parametrize('shift', [0.5, -0.5])
+def test_resume_replaying_past_a_saved_best_keeps_the_better(tmp_path, monkeypatch, shift):
+  """Killed after a best checkpoint but before its first periodic one, a run resumes (orbax's
+  StepAlreadyExistsError stopped it for good) and compares its replay with that best: where
+  the replayed step evaluates higher (a GPU's replay is not bitwise), it replaces the best
+  saved at that step; where lower, the saved best stays."""
+  workdir = str(tmp_path / 'run')
+  config = tiny_config()
+  config.checkpoint.every_steps = 8  # periodic at 8 only; a best at the evaluation at 4
+  save, evaluate = checkpointing.RunCheckpoints.save, train.evaluate_seeds
+
+  def killed_at_periodic(self, step, state, cfg, *, best_metrics=None):
+    if best_metrics is None:
+      raise KeyboardInterrupt
+    return save(self, step, state, cfg, best_metrics=best_metrics)
+
+  def shifted(*args, **kwargs):
+    out = evaluate(*args, **kwargs)
+    for by_length in out.values():
+      by_length[config.train_length]['seq_acc'] += shift
+    return out
+
+  with monkeypatch.context() as m:
+    m.setattr(checkpointing.RunCheckpoints, 'save', killed_at_periodic)
+    with pytest.raises(KeyboardInterrupt):
+      train.train_and_evaluate(config, workdir)
+  assert workdir_lib.checkpoint_steps(workdir, workdir_lib.BEST) == [4]
+  first = checkpointing.RunCheckpoints(workdir, create=False).best_metrics()
+  monkeypatch.setattr(train, 'evaluate_seeds', shifted)
+  train.train_and_evaluate(config, workdir)
+  best = checkpointing.RunCheckpoints(workdir, create=False).best_metrics()
+  if shift > 0:
+    assert best['value'] >= first['value'] + shift
+  else:
+    assert best == first
+  assert [r['step'] for r in workdir_lib.read_metrics(workdir, 'train')] == [2, 4, 6, 8]
+
+
 def test_one_trainer_per_workdir_and_a_dead_ones_lock_is_taken_over(tmp_path):
   workdir = str(tmp_path / 'run')
   holder = subprocess.Popen(

@@ -195,6 +195,11 @@ class RunCheckpoints:
     if best_metrics is None:
       self.periodic.save(step, args=ocp.args.Composite(**items))
     else:
+      # A resumed run replays the steps after its last periodic checkpoint. A best saved at
+      # one of them before the kill gives way to the replay's (equal on CPU; on a GPU, whose
+      # reductions are not bitwise repeatable, it can evaluate higher).
+      if step in self.best.all_steps():
+        self.best.delete(step)
       self.best.save(
         step, args=ocp.args.Composite(**items, metrics=ocp.args.JsonSave(best_metrics)), force=True
       )

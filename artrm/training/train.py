@@ -481,10 +481,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     config=cfg,
     enabled=is_main,
   )
-  best, changes = -math.inf, {}
+  changes = {}
   if ckpts.periodic.latest_step() is not None:
     state, changes = _resume(ckpts, state, model, cfg, replicated)
-    best = (ckpts.best_metrics(move_aside=True) or {}).get('value', -math.inf)
+  # Read even with no periodic checkpoint: a run killed before its first one may have saved a best.
+  best = (ckpts.best_metrics(move_aside=True) or {}).get('value', -math.inf)
   writer.truncate_after(int(state.step[0]))  # records of steps after the checkpoint, torn lines
   if changes:
     logging.warning(
