@@ -14,9 +14,13 @@
 #   4. grid      SUITE (experiments/length_gen.py in bf16, one seed as the paper ran) with
 #                SLOTS runs in flight on the GPU, 1/SLOTS of its memory each; the queue goes
 #                task by task (addition first), so a deadline that cuts it keeps whole tasks'
-#                rungs first -> grid/<run>/; grid_plan.json has the bench-based estimate
+#                rungs first -> grid/<run>/. grid_plan.json estimates each task's time from
+#                the bench (runs on one GPU time-slice it: the estimate is serial) and, when
+#                not all tasks fit, the suite runs only the tasks that do (`only=`).
 #   5. report    artrm gather + artrm report on the finished runs -> grid/results.csv, report/
-#   summary.json: every step's exit code and wall seconds, the runs finished.
+#   summary.json: every step's exit code and wall seconds, the runs finished; dmon.txt: the
+#   GPU's load every 5 s. PACK_TO=DIR: OUT (less checkpoints) also as DIR/results.tgz, one
+#   file for a machine that returns only a few.
 # SMOKE=1 shrinks 3 and 4 (small bench setup, runlocal suite of a few steps) and skips the GPU.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -37,7 +41,9 @@ else
   BENCH_RUNGS="${BENCH_RUNGS:-gpt gpt_level1 gpt_level2 ut ut_level1 ut_level2 trm}"
   F32_RUNGS="${F32_RUNGS:-gpt trm}" BENCH_S="${BENCH_S:-150}"
   SUITE="${SUITE:-experiments/length_gen.py:seeds=1,dtype=bfloat16}"
-  SLOTS="${SLOTS:-7}" GPUS=(--gpus=0)
+  # 2, not 7: seven runs on one H200 went no faster in all than one at a time, and a
+  # deadline that cut them finished none (docs/performance.md, "On a GPU").
+  SLOTS="${SLOTS:-2}" GPUS=(--gpus=0)
 fi
 mkdir -p "$OUT/bench"
 OUT="$(cd "$OUT" && pwd)"
@@ -73,8 +79,11 @@ if ! "$PY" -c 'import ml_collections, tqdm' 2>/dev/null; then
 fi
 
 # 2. smoke
+DMON=
 if [[ "$SMOKE" != 1 ]]; then
   nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || echo 'no nvidia-smi' > "$OUT/nvidia-smi.txt"
+  nvidia-smi dmon -s um -d 5 > "$OUT/dmon.txt" 2>&1 &
+  DMON=$!
 fi
 step smoke "$(left)" "$PY" - "$OUT/smoke.json" <<'EOF'
 import json, math, sys, time
@@ -110,26 +119,10 @@ for spec in $(for r in $BENCH_RUNGS; do echo "bfloat16:$r"; done; for r in $F32_
 done
 
 # 4. grid: the estimate from the bench's step times, then the suite until the deadline
-(($(left) - REPORT_S > 5)) && "$PY" - "$OUT" "$SUITE" "$SLOTS" "$(($(left) - REPORT_S))" <<'EOF'
-import glob, json, os, sys
-from artrm.tools import suites
-out, spec, slots, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-bench = {}
-for path in glob.glob(os.path.join(out, 'bench', 'paper_bfloat16_*.json')):
-  for rung, row in json.load(open(path))['rungs'].items():
-    bench[rung] = row['train']
-runs = suites.suite_runs(spec, os.path.join(out, 'grid'))
-plan = dict(suite=spec, runs=len(runs), slots=slots, seconds_left=seconds)
-if bench:
-  configs = [suites.run_config(spec, r) for r in runs]
-  per_run = [bench[c.model.name]['step_seconds'] * c.max_steps + bench[c.model.name]['compile_seconds']
-             for c in configs if c.model.name in bench]
-  plan.update(runs_estimated=len(per_run), estimated_train_seconds_serial=sum(per_run),
-              estimated_train_seconds_if_slots_overlap=sum(per_run) / slots,
-              note='compile + max_steps x the bench step of each benched rung; no evaluation')
-print(json.dumps(plan, indent=1))
-json.dump(plan, open(os.path.join(out, 'grid_plan.json'), 'w'), indent=1)
-EOF
+(($(left) - REPORT_S > 5)) && "$PY" -m artrm.tools.time_box "$OUT/bench" "$SUITE" "$SLOTS" \
+  "$(($(left) - REPORT_S))" "$OUT/grid_plan.json"
+ONLY="$("$PY" -c "import json; print(json.load(open('$OUT/grid_plan.json'))['only'])" 2>/dev/null)"
+[[ -n "$ONLY" ]] && SUITE="$SUITE,only=$ONLY" && echo "== grid: only $ONLY fits the time left"
 export XLA_PYTHON_CLIENT_MEM_FRACTION
 XLA_PYTHON_CLIENT_MEM_FRACTION="$("$PY" -c "print(round(0.9 / $SLOTS, 3))")"
 step grid $(($(left) - REPORT_S)) "$PY" -m artrm suite --suite="$SUITE" --root="$OUT/grid" \
@@ -142,6 +135,7 @@ if ls "$OUT"/grid/*/final_eval.json > /dev/null 2>&1; then
   step report "$(left)" "$PY" -m artrm report --root="$OUT/grid" --out="$OUT/report"
 fi
 
+[[ -n "$DMON" ]] && kill "$DMON" 2> /dev/null
 "$PY" - "$OUT" "$START" <<'EOF'
 import glob, json, os, sys, time
 out, start = sys.argv[1], int(sys.argv[2])
@@ -153,3 +147,7 @@ summary = dict(wall_seconds=time.time() - start, steps=steps, finished_runs=fini
 json.dump(summary, open(os.path.join(out, 'summary.json'), 'w'), indent=1)
 print(f'{len(finished)} runs finished in {summary["wall_seconds"]:.0f}s; see {out}/summary.json')
 EOF
+if [[ -n "${PACK_TO:-}" ]]; then
+  tar czf "$PACK_TO/results.tgz" --exclude=checkpoints --exclude=best --exclude=.jax_cache \
+    -C "$(dirname "$OUT")" "$(basename "$OUT")" && echo "packed $PACK_TO/results.tgz"
+fi

@@ -1,6 +1,7 @@
 """Suites, launchers and the results store."""
 
 import os
+import shutil
 import textwrap
 
 import pytest
@@ -140,6 +141,10 @@ def test_suite_files_load():
       assert configs and all(c.num_seeds == 3 for c in configs), spec
   paper = suites.suite_runs(os.path.join(root, 'length_gen.py'), '/tmp/unused')
   assert len(paper) == 21
+  two = suites.suite_runs(os.path.join(root, 'length_gen.py:only=reverse+addition'), '/tmp/unused')
+  assert [r.overrides['task'] for r in two] == ['addition'] * 7 + ['reverse'] * 7
+  with pytest.raises(ValueError, match='tasks are addition'):
+    suites.suite_runs(os.path.join(root, 'length_gen.py:only=add'), '/tmp/unused')
 
 
 def test_why_trm_rows_are_valid_recipes():
@@ -181,3 +186,24 @@ def test_carry_growth_measures_a_dual_stream_run(tmp_path):
   assert [r['steps'] for r in rows] == [1, 3] and rows[0]['trained_step'] == 2
   assert float(rows[0]['rms_x']) == pytest.approx(1, abs=0.02)  # input_norm (eps 1e-5)
   assert float(rows[1]['rms_y']) > 5 * float(rows[0]['rms_y'])  # the pre-norm carry grows
+
+
+def test_time_box_runs_the_tasks_that_fit(tmp_path):
+  """The GPU script's plan: serial estimates per task from a bench (the H200's, committed),
+  and `only=` the tasks that fit, at least the first."""
+  from artrm.tools import time_box
+
+  bench = os.path.join(os.path.dirname(__file__), '..', 'benchmarks', 'results', 'h200_paper.json')
+  shutil.copy(bench, tmp_path / 'paper_bfloat16_five.json')
+  rows = time_box.bench_rows(str(tmp_path))
+  assert sorted(rows) == ['gpt', 'gpt_level1', 'gpt_level2', 'ut', 'ut_level1']
+  spec = os.path.join(os.path.dirname(__file__), '..', 'experiments', 'length_gen.py:seeds=1')
+  every = time_box.plan(spec, rows, 1e9)
+  assert every['only'] == '' and every['tasks_that_fit'] == ['addition', 'copy', 'reverse']
+  first = every['estimated_seconds_by_task']['addition']
+  gpt = rows['gpt']['step_seconds'] * 5000 + rows['gpt']['compile_seconds']
+  assert first > gpt > 60
+  assert time_box.plan(spec, rows, first + 1)['only'] == 'addition'
+  assert time_box.plan(spec, rows, 1)['only'] == 'addition'
+  assert len(suites.suite_runs(spec + ',only=addition', '/unused')) == 7
+  assert time_box.plan(spec, {}, 1)['only'] == ''
