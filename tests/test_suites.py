@@ -93,15 +93,6 @@ def test_cpu_slots_pin_runs_to_cores(monkeypatch):
   assert launch.cpu_slots(1) == [[0, 1, 2, 3]]
   assert launch.cpu_slots(2) == [[0, 2], [1, 3]]
   assert launch.cpu_slots(6) == [[0], [1], [2], [3], [0], [1]]
-  monkeypatch.delenv('XLA_FLAGS', raising=False)
-  assert launch.cpu_slot_env([0, 1]) == {}
-  assert launch.cpu_slot_env([1]) == {'XLA_FLAGS': '--xla_cpu_multi_thread_eigen=false'}
-  monkeypatch.setenv('XLA_FLAGS', '--xla_backend_optimization_level=1')
-  assert launch.cpu_slot_env([1]) == {
-    'XLA_FLAGS': '--xla_backend_optimization_level=1 --xla_cpu_multi_thread_eigen=false'
-  }
-  monkeypatch.setenv('XLA_FLAGS', '--xla_cpu_multi_thread_eigen=true')
-  assert launch.cpu_slot_env([1]) == {}, "the caller's setting of the flag wins"
 
 
 def test_slurm_dry_run(suite_file, tmp_path):

@@ -32,16 +32,6 @@ def cpu_slots(slots: int | None) -> list[list[int]]:
   return [cores[i::n] for i in range(n)]
 
 
-def cpu_slot_env(cores: list[int]) -> dict[str, str]:
-  """The environment a run pinned to `cores` adds: on one core, XLA:CPU's own thread
-  pools would only contend with the other runs, so they are off, beside whatever
-  XLA_FLAGS the caller set (e.g. `--xla_backend_optimization_level=1`, docs/performance.md)."""
-  flags = os.environ.get('XLA_FLAGS', '')
-  if len(cores) > 1 or 'xla_cpu_multi_thread_eigen' in flags:
-    return {}
-  return {'XLA_FLAGS': f'{flags} --xla_cpu_multi_thread_eigen=false'.strip()}
-
-
 def run_local(
   spec: str,
   root: str,
@@ -67,7 +57,10 @@ def run_local(
   else:
     places = [
       (
-        cpu_slot_env(cores),
+        # One core: XLA:CPU's own thread pools would only contend with the other runs.
+        {'XLA_FLAGS': '--xla_cpu_multi_thread_eigen=false'}
+        if len(cores) == 1 and 'XLA_FLAGS' not in os.environ
+        else {},
         cores,
         f' on core{"s" * (len(cores) > 1)} {",".join(map(str, cores))}',
       )
