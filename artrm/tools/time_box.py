@@ -4,9 +4,10 @@
 
 Runs that share one GPU time-slice it: seven on one H200 trained no faster in all
 than the bench's step times one run at a time (docs/performance.md, "On a GPU"),
-so the estimate is serial, task by task in the suite's order, without evaluation
-(which that measurement included). When not every task fits, `only` names those
-that do (at least the first), the suite argument of experiments/length_gen.py.
+so the estimate is serial, task by task in the suite's order. It counts no
+evaluation; the grid measured there, evaluations included, still matched it. When
+not every task fits, `only` names those that do (at least the first): the suite
+argument of experiments/length_gen.py.
 """
 
 import glob
@@ -27,6 +28,8 @@ def bench_rows(folder: str) -> dict[str, dict]:
 
 
 def plan(spec: str, bench: dict[str, dict], seconds: float, slots: int = 1) -> dict:
+  """The estimate per task and the `only` that fits `seconds` (empty: everything fits, or
+  no bench to estimate from)."""
   runs = suites.suite_runs(spec, '/unused')
   out = dict(suite=spec, runs=len(runs), slots=slots, seconds_left=seconds, only='')
   if not bench:
