@@ -3,6 +3,7 @@
 #
 #   OUT=/results DEADLINE_S=540 launch/gpu_paper_table.sh      # on the GPU machine, repo root
 #   SMOKE=1 OUT=/tmp/smoke DEADLINE_S=150 launch/gpu_paper_table.sh   # the same steps, tiny, CPU
+# BENCH_RUNGS, F32_RUNGS and LEVERS set empty skip those benches.
 #
 # Each step runs under what is left of DEADLINE_S (seconds from the start) and keeps its output
 # when stopped, so whatever finished is in OUT:
@@ -10,7 +11,9 @@
 #   2. smoke     nvidia-smi, jax.devices() and one bf16 training step of a tiny trm -> smoke.json
 #   3. bench     `artrm bench --setup=paper` one rung at a time (BENCH_S in all): bf16 for
 #                BENCH_RUNGS (all seven), float32 for F32_RUNGS (gpt trm) -> bench/*.json
-#                (compile seconds, step ms, tokens/s, MFU against the GPU's bf16 / fp32 peak)
+#                (compile seconds, step ms, tokens/s, MFU against the GPU's bf16 / fp32 peak);
+#                then LEVERS, `rung:flag` pairs benched in bf16 with that flag added
+#                (gpt_level1 with --remat=none, with --seeds=3) -> bench/lever_<rung>_<flag>.json
 #   4. grid      SUITE (experiments/length_gen.py in bf16, one seed as the paper ran) with
 #                SLOTS runs in flight on the GPU, 1/SLOTS of its memory each; the queue goes
 #                task by task (addition first), so a deadline that cuts it keeps whole tasks'
@@ -33,13 +36,15 @@ SMOKE="${SMOKE:-0}"
 REPORT_S="${REPORT_S:-45}"                # kept back for step 5
 if [[ "$SMOKE" == 1 ]]; then
   BENCH=(--setup=small --steps=1 --warmup=0 --eval_repeats=1)
-  BENCH_RUNGS="${BENCH_RUNGS:-gpt}" F32_RUNGS="${F32_RUNGS:-gpt}" BENCH_S="${BENCH_S:-60}"
+  BENCH_RUNGS="${BENCH_RUNGS-gpt}" F32_RUNGS="${F32_RUNGS-gpt}" BENCH_S="${BENCH_S:-60}"
+  LEVERS="${LEVERS:-}"
   SUITE="${SUITE:-experiments/length_gen.py:runlocal,seeds=1,steps=2,dtype=bfloat16}"
   SLOTS="${SLOTS:-1}" GPUS=()
 else
   BENCH=(--setup=paper --steps=10 --warmup=2 --eval_repeats=1)
-  BENCH_RUNGS="${BENCH_RUNGS:-gpt gpt_level1 gpt_level2 ut ut_level1 ut_level2 trm}"
-  F32_RUNGS="${F32_RUNGS:-gpt trm}" BENCH_S="${BENCH_S:-150}"
+  BENCH_RUNGS="${BENCH_RUNGS-gpt gpt_level1 gpt_level2 ut ut_level1 ut_level2 trm}"
+  F32_RUNGS="${F32_RUNGS-gpt trm}" BENCH_S="${BENCH_S:-150}"
+  LEVERS="${LEVERS-gpt_level1:--remat=none gpt_level1:--seeds=3}"
   SUITE="${SUITE:-experiments/length_gen.py:seeds=1,dtype=bfloat16}"
   # 2, not 7: seven runs on one H200 went no faster in all than one at a time, and a
   # deadline that cut them finished none (docs/performance.md, "On a GPU").
@@ -116,6 +121,13 @@ for spec in $(for r in $BENCH_RUNGS; do echo "bfloat16:$r"; done; for r in $F32_
   ((limit > $(left))) && limit=$(left)
   step "bench_${dtype}_$rung" "$limit" "$PY" -m artrm bench "${BENCH[@]}" --dtype="$dtype" \
     --rungs="$rung" --out="$OUT/bench/paper_${dtype}_$rung.json"
+done
+for lever in $LEVERS; do   # not named *bfloat16*: the grid's plan reads only the plain rows
+  rung="${lever%%:*}" flag="${lever#*:}" name="${lever#*:--}"
+  limit=$((BENCH_END - $(date +%s)))
+  ((limit > $(left))) && limit=$(left)
+  step "lever_${rung}_${name//=/_}" "$limit" "$PY" -m artrm bench "${BENCH[@]}" \
+    --dtype=bfloat16 --rungs="$rung" "$flag" --out="$OUT/bench/lever_${rung}_${name//=/_}.json"
 done
 
 # 4. grid: the estimate from the bench's step times, then the suite until the deadline
