@@ -18,7 +18,7 @@
 #                SLOTS runs in flight on the GPU, 1/SLOTS of its memory each; the queue goes
 #                task by task (addition first), so a deadline that cuts it keeps whole tasks'
 #                rungs first -> grid/<run>/. grid_plan.json estimates each task's time from
-#                the bench (runs on one GPU time-slice it: the estimate is serial) and, when
+#                the bench (serial, artrm/tools/time_box.py) and, when
 #                not all tasks fit, the suite runs only the tasks that do (`only=`).
 #   5. report    artrm gather + artrm report on the finished runs -> grid/results.csv, report/
 #   summary.json: every step's exit code and wall seconds, the runs finished; dmon.txt: the
@@ -46,7 +46,7 @@ else
   F32_RUNGS="${F32_RUNGS-gpt trm}" BENCH_S="${BENCH_S:-150}"
   LEVERS="${LEVERS-gpt_level1:--remat=none gpt_level1:--seeds=3}"
   SUITE="${SUITE:-experiments/length_gen.py:seeds=1,dtype=bfloat16}"
-  # 2, not 7: seven runs on one H200 went no faster in all than one at a time, and a
+  # 2, not 7: seven runs on one H200 each ran about 5x slower than alone, and a
   # deadline that cut them finished none (docs/performance.md, "On a GPU").
   SLOTS="${SLOTS:-2}" GPUS=(--gpus=0)
 fi

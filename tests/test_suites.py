@@ -4,6 +4,7 @@ import os
 import shutil
 import textwrap
 
+import numpy as np
 import pytest
 
 from artrm.tools import launch, results, suites
@@ -202,7 +203,15 @@ def test_time_box_runs_the_tasks_that_fit(tmp_path):
   assert every['only'] == '' and every['tasks_that_fit'] == ['addition', 'copy', 'reverse']
   first = every['estimated_seconds_by_task']['addition']
   gpt = rows['gpt']['step_seconds'] * 5000 + rows['gpt']['compile_seconds']
-  assert first > gpt > 60
+  ut_at_init = rows['ut']['step_seconds'] * 5000 + rows['ut']['compile_seconds']
+  assert first > gpt > 60 and gpt > ut_at_init
+  # ut ran 2.3 passes at initialisation, the unbenched rungs get the mean: all count at
+  # least gpt's step, the one row that ran the whole budget
+  two = {r: rows[r] for r in ('gpt', 'ut')}
+  compile_s = [two[r]['compile_seconds'] for r in two]
+  want = 7 * 5000 * rows['gpt']['step_seconds'] + sum(compile_s) + 5 * np.mean(compile_s)
+  got = time_box.plan(spec, two, 1e9)['estimated_seconds_by_task']['addition']
+  assert got == pytest.approx(want, 1e-9)
   assert time_box.plan(spec, rows, first + 1)['only'] == 'addition'
   assert time_box.plan(spec, rows, 1)['only'] == 'addition'
   assert len(suites.suite_runs(spec + ',only=addition', '/unused')) == 7

@@ -2,12 +2,15 @@
 
   python -m artrm.tools.time_box BENCH_DIR SUITE SLOTS SECONDS PLAN_JSON
 
-Runs that share one GPU time-slice it: seven on one H200 trained no faster in all
-than the bench's step times one run at a time (docs/performance.md, "On a GPU"),
-so the estimate is serial, task by task in the suite's order. It counts no
-evaluation; the grid measured there, evaluations included, still matched it. When
-not every task fits, `only` names those that do (at least the first): the suite
-argument of experiments/length_gen.py.
+Runs that share one GPU overlap little: seven on one H200 each ran about 5x
+slower than alone (docs/performance.md, "On a GPU"), so the estimate is serial,
+task by task in the suite's order. It counts no
+evaluation. A bench times a step at initialisation, where ACT halts after a few
+passes; trained, the ACT rungs ran their whole budget there, and `ut` then trained
+about as fast as `gpt`, so a row that ran fewer passes than the run's budget
+counts at least the mean step of the rows that ran all of it. When not every
+task fits, `only` names those that do (at least the first): the suite argument of
+experiments/length_gen.py.
 """
 
 import glob
@@ -34,22 +37,25 @@ def plan(spec: str, bench: dict[str, dict], seconds: float, slots: int = 1) -> d
   out = dict(suite=spec, runs=len(runs), slots=slots, seconds_left=seconds, only='')
   if not bench:
     return out
-  keys = ('step_seconds', 'compile_seconds')
+  keys = ('step_seconds', 'compile_seconds', 'fwd_passes')
   mean = {k: sum(b[k] for b in bench.values()) / len(bench) for k in keys}
   by_task = {}
   for run in runs:
     c = suites.run_config(spec, run)
     b = bench.get(c.model.name, mean)
-    by_task[c.task] = (
-      by_task.get(c.task, 0) + b['step_seconds'] * c.max_steps + b['compile_seconds']
-    )
+    full = [r['step_seconds'] for r in bench.values() if r['fwd_passes'] >= c.budget]
+    step = b['step_seconds']
+    if full and b.get('fwd_passes', 0) < c.budget:
+      step = max(step, sum(full) / len(full))
+    by_task[c.task] = by_task.get(c.task, 0) + step * c.max_steps + b['compile_seconds']
   totals = [sum(list(by_task.values())[: i + 1]) for i in range(len(by_task))]
   fit = [task for task, total in zip(by_task, totals) if total <= seconds]
   out.update(
     estimated_seconds_by_task=by_task,
     tasks_that_fit=fit,
     only='+'.join(fit or list(by_task)[:1]) if len(fit) < len(by_task) else '',
-    note='serial: compile + max_steps x the bench step per run (unbenched rungs: the '
+    note='serial: compile + max_steps x the bench step per run (a row of fewer passes '
+    "than the budget: at least the full-budget rows' mean step; unbenched rungs: the "
     "benched rungs' mean); no evaluation",
   )
   return out
