@@ -4,26 +4,18 @@
 
 A folder holds one subfolder per call (`call1`, `call2`, ...), each with
 `runs/<run>/metrics.jsonl` as that call left it, and `steps.tsv` or a number of
-seconds in `grid_seconds` (the grid's wall time in that call). A resumed run
-restarts at its last periodic checkpoint (every max_steps / 10 steps), so the
-steps a call executed are counted from there. Prints a markdown table per run
-and the aggregate steps per second of each call.
+seconds in `grid_seconds` (the grid's wall time in that call). A call's steps of a
+run count from its last `setup` record, logged at the step the run started or
+resumed from. Prints each call's steps and steps per second over all runs, then a
+markdown table per run.
 """
 
 import glob
-import json
 import os
 import statistics
 import sys
 
-
-def records(path):
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
-def last_train_step(recs):
-  return max((r['step'] for r in recs if r['kind'] == 'train'), default=0)
+from artrm import workdir as workdir_lib
 
 
 def grid_seconds(call_dir):
@@ -37,26 +29,19 @@ def grid_seconds(call_dir):
 
 
 def main(root):
-  calls = sorted(d for d in glob.glob(os.path.join(root, 'call*')) if os.path.isdir(d))
-  reached = {}  # run -> last step after each call
   rows = {}
-  for call in calls:
+  for call in sorted(d for d in glob.glob(os.path.join(root, 'call*')) if os.path.isdir(d)):
     executed = 0
     for run_dir in sorted(glob.glob(os.path.join(call, 'runs', '*'))):
-      run = os.path.basename(run_dir)
-      recs = records(os.path.join(run_dir, 'metrics.jsonl'))
-      with open(os.path.join(run_dir, 'config.json')) as f:
-        config = json.load(f)
-      every = config['checkpoint']['every_steps'] or max(1, config['max_steps'] // 10)
-      before = reached.get(run, 0) // every * every
-      after = last_train_step(recs)
-      executed += max(0, after - before)
-      reached[run] = after
-      rates = [r['steps_per_sec'] for r in recs if r['kind'] == 'train' and r['step'] > before]
-      row = rows.setdefault(run, dict(steps=[], rates=[]))
-      row['steps'].append(after)
-      row['rates'] += rates
-      row['finished'] = os.path.exists(os.path.join(run_dir, 'final_eval.json'))
+      recs = workdir_lib.read_metrics(run_dir)
+      start = [r['step'] for r in recs if r['kind'] == 'setup'][-1]
+      train = [r for r in recs if r['kind'] == 'train' and r['step'] > start]
+      last = train[-1]['step'] if train else start
+      executed += last - start
+      row = rows.setdefault(os.path.basename(run_dir), dict(steps=[], rates=[]))
+      row['steps'].append(last)
+      row['rates'] += [r['steps_per_sec'] for r in train]
+      row['finished'] = workdir_lib.read_final_eval(run_dir) is not None
     seconds = grid_seconds(call)
     print(
       f'{os.path.basename(call)}: {executed:,} steps executed in {seconds:.0f} s of grid, '

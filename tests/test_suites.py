@@ -198,6 +198,7 @@ def test_time_box_runs_the_tasks_that_fit(tmp_path):
   shutil.copy(bench, tmp_path / 'paper_bfloat16_five.json')
   rows = time_box.bench_rows(str(tmp_path))
   assert sorted(rows) == ['gpt', 'gpt_level1', 'gpt_level2', 'ut', 'ut_level1']
+  assert time_box.bench_rows(bench) == rows, 'a folder of bench JSONs or one JSON'
   spec = os.path.join(os.path.dirname(__file__), '..', 'experiments', 'length_gen.py:seeds=1')
   every = time_box.plan(spec, rows, 1e9)
   assert every['only'] == '' and every['tasks_that_fit'] == ['addition', 'copy', 'reverse']

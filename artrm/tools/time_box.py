@@ -1,6 +1,8 @@
 """How much of a suite fits a time box, estimated from `artrm bench` step and compile times.
 
-  python -m artrm.tools.time_box BENCH_DIR SUITE SLOTS SECONDS PLAN_JSON
+  python -m artrm.tools.time_box BENCH SUITE SLOTS SECONDS PLAN_JSON
+
+BENCH: a bench JSON, or a folder of them (the bf16 ones are read).
 
 Runs that share one GPU overlap little: seven on one H200 each ran about 5x
 slower than alone (docs/performance.md, "On a GPU"), so the estimate is serial,
@@ -21,10 +23,13 @@ import sys
 from artrm.tools import suites
 
 
-def bench_rows(folder: str) -> dict[str, dict]:
-  """{rung: its training row} of every bf16 bench JSON in `folder`."""
+def bench_rows(bench: str) -> dict[str, dict]:
+  """{rung: its training row} of the bench JSON `bench`, or of every bf16 one in that folder."""
   rows = {}
-  for path in sorted(glob.glob(os.path.join(folder, '*bfloat16*.json'))):
+  paths = (
+    sorted(glob.glob(os.path.join(bench, '*bfloat16*.json'))) if os.path.isdir(bench) else [bench]
+  )
+  for path in paths:
     with open(path) as f:
       rows.update({rung: row['train'] for rung, row in json.load(f)['rungs'].items()})
   return rows
@@ -62,8 +67,8 @@ def plan(spec: str, bench: dict[str, dict], seconds: float, slots: int = 1) -> d
 
 
 def main(argv):
-  folder, spec, slots, seconds, path = argv
-  out = plan(spec, bench_rows(folder), float(seconds), int(slots))
+  bench, spec, slots, seconds, path = argv
+  out = plan(spec, bench_rows(bench), float(seconds), int(slots))
   print(json.dumps(out, indent=1))
   with open(path, 'w') as f:
     json.dump(out, f, indent=1)
