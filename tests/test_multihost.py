@@ -114,11 +114,11 @@ def free_port() -> int:
 
 
 def process_env(tmp_path, out_dir, **extra) -> dict:
-  """A subprocess environment: one CPU device, the hooks, fake cluster tools, a free port, and
-  a compilation cache that the second launch reads."""
+  """A subprocess environment: one CPU device (the tests' other XLA flags), the hooks, fake
+  cluster tools, a free port, and a compilation cache that the second launch reads."""
   env = {k: v for k, v in os.environ.items() if not k.startswith(('ARTRM_', 'SLURM_', 'TPU_'))}
   env.update(
-    XLA_FLAGS='--xla_backend_optimization_level=0',
+    XLA_FLAGS=' '.join(f for f in os.environ['XLA_FLAGS'].split() if 'device_count' not in f),
     JAX_PLATFORMS='cpu',
     JAX_COMPILATION_CACHE_DIR=str(tmp_path / 'jax_cache'),
     PYTHONPATH=f'{tmp_path / "hooks"}:{REPO}',

@@ -31,6 +31,7 @@ def test_learns_copy(tmp_path):
   c.model.update(n_embd=64, n_head=4)
   c.optimizer.learning_rate = 3e-3
   c.eval.update(every_steps=300, n_samples=128, batch_size=128)
+  c.checkpoint.every_steps, c.log.every_steps = 300, 50  # saves and syncs cost more than steps
   out = train.train_and_evaluate(c, str(tmp_path))
   assert out['eval'][c.seed][3]['seq_acc'] >= 0.99, out['eval']
   records = workdir_lib.read_metrics(str(tmp_path), 'train')

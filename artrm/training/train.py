@@ -429,10 +429,12 @@ def abstract_state(model, saved: dict, sharding) -> TrainState:
 
 
 def _resume(
-  ckpts: checkpointing.RunCheckpoints, state: TrainState, model, cfg: dict, replicated
+  ckpts: checkpointing.RunCheckpoints, model, optimizer, seeds: list[int], cfg: dict, replicated
 ) -> tuple[TrainState, dict[str, tuple]]:
   """The latest good checkpoint's state, and the optimizer fields changed since it was saved
-  (`checkpointing.RESUME_CHANGES`; the optimizer state carries over to the new optimizer)."""
+  (`checkpointing.RESUME_CHANGES`; the optimizer state carries over to the new optimizer).
+
+  Only shapes are built for it: a resumed run never computes a fresh init."""
   _, restored, saved = ckpts.restore(
     'latest',
     lambda saved: abstract_state(model, saved, replicated),
@@ -441,8 +443,9 @@ def _resume(
     move_aside=True,
   )
   # Gradient clipping adds a stateless stage: the same arrays in another tree.
+  fresh = jax.eval_shape(lambda: init_seeds(model, optimizer, seeds))
   opt_state = jax.tree.unflatten(
-    jax.tree.structure(state.opt_state), jax.tree.leaves(restored.opt_state)
+    jax.tree.structure(fresh.opt_state), jax.tree.leaves(restored.opt_state)
   )
   changes = {
     k: v
@@ -472,7 +475,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   seeds = seeds_of(config)
 
   ckpts = checkpointing.RunCheckpoints(workdir, config.checkpoint.max_to_keep)
-  state = jax.device_put(init_seeds(model, optimizer, seeds), replicated)
   is_main = jax.process_index() == 0
   writer = MetricWriter(
     workdir,
@@ -483,7 +485,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   )
   changes = {}
   if ckpts.periodic.latest_step() is not None:
-    state, changes = _resume(ckpts, state, model, cfg, replicated)
+    state, changes = _resume(ckpts, model, optimizer, seeds, cfg, replicated)
+  else:
+    state = jax.device_put(init_seeds(model, optimizer, seeds), replicated)
   # Read even with no periodic checkpoint: a run killed before its first one may have saved a best.
   best = (ckpts.best_metrics(move_aside=True) or {}).get('value', -math.inf)
   writer.truncate_after(int(state.step[0]))  # records of steps after the checkpoint, torn lines
@@ -502,7 +506,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   step_fn = make_step_fn(config, model, optimizer, mesh)
   start = int(state.step[0])
   t0 = time.perf_counter()
-  step_fn = step_fn.lower(state).compile()
+  if start < config.max_steps:  # a finished run compiles nothing
+    step_fn = step_fn.lower(state).compile()
   writer.write(
     start,
     'setup',
