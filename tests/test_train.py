@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from tiny import tiny_config
 
-from artrm import parallel
+from artrm import one_off, parallel
 from artrm import workdir as workdir_lib
 from artrm.configs import length_gen
 from artrm.tools import ladder
@@ -262,3 +262,25 @@ def test_main_job_table(tmp_path, capsys):
   for name in ('ut_level2', 'trm'):
     mc = train.model_config(ladder.ladder_config(name, 'copy'))
     assert (mc.n_layer, mc.n_outer_loops, mc.n_inner_loops) == (2, 2, 2)
+
+
+@pytest.mark.parametrize('name', ['gpt', 'trm'])
+def test_one_off_init_keeps_its_bits(name, monkeypatch):
+  """Fresh states compiled as `one_off` programs (LLVM level 1 on CPU) hold the bits of
+  XLA:CPU's default level 2. Level 0 (these tests' XLA_FLAGS) differs: the check can fail,
+  and the per-program options do override the flags."""
+  c = tiny_config(name, num_seeds=2)
+  model = train.run_model(c)
+  optimizer = train.make_optimizer(c.optimizer, model.recipe)
+  seeds = jnp.asarray(train.seeds_of(c), jnp.int32)
+  lowered = jax.jit(jax.vmap(functools.partial(train.fresh_state, model, optimizer))).lower(seeds)
+  bits = lambda options: [
+    np.asarray(x) for x in jax.tree.leaves(lowered.compile(compiler_options=options)(seeds))
+  ]
+  default = bits({'xla_backend_optimization_level': 2})
+  for a, b in zip(bits(one_off.CPU_OPTIONS), default, strict=True):
+    np.testing.assert_array_equal(a, b)
+  assert not all(np.array_equal(a, b) for a, b in zip(bits(None), default))
+  assert one_off.compiler_options() is None  # XLA_FLAGS sets the level here
+  monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=2')
+  assert one_off.compiler_options() == one_off.CPU_OPTIONS

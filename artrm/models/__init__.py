@@ -12,6 +12,7 @@ from artrm.models.config import RUNGS, ModelConfig, Rung, block_passes, get_rung
 _LAZY = {
   'RecursiveLM': 'rungs',
   'build_model': 'rungs',
+  'fresh_params': 'rungs',
   'init_params': 'rungs',
   'load_neutral': 'weights',
 }

@@ -38,6 +38,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from artrm import one_off
 from artrm.models import act as act_lib
 from artrm.models.block import INIT, KVSlot, block_class, dense, layer_norm, rms_normalize
 from artrm.models.config import ModelConfig, Rung, get_rung
@@ -522,13 +523,15 @@ class RecursiveLM(nn.Module):
     return out_BxTxC, stream, passes, aux
 
 
-def init_params(model: RecursiveLM, key: jax.Array) -> Any:
-  """Fresh params under jit: eager Flax init compiles op by op and takes seconds.
+def fresh_params(model: RecursiveLM, key: jax.Array) -> Any:
+  """Fresh params; values depend on `key` only (the position table is always block_size
+  long). Call it under jit (`init_params`): eager Flax init compiles op by op."""
+  return model.init(key, jnp.zeros((1, model.config.block_size), jnp.int32))['params']
 
-  Values depend on `key` only (the position table is always block_size long).
-  """
-  idx_1xT = jnp.zeros((1, model.config.block_size), jnp.int32)
-  return jax.jit(model.init)(key, idx_1xT)['params']
+
+def init_params(model: RecursiveLM, key: jax.Array) -> Any:
+  """`fresh_params` as a one-off program (`artrm.one_off`)."""
+  return one_off.jit(functools.partial(fresh_params, model))(key)
 
 
 def build_model(config: ModelConfig | Any, recipe: Recipe | Any = None) -> RecursiveLM:

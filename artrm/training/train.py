@@ -25,11 +25,11 @@ import numpy as np
 import optax
 import tqdm
 
-from artrm import parallel
+from artrm import one_off, parallel
 from artrm import workdir as workdir_lib
 from artrm.data import IGNORE_INDEX, get_task, sample_batch
 from artrm.evaluation.evaluators import LengthEvaluator
-from artrm.models import ModelConfig, build_model, init_params, normalize_budget
+from artrm.models import ModelConfig, build_model, fresh_params, normalize_budget
 from artrm.models.recipe import Recipe, compute_record
 from artrm.training import checkpointing, validation
 from artrm.training.writers import MetricWriter
@@ -133,17 +133,22 @@ def make_optimizer(
   return tx
 
 
-def init_state(model, optimizer: optax.GradientTransformation, seed: int) -> TrainState:
-  """One seed's state; its params depend on `seed` alone."""
+def fresh_state(model, optimizer: optax.GradientTransformation, seed: jax.Array) -> TrainState:
+  """One seed's state; its params depend on `seed` alone. Call it under jit (`init_state`)."""
   init_key, train_key = jax.random.split(jax.random.key(seed))
-  params = init_params(model, init_key)
+  params = fresh_params(model, init_key)
   return TrainState(
     step=jnp.zeros((), jnp.int32),
     params=params,
-    opt_state=jax.jit(optimizer.init)(params),
+    opt_state=optimizer.init(params),
     rng=jax.random.key_data(train_key),
     ema_params=params if model.recipe.ema_decay > 0 else None,
   )
+
+
+def init_state(model, optimizer: optax.GradientTransformation, seed: int) -> TrainState:
+  """`fresh_state` as a one-off program (`artrm.one_off`)."""
+  return one_off.jit(functools.partial(fresh_state, model, optimizer))(jnp.int32(seed))
 
 
 def seeds_of(config: ml_collections.ConfigDict) -> list[int]:
@@ -155,8 +160,16 @@ def init_seeds(model, optimizer: optax.GradientTransformation, seeds: list[int])
 
   Seed i's slice is bitwise the state `init_state(..., seeds[i])` would give.
   """
-  init = functools.partial(init_state, model, optimizer)
-  return jax.jit(jax.vmap(init))(jnp.asarray(seeds, jnp.int32))
+  return one_off.jit(_stacked_states(model, optimizer))(jnp.asarray(seeds, jnp.int32))
+
+
+def seeds_shape(model, optimizer: optax.GradientTransformation, seeds: list[int]) -> TrainState:
+  """The shapes of `init_seeds`'s state, computing nothing."""
+  return jax.eval_shape(_stacked_states(model, optimizer), jnp.asarray(seeds, jnp.int32))
+
+
+def _stacked_states(model, optimizer: optax.GradientTransformation):
+  return jax.vmap(functools.partial(fresh_state, model, optimizer))
 
 
 SEED_AXIS = 'seeds'
@@ -422,9 +435,7 @@ def divergence_advice(config: ml_collections.ConfigDict, workdir: str) -> str:
 def abstract_state(model, saved: dict, sharding) -> TrainState:
   """The shapes (placed on `sharding`) of the state a checkpoint saved with config `saved` holds."""
   c = ml_collections.ConfigDict(saved)
-  abstract = jax.eval_shape(
-    lambda: init_seeds(model, make_optimizer(c.optimizer, model.recipe), seeds_of(c))
-  )
+  abstract = seeds_shape(model, make_optimizer(c.optimizer, model.recipe), seeds_of(c))
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), abstract)
 
 
@@ -443,7 +454,7 @@ def _resume(
     move_aside=True,
   )
   # Gradient clipping adds a stateless stage: the same arrays in another tree.
-  fresh = jax.eval_shape(lambda: init_seeds(model, optimizer, seeds))
+  fresh = seeds_shape(model, optimizer, seeds)
   opt_state = jax.tree.unflatten(
     jax.tree.structure(fresh.opt_state), jax.tree.leaves(restored.opt_state)
   )

@@ -1,0 +1,28 @@
+"""Programs a process runs once, such as fresh params, compiled for compile time.
+
+Such a program spends its time compiling, not running: the params init of a
+3-seed `trm` at the CPU studies' shape takes 14 s to compile at XLA:CPU's
+default LLVM level 2 and 2 s at level 1 (docs/performance.md, "A study on this
+CPU"), and computes the same bits (`tests/test_models.py::test_one_off_init_keeps_its_bits`).
+Training, evaluation and decoding programs keep the default.
+"""
+
+import os
+
+import jax
+
+CPU_OPTIONS = {'xla_backend_optimization_level': 1}
+
+
+def compiler_options() -> dict | None:
+  """`CPU_OPTIONS` on a CPU backend, unless XLA_FLAGS chooses the level itself."""
+  if jax.default_backend() != 'cpu' or 'xla_backend_optimization_level' in os.environ.get(
+    'XLA_FLAGS', ''
+  ):
+    return None
+  return CPU_OPTIONS
+
+
+def jit(fn):
+  """`jax.jit(fn)` for a program run once; call it outside any other jit."""
+  return jax.jit(fn, compiler_options=compiler_options())
