@@ -21,7 +21,9 @@ from artrm.data import (
   python_batch,
   python_rows,
   rows_from_digits,
+  same_layout,
   sample_batch,
+  sample_batch_of,
 )
 
 X = IGNORE_INDEX
@@ -149,6 +151,23 @@ def test_sample_batch_jit_matches_eager_and_keys_matter():
   assert not np.array_equal(
     sample_batch(jax.random.key(8), 'addition', 3, 8, seq_len=20)['inputs'], jitted['inputs']
   )
+
+
+@pytest.mark.parametrize('task_name', sorted(TASKS))
+def test_a_task_picked_at_run_time_gives_its_own_rows(task_name):
+  """One program (the task index traced) samples each task of a layout as `sample_batch` does."""
+  tasks, key = same_layout(task_name), jax.random.key(5)
+  assert task_name in tasks and {tuple(TASKS[t].operators for t in tasks)} == {
+    (TASKS[task_name].operators,) * len(tasks)
+  }
+  pick = jax.jit(sample_batch_of, static_argnums=(1, 3, 4))
+  batch = pick(key, tasks, jnp.int32(tasks.index(task_name)), 4, 8)
+  chex.assert_trees_all_equal(batch, sample_batch(key, task_name, 4, 8))
+
+
+def test_copy_and_reverse_share_a_layout():
+  assert same_layout('copy') == same_layout('reverse') == ('copy', 'reverse')
+  assert same_layout('addition') == ('addition',)
 
 
 def test_digits_are_roughly_uniform():

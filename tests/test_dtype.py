@@ -115,7 +115,7 @@ def train_losses(dtype, steps=60):
   step_fn = train.make_step_fn(c, model, optimizer, mesh)
   losses = []
   for _ in range(steps):
-    state, metrics = step_fn(state)
+    state, metrics = step_fn(state, train.task_index(c))
     losses.append(metrics['loss'][0])
   return np.asarray(jax.device_get(losses))
 

@@ -12,6 +12,7 @@ LIBRARY = (
   'artrm.configs',
   'artrm.training',
   'artrm.evaluation',
+  'artrm.one_off',
   'artrm.parallel',
   'artrm.workdir',
   'artrm.tables',

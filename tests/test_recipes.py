@@ -228,7 +228,7 @@ def test_deep_supervision_steps_and_carry(update):
   state = train.init_state(model, optimizer, seed=0)
   step = jax.jit(
     lambda s: train.train_step(
-      s, model=model, optimizer=optimizer, task='copy', length=3, batch_size=4
+      s, model=model, optimizer=optimizer, tasks=('copy',), task_index=0, length=3, batch_size=4
     )
   )
   new_state, metrics = step(state)
@@ -267,7 +267,13 @@ def train_steps(model, steps, seed=0, lr=3e-3, task='copy', length=3, batch=16):
   state = train.init_state(model, optimizer, seed)
   step = jax.jit(
     lambda s: train.train_step(
-      s, model=model, optimizer=optimizer, task=task, length=length, batch_size=batch
+      s,
+      model=model,
+      optimizer=optimizer,
+      tasks=(task,),
+      task_index=0,
+      length=length,
+      batch_size=batch,
     )
   )
   history = []

@@ -31,7 +31,9 @@ def test_learns_copy(tmp_path):
   c.model.update(n_embd=64, n_head=4)
   c.optimizer.learning_rate = 3e-3
   c.eval.update(every_steps=300, n_samples=128, batch_size=128)
-  c.checkpoint.every_steps, c.log.every_steps = 300, 50  # saves and syncs cost more than steps
+  # Saves cost more than steps; 50 steps between syncs on 2 CPU devices once aborted the
+  # process (parallel.one_step_at_a_time).
+  c.checkpoint.every_steps, c.log.every_steps = 300, 50
   out = train.train_and_evaluate(c, str(tmp_path))
   assert out['eval'][c.seed][3]['seq_acc'] >= 0.99, out['eval']
   records = workdir_lib.read_metrics(str(tmp_path), 'train')
@@ -128,7 +130,13 @@ def test_sharded_step_matches_single_device():
   model = train.build_model(train.model_config(c))
   optimizer = train.make_optimizer(c.optimizer)
   step = functools.partial(
-    train.train_step, model=model, optimizer=optimizer, task='copy', length=3, batch_size=16
+    train.train_step,
+    model=model,
+    optimizer=optimizer,
+    tasks=('copy',),
+    task_index=0,
+    length=3,
+    batch_size=16,
   )
   losses = []
   for devices in (jax.devices()[:1], jax.devices()[:2]):
@@ -146,6 +154,13 @@ def test_sharded_step_matches_single_device():
   np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
 
 
+def test_several_cpu_devices_run_one_step_at_a_time():
+  """The loop waits for each step on a CPU mesh of several devices, where queued steps
+  can deadlock in XLA:CPU's all-reduce (test_learns_copy queues 50 on 2 devices)."""
+  assert parallel.one_step_at_a_time(parallel.data_mesh(jax.devices()[:2]))
+  assert not parallel.one_step_at_a_time(parallel.data_mesh(jax.devices()[:1]))
+
+
 def test_train_step_compiled_and_eager_agree():
   """The step as one XLA program and op by op (jax.disable_jit: scans run as Python
   loops) give the same update: nothing in it depends on being traced."""
@@ -154,7 +169,13 @@ def test_train_step_compiled_and_eager_agree():
   optimizer = train.make_optimizer(c.optimizer)
   state = train.init_state(model, optimizer, 0)
   step = functools.partial(
-    train.train_step, model=model, optimizer=optimizer, task='copy', length=3, batch_size=4
+    train.train_step,
+    model=model,
+    optimizer=optimizer,
+    tasks=('copy', 'reverse'),
+    task_index=1,
+    length=3,
+    batch_size=4,
   )
   compiled, m_compiled = jax.jit(step)(state)
   with jax.disable_jit():
@@ -189,7 +210,21 @@ def test_vmapped_seeds_keep_the_early_stop():
   optimizer = train.make_optimizer(c.optimizer, model.recipe)
   state = train.init_seeds(model, optimizer, train.seeds_of(c))
   step = train.make_step_fn(c, model, optimizer, parallel.data_mesh())
-  assert 'cond[' in str(jax.make_jaxpr(step)(state))
+  assert 'cond[' in str(jax.make_jaxpr(step)(state, train.task_index(c)))
+
+
+def test_copy_and_reverse_runs_share_the_step_program():
+  """The task is the step's argument: runs on copy and reverse compile one program (a suite's
+  compilation cache serves the second), addition its own."""
+  texts = {}
+  for task in ('copy', 'reverse', 'addition'):
+    c = tiny_config(task=task)
+    model = train.run_model(c)
+    optimizer = train.make_optimizer(c.optimizer, model.recipe)
+    state = train.init_seeds(model, optimizer, train.seeds_of(c))
+    step = train.make_step_fn(c, model, optimizer, parallel.data_mesh())
+    texts[task] = step.lower(state, train.task_index(c)).as_text()
+  assert texts['copy'] == texts['reverse'] != texts['addition']
 
 
 def test_optimizer_is_torch_adamw():

@@ -83,13 +83,14 @@ def bench_train(
     train.init_seeds(model, optimizer, train.seeds_of(config)), parallel.replicated(mesh)
   )
   start = time.perf_counter()
-  step_fn = train.make_step_fn(config, model, optimizer, mesh).lower(state).compile()
+  task = train.task_index(config)
+  step_fn = train.make_step_fn(config, model, optimizer, mesh).lower(state, task).compile()
   compile_seconds = time.perf_counter() - start
   memory = step_fn.memory_analysis()
 
   def step():
     nonlocal state
-    state, metrics = step_fn(state)
+    state, metrics = step_fn(state, task)
     return metrics
 
   times, metrics = _timed(step, steps, warmup)
@@ -99,8 +100,10 @@ def bench_train(
     profile, traced = profiling.trace(step, PROFILED_CALLS, profile_dir, hlo_text=step_fn.as_text())
     profile['fwd_passes'] = float(np.mean([m['block_passes'] for m in jax.device_get(traced)]))
     profiled['profile'] = profile
-  start = time.perf_counter()  # as the training loop runs: no sync between steps
-  jax.block_until_ready([step() for _ in range(steps)])
+  # As the training loop runs: no sync between steps, unless it must wait for each.
+  wait = parallel.one_step_at_a_time(mesh)
+  start = time.perf_counter()
+  jax.block_until_ready([jax.block_until_ready(step()) if wait else step() for _ in range(steps)])
   pipelined = (time.perf_counter() - start) / steps
   mc = model.config
   seq_len = get_task(config.task).seq_len(config.train_length)

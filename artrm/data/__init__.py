@@ -14,7 +14,9 @@ from artrm.data.tasks import (
   python_batch,
   python_rows,
   rows_from_digits,
+  same_layout,
   sample_batch,
+  sample_batch_of,
 )
 from artrm.data.vocab import (
   CHARS,

@@ -192,6 +192,25 @@ def sample_batch(
   return rows_from_digits(task_name, digits_BxNxL, seq_len)
 
 
+def same_layout(task_name: str) -> tuple[str, ...]:
+  """The tasks whose rows have `task_name`'s layout (operators and answer length), in
+  `TASKS` order: ('copy', 'reverse') for either, ('addition',) for addition."""
+  t = get_task(task_name)
+  layout = lambda task: (task.operators, task.extra_answer_digits)
+  return tuple(name for name, task in TASKS.items() if layout(task) == layout(t))
+
+
+def sample_batch_of(
+  key: jax.Array, tasks: tuple[str, ...], task_index: jax.Array, L: int, batch_size: int
+) -> dict[str, jax.Array]:
+  """`sample_batch` of `tasks[task_index]`, tasks of one layout (`same_layout`), the task
+  picked at run time: a program that samples this way serves all of them."""
+  branches = [
+    functools.partial(sample_batch, task_name=t, L=L, batch_size=batch_size) for t in tasks
+  ]
+  return jax.lax.switch(task_index, branches, key)
+
+
 # -------------------------------------------------------------- eval sets ---
 
 

@@ -27,7 +27,7 @@ import tqdm
 
 from artrm import one_off, parallel
 from artrm import workdir as workdir_lib
-from artrm.data import IGNORE_INDEX, get_task, sample_batch
+from artrm.data import IGNORE_INDEX, get_task, same_layout, sample_batch_of
 from artrm.evaluation.evaluators import LengthEvaluator
 from artrm.models import ModelConfig, build_model, fresh_params, normalize_budget
 from artrm.models.recipe import Recipe, compute_record
@@ -217,12 +217,14 @@ def train_step(
   *,
   model,
   optimizer,
-  task: str,
+  tasks: tuple[str, ...],
+  task_index: jax.Array,
   length: int,
   batch_size: int,
   batch_sharding=None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One batch: `recipe.n_sup` supervision passes over it, then step + 1.
+  """One batch of `tasks[task_index]` (`data.sample_batch_of`): `recipe.n_sup` supervision
+  passes over it, then step + 1.
 
   Each pass starts from the detached (y, z) the last one ended with and ends
   in a loss; with sup_update 'each' every pass makes an optimizer step, with
@@ -232,7 +234,7 @@ def train_step(
   recipe = model.recipe
   step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
   data_key, dropout_key = jax.random.split(step_key)
-  batch = sample_batch(data_key, task, length, batch_size)
+  batch = sample_batch_of(data_key, tasks, task_index, length, batch_size)
   if batch_sharding is not None:
     batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
 
@@ -299,26 +301,38 @@ def make_step_fn(
   optimizer: optax.GradientTransformation,
   mesh: jax.sharding.Mesh,
 ):
-  """The run's jitted step on a state stacked over its seeds (the loop's and the benchmark's).
+  """The run's jitted step on a state stacked over its seeds (the loop's and the benchmark's),
+  called as `step(state, task_index(config))`.
 
-  The batch is sharded over `mesh`, the state replicated and donated.
+  The task is an argument, not a constant of the program: runs on tasks of one layout
+  (copy and reverse) then share it, compiled once through a suite's compilation cache. The
+  batch is sharded over `mesh`, the state replicated and donated.
   """
   replicated = parallel.replicated(mesh)
-  step = functools.partial(
+  one_seed = functools.partial(
     train_step,
     model=model.clone(seed_axis=SEED_AXIS) if config.num_seeds > 1 else model,
     optimizer=optimizer,
-    task=config.task,
+    tasks=same_layout(config.task),
     length=config.train_length,
     batch_size=config.batch_size,
     batch_sharding=parallel.batch_sharding(mesh),
   )
+
+  def step(state, task_index):
+    return over_seeds(functools.partial(one_seed, task_index=task_index), config.num_seeds)(state)
+
   return jax.jit(
-    over_seeds(step, config.num_seeds),
-    in_shardings=(replicated,),
+    step,
+    in_shardings=(replicated, replicated),
     out_shardings=(replicated, replicated),
     donate_argnums=0,
   )
+
+
+def task_index(config: ml_collections.ConfigDict) -> jax.Array:
+  """`config.task`'s index among the tasks of its layout: the step's second argument."""
+  return jnp.int32(same_layout(config.task).index(config.task))
 
 
 def evaluator_for(config: ml_collections.ConfigDict, **overrides) -> LengthEvaluator:
@@ -514,11 +528,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   if is_main:
     workdir_lib.write_json(workdir, workdir_lib.CONFIG, cfg)
 
-  step_fn = make_step_fn(config, model, optimizer, mesh)
+  step_fn, task = make_step_fn(config, model, optimizer, mesh), task_index(config)
   start = int(state.step[0])
   t0 = time.perf_counter()
   if start < config.max_steps:  # a finished run compiles nothing
-    step_fn = step_fn.lower(state).compile()
+    step_fn = step_fn.lower(state, task).compile()
   writer.write(
     start,
     'setup',
@@ -536,6 +550,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   )
 
   ckpt_every = config.checkpoint.every_steps or max(1, config.max_steps // 10)
+  wait_each_step = parallel.one_step_at_a_time(mesh)
   window = _Window(config.batch_size * seq_len)
   results: dict[int, dict] = {}
   bar = tqdm.tqdm(
@@ -546,7 +561,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   )
   try:
     for step in range(start + 1, config.max_steps + 1):
-      state, metrics = step_fn(state)
+      state, metrics = step_fn(state, task)
+      if wait_each_step:
+        jax.block_until_ready(metrics)
       window.add(metrics)
       bar.update()
       is_eval = step % config.eval.every_steps == 0 or step == config.max_steps
