@@ -301,9 +301,9 @@ def test_main_job_table(tmp_path, capsys):
 
 @pytest.mark.parametrize('name', ['gpt', 'trm'])
 def test_one_off_init_keeps_its_bits(name, monkeypatch):
-  """Fresh states compiled as `one_off` programs (LLVM level 1 on CPU) hold the bits of
-  XLA:CPU's default level 2. Level 0 (these tests' XLA_FLAGS) differs: the check can fail,
-  and the per-program options do override the flags."""
+  """Fresh states compiled as `one_off` programs (level 1 on CPU) hold the bits of XLA:CPU's
+  default level 3. Level 0 (these tests' XLA_FLAGS) differs: the check can fail, and the
+  per-program options do override the flags."""
   c = tiny_config(name, num_seeds=2)
   model = train.run_model(c)
   optimizer = train.make_optimizer(c.optimizer, model.recipe)
@@ -312,7 +312,7 @@ def test_one_off_init_keeps_its_bits(name, monkeypatch):
   bits = lambda options: [
     np.asarray(x) for x in jax.tree.leaves(lowered.compile(compiler_options=options)(seeds))
   ]
-  default = bits({'xla_backend_optimization_level': 2})
+  default = bits({'xla_backend_optimization_level': 3})
   for a, b in zip(bits(one_off.CPU_OPTIONS), default, strict=True):
     np.testing.assert_array_equal(a, b)
   assert not all(np.array_equal(a, b) for a, b in zip(bits(None), default))
