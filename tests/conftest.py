@@ -5,8 +5,8 @@ import os
 # Tests compile many small programs and run them briefly: skip LLVM's
 # expensive optimisations and codegen on one thread (float semantics are
 # unchanged; the goldens still match). XLA:CPU's older loop emitters
-# (--xla_cpu_use_fusion_emitters=false) compile faster still, but the copy-learning
-# test aborted with them in 2 of 4 runs (jaxlib 0.10.2).
+# (--xla_cpu_use_fusion_emitters=false) compile faster still, but the tests would
+# then not run the code generator that users' runs do.
 os.environ.setdefault(
   'XLA_FLAGS',
   '--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0 '
@@ -15,9 +15,7 @@ os.environ.setdefault(
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
 # Tests train the same tiny programs several times (straight vs resumed runs):
-# a per-session persistent compilation cache compiles each once. (A size bound,
-# JAX_COMPILATION_CACHE_MAX_SIZE, makes JAX keep it as an LRU cache; with it the
-# copy-learning test aborted in 2 of 3 runs, jaxlib 0.10.2.)
+# a per-session persistent compilation cache compiles each once.
 import tempfile  # noqa: E402
 
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='artrm_jax_cache_'))
