@@ -8,7 +8,6 @@ and whether the two give the same bits, per rung at the CPU studies' shape (copy
 """
 
 import argparse
-import functools
 import json
 import os
 import sys
@@ -54,7 +53,7 @@ def main():
     model = train.run_model(c)
     optimizer = train.make_optimizer(c.optimizer, model.recipe)
     seeds = jnp.asarray(train.seeds_of(c), jnp.int32)
-    lowered = jax.jit(jax.vmap(functools.partial(train.fresh_state, model, optimizer))).lower(seeds)
+    lowered = jax.jit(train.stacked_states(model, optimizer)).lower(seeds)
     row, bits = {}, {}
     for name, options in (
       ('default', None),

@@ -112,10 +112,10 @@ def train_losses(dtype, steps=60):
   model = build_model(train.model_config(c))
   optimizer = train.make_optimizer(c.optimizer)
   state = train.init_seeds(model, optimizer, train.seeds_of(c))
-  step_fn = train.make_step_fn(c, model, optimizer, mesh)
+  step_fn, task = train.make_step_fn(c, model, optimizer, mesh), train.task_index(c)
   losses = []
   for _ in range(steps):
-    state, metrics = step_fn(state, train.task_index(c))
+    state, metrics = step_fn(state, task)
     losses.append(metrics['loss'][0])
   return np.asarray(jax.device_get(losses))
 

@@ -308,7 +308,7 @@ def test_one_off_init_keeps_its_bits(name, monkeypatch):
   model = train.run_model(c)
   optimizer = train.make_optimizer(c.optimizer, model.recipe)
   seeds = jnp.asarray(train.seeds_of(c), jnp.int32)
-  lowered = jax.jit(jax.vmap(functools.partial(train.fresh_state, model, optimizer))).lower(seeds)
+  lowered = jax.jit(train.stacked_states(model, optimizer)).lower(seeds)
   bits = lambda options: [
     np.asarray(x) for x in jax.tree.leaves(lowered.compile(compiler_options=options)(seeds))
   ]

@@ -160,15 +160,16 @@ def init_seeds(model, optimizer: optax.GradientTransformation, seeds: list[int])
 
   Seed i's slice is bitwise the state `init_state(..., seeds[i])` would give.
   """
-  return one_off.jit(_stacked_states(model, optimizer))(jnp.asarray(seeds, jnp.int32))
+  return one_off.jit(stacked_states(model, optimizer))(jnp.asarray(seeds, jnp.int32))
 
 
 def seeds_shape(model, optimizer: optax.GradientTransformation, seeds: list[int]) -> TrainState:
   """The shapes of `init_seeds`'s state, computing nothing."""
-  return jax.eval_shape(_stacked_states(model, optimizer), jnp.asarray(seeds, jnp.int32))
+  return jax.eval_shape(stacked_states(model, optimizer), jnp.asarray(seeds, jnp.int32))
 
 
-def _stacked_states(model, optimizer: optax.GradientTransformation):
+def stacked_states(model, optimizer: optax.GradientTransformation):
+  """`fresh_state` vmapped over an array of seeds, to be jitted (`init_seeds`)."""
   return jax.vmap(functools.partial(fresh_state, model, optimizer))
 
 
