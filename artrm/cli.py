@@ -8,6 +8,7 @@ command that does not take it is refused, naming the commands that do.
 
 import json
 import os
+import re
 import sys
 import textwrap
 from typing import Callable, NamedTuple, Sequence
@@ -63,10 +64,20 @@ def _train_flags(fv, argv):
 
 def _train(f):
   from artrm import parallel
-  from artrm.training import train
+  from artrm.training import preemption, train
 
   parallel.maybe_initialize_distributed()
-  train.train_and_evaluate(f.config, f.workdir)
+  try:
+    train.train_and_evaluate(f.config, f.workdir)
+  except preemption.Preempted as e:
+    print(f'artrm train: {e}', file=sys.stderr)
+    sys.exit(preemption.EXIT_CODE)
+  except Exception as e:
+    if (lost := parallel.lost_peer(e)) is None or os.environ.get('ARTRM_TRACEBACK'):
+      raise
+    print(f'artrm train: {lost}', file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(1)  # now: JAX's orderly exit would wait for the lost process, then abort
 
 
 def _eval_flags(fv, argv):
@@ -82,10 +93,11 @@ def _eval_flags(fv, argv):
   flags.DEFINE_enum(
     'decoding', None, ['greedy', 'sample'], "Decoding rule (default: the run's).", flag_values=fv
   )
-  flags.DEFINE_integer(
+  flags.DEFINE_list(
     'inference_steps',
     None,
-    'Steps to run (weight-tied rungs; default: as trained).',
+    'Steps to run, each evaluated in turn: numbers or multiples of the trained steps, '
+    'e.g. 1x,2x,4x (weight-tied rungs; the maximum for ACT; default: as trained).',
     flag_values=fv,
   )
   flags.DEFINE_bool('full_compute', None, 'Disable every early stop.', flag_values=fv)
@@ -99,12 +111,17 @@ def _eval(f):
 
   overrides = {
     k: getattr(f, k)
-    for k in ('n_samples', 'decoding', 'inference_steps', 'full_compute', 'kv_cache')
+    for k in ('n_samples', 'decoding', 'full_compute', 'kv_cache')
     if getattr(f, k) is not None
   }
   if f.lengths:
     overrides['lengths'] = f.lengths  # checked by the library
-  eval_checkpoint.evaluate_checkpoint(f.workdir, f.checkpoint, overrides, verbose=True)
+  if f.inference_steps:
+    eval_checkpoint.inference_scaling(
+      f.workdir, f.inference_steps, f.checkpoint, overrides, verbose=True
+    )
+  else:
+    eval_checkpoint.evaluate_checkpoint(f.workdir, f.checkpoint, overrides, verbose=True)
 
 
 def _suite_flags(fv, argv):
@@ -125,13 +142,20 @@ def _suite_flags(fv, argv):
   flags.DEFINE_list(
     'inference_sweep',
     None,
-    'Instead of training, re-evaluate finished '
-    'weight-tied runs with these numbers of inference steps.',
+    'Instead of training, re-evaluate finished weight-tied runs with these numbers of '
+    'inference steps, or multiples of their trained steps (e.g. 1x,2x,4x).',
     flag_values=fv,
   )
   flags.DEFINE_string('tpu_name', None, 'tpu: TPU VM name.', flag_values=fv)
   flags.DEFINE_string('zone', None, 'tpu: its zone.', flag_values=fv)
   flags.DEFINE_string('slurm_time', '02:00:00', 'slurm: time limit per run.', flag_values=fv)
+  flags.DEFINE_integer(
+    'slurm_signal_secs',
+    180,
+    'slurm: seconds before the time limit at which a run is asked to stop; it saves a '
+    'checkpoint and is requeued.',
+    flag_values=fv,
+  )
   flags.DEFINE_integer('hosts', 1, 'slurm: nodes per run, one process each.', flag_values=fv)
 
 
@@ -139,13 +163,20 @@ def _suite(f):
   from artrm.tools import launch
 
   if f.inference_sweep:
-    launch.inference_sweep(f.suite, f.root, [int(n) for n in f.inference_sweep])
+    launch.inference_sweep(f.suite, f.root, f.inference_sweep)  # checked per run
   elif f.launcher == 'local':
     codes = launch.run_local(f.suite, f.root, slots=f.slots, gpus=f.gpus, dry_run=f.dry_run)
     if any(codes):
       sys.exit(f'{sum(c != 0 for c in codes)} run(s) failed; re-run the command to retry them.')
   elif f.launcher == 'slurm':
-    launch.submit_slurm(f.suite, f.root, dry_run=f.dry_run, time_limit=f.slurm_time, hosts=f.hosts)
+    launch.submit_slurm(
+      f.suite,
+      f.root,
+      dry_run=f.dry_run,
+      time_limit=f.slurm_time,
+      hosts=f.hosts,
+      signal_secs=f.slurm_signal_secs,
+    )
   else:
     if not (f.tpu_name and f.zone):
       sys.exit('artrm suite --launcher=tpu needs --tpu_name and --zone.')
@@ -411,27 +442,54 @@ def main(argv: Sequence[str] | None = None):
     sys.exit(error)
   try:
     extra = fv([f'artrm {command}', *argv])[1:]
-  except flags.Error as e:
-    sys.exit(f'artrm {command}: {e}')
+  except (flags.Error, KeyError, AttributeError) as e:  # the last two: a --config.<field>
+    if os.environ.get('ARTRM_TRACEBACK'):
+      raise
+    sys.exit(f'artrm {command}: {_parse_error(e, argv)}')
   if extra:
     sys.exit(f'artrm {command} takes no positional arguments; got {extra}.')
   missing = [f'--{n}' for n in COMMANDS[command].required if fv[n].value is None]
   if missing:
     sys.exit(f'artrm {command} needs {" and ".join(missing)}; see `artrm {command} --help`.')
+  if 'config' in fv and not os.path.isfile(path := fv['config'].config_filename.split(':')[0]):
+    sys.exit(
+      f'artrm {command}: --config={path}: no such file (from {os.getcwd()}); '
+      'give a config file such as artrm/configs/length_gen.py.'
+    )
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
   try:
     COMMANDS[command].run(fv)
-  except (ValueError, FileNotFoundError, FloatingPointError, RuntimeError) as e:
+  except (ValueError, OSError, FloatingPointError, RuntimeError) as e:
     # The library's refusals say what to change: one line, not a traceback.
     if os.environ.get('ARTRM_TRACEBACK') or not _is_user_error(e):
       raise
     sys.exit(f'artrm {command}: {e}')
 
 
+def _parse_error(e: Exception, argv: Sequence[str]) -> str:
+  """One line for a flag that did not parse. config_flags puts a config file's whole
+  traceback in its message, and names an overridden field the config lacks in a KeyError
+  or AttributeError: "'<field>'" and maybe 'Did you mean "<near>" instead of ...'."""
+  if isinstance(e, flags.Error):
+    flag, _, trace = str(e).partition(': Error whilst parsing config file:')
+    if not trace:
+      return str(e)
+    raised = trace.strip().splitlines()[-1]  # '<ExceptionType>: <message>'
+    return f'{flag}: {raised.partition(": ")[2] or raised}'
+  text = str(e.args[0] if e.args else e)
+  field = re.search(r'\w+', text)[0]
+  flag = next(
+    (a.split('=')[0] for a in argv if field in a.split('=')[0].split('.')[1:]), '--config'
+  )
+  near = re.search(r'Did you mean "([^"]+)"', text)
+  hint = f'did you mean {near[1]!r}?' if near else 'the config file lists its fields.'
+  return f'{flag}: the config has no field {field!r}; {hint}'
+
+
 def _is_user_error(e: Exception) -> bool:
-  """ValueError / FileNotFoundError / FloatingPointError (bad input, a missing run, a
-  diverged run) and the workdir's and checkpoints' own errors; a RuntimeError from
-  anywhere else is a bug and keeps its traceback."""
+  """ValueError / OSError / FloatingPointError (bad input, a missing run, a file that cannot
+  be written, a diverged run) and the workdir's and checkpoints' own errors; a RuntimeError
+  from anywhere else is a bug and keeps its traceback."""
   return not isinstance(e, RuntimeError) or type(e).__name__ in (
     'CheckpointError',
     'WorkdirBusyError',

@@ -1,9 +1,9 @@
 """Programs a process runs once, such as fresh params, compiled for compile time.
 
-Such a program spends its time compiling, not running: the fresh state of a
-3-seed `trm` at the CPU studies' shape takes 13 s to compile at XLA:CPU's
-default optimisation level (3) and 2 s at level 1 (docs/performance.md, "A study
-on this CPU"), and computes the same bits (`tests/test_train.py::test_one_off_init_keeps_its_bits`).
+Such a program spends its time compiling, not running: at XLA:CPU's optimisation
+level 1 the fresh state compiles several times faster than at the default level (3)
+(docs/performance.md, "A study on this CPU"), and computes the same bits
+(`tests/test_train.py::test_one_off_init_keeps_its_bits`).
 Training, evaluation and decoding programs keep the default.
 """
 

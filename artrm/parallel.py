@@ -23,6 +23,12 @@ NUM_PROCESSES_ENV = 'ARTRM_NUM_PROCESSES'
 PROCESS_ID_ENV = 'ARTRM_PROCESS_ID'
 # Environment variables that mean "one of several hosts; let JAX find the rest".
 _MULTIHOST_ENV = ('ARTRM_MULTIHOST', 'JAX_COORDINATOR_ADDRESS')
+# Seconds without a heartbeat after which a process counts as lost and JAX's runtime stops
+# the others, which would otherwise wait for it in their next collective.
+PEER_TIMEOUT_ENV = 'ARTRM_PEER_TIMEOUT'
+DEFAULT_PEER_TIMEOUT_S = 60
+# What a collective reports when a process at its other end is gone (gloo; NCCL; JAX's runtime).
+_PEER_LOST = ('by peer', 'remote process exited', 'heartbeat timeout', 'stopped sending heartbeats')
 
 
 def distributed_args(environ=os.environ) -> dict | None:
@@ -65,8 +71,35 @@ def maybe_initialize_distributed(environ=os.environ) -> bool:
   elif args['num_processes'] == 1:
     return False
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-  jax.distributed.initialize(**args)
+  timeout = peer_timeout_s(environ)
+  jax.distributed.initialize(
+    **args, heartbeat_timeout_seconds=timeout, shutdown_timeout_seconds=timeout
+  )
   return True
+
+
+def peer_timeout_s(environ=os.environ) -> int:
+  """ARTRM_PEER_TIMEOUT, the seconds a process may be silent before the run stops."""
+  value = environ.get(PEER_TIMEOUT_ENV, str(DEFAULT_PEER_TIMEOUT_S))
+  if not value.isdigit() or int(value) < 1:
+    raise ValueError(f'{PEER_TIMEOUT_ENV}={value!r}: must be a whole number of seconds >= 1.')
+  return int(value)
+
+
+def lost_peer(e: BaseException) -> str | None:
+  """If `e` says that another process of this multi-process run is gone (a collective's
+  other end closed), a line naming it and what to do; else None."""
+  text = str(e)
+  n = jax.process_count()
+  if n == 1 or not any(m in text for m in _PEER_LOST):
+    return None
+  others = [i for i in range(n) if i != jax.process_index()]
+  who = f'process {others[0]}' if n == 2 else f'one of processes {others}'
+  cause = next((line.strip() for line in text.splitlines() if any(m in line for m in _PEER_LOST)))
+  return (
+    f'{who} of this {n}-process run is gone ({cause[-160:]}); stopping this one too. '
+    f'Re-launch all {n} processes with the same command: they resume from the last checkpoint.'
+  )
 
 
 def data_mesh(devices=None) -> Mesh:
@@ -78,8 +111,8 @@ def one_step_at_a_time(mesh: Mesh) -> bool:
   """Whether a loop must wait for each step before dispatching the next: on a CPU mesh of
   several devices. XLA:CPU runs every device's share of a step on one thread pool; two
   steps in flight can hold all its threads, each in an all-reduce waiting for a device
-  that gets none, until XLA aborts the process after 40 s (seen with 2 devices on 2 cores
-  and 50 steps queued)."""
+  that gets none, until XLA aborts the process (docs/performance.md, "One device per
+  core")."""
   return mesh.devices.size > 1 and mesh.devices.flat[0].platform == 'cpu'
 
 

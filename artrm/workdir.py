@@ -1,13 +1,16 @@
 """What a run's workdir holds: every file name, and readers that need no jax.
 
   config.json            the run's config (written at start)
-  metrics.jsonl          one JSON record a line: kind 'setup', 'train', 'eval', 'resume'
+  metrics.jsonl          one JSON record a line: kind 'setup', 'train', 'eval', 'resume',
+                         'preempted'
   eval/                  one JSON per evaluation, and metrics.csv (tidy rows)
   final_eval.json        the last evaluation and its settings; marks a finished run
   inference_eval.json    re-evaluations with other numbers of inference steps
   checkpoints/<step>/    periodic Orbax checkpoints (the newest is 'latest')
   best/<step>/           the best checkpoint by the configured metric
+  <step>.corrupt/        beside them: a checkpoint that failed to restore, kept
   lock                   who trains here: held (flock) by the one trainer of the workdir
+  stdout.log             the trainer's output, when `artrm suite` ran it on this machine
 
 Tooling (suites, results, report) reads runs through this module alone, so
 gathering results or drawing figures imports neither jax nor the trainer.
@@ -30,11 +33,22 @@ FINAL_EVAL = 'final_eval.json'
 INFERENCE_EVAL = 'inference_eval.json'
 CHECKPOINTS = 'checkpoints'
 BEST = 'best'
+CORRUPT = '.corrupt'  # the suffix of a damaged checkpoint's step directory
 LOCK = 'lock'
+STDOUT = 'stdout.log'
 
 
 class WorkdirBusyError(RuntimeError):
   pass
+
+
+class WriteError(OSError):
+  """A file of the run could not be written (a full disk, a quota, a read-only mount)."""
+
+
+def write_error(target: str, e: OSError) -> WriteError:
+  """The one-line error that names what could not be written, and why."""
+  return WriteError(f'Could not write {target}: {e.strerror or e}.')
 
 
 def path(workdir: str, name: str) -> str:
@@ -46,13 +60,35 @@ def read_config(workdir: str) -> dict:
     return json.load(f)
 
 
-def write_json(workdir: str, name: str, obj: Any):
-  """Writes through a temporary file, so a reader never sees half a file."""
-  target = path(workdir, name)
+@contextlib.contextmanager
+def replacing(target: str, newline: str | None = None):
+  """A text file that replaces `target` once written whole: a reader, a kill or a full
+  disk never leaves half a file there, and a failed write raises WriteError."""
   tmp = f'{target}.tmp{os.getpid()}'
-  with open(tmp, 'w') as f:
+  try:
+    with open(tmp, 'w', newline=newline) as f:
+      yield f
+    os.replace(tmp, target)
+  except OSError as e:
+    with contextlib.suppress(OSError):
+      os.remove(tmp)
+    raise write_error(target, e) from e
+
+
+@contextlib.contextmanager
+def appending(target: str):
+  """`target` opened to append; a failed write raises WriteError (a line cut short by it
+  is dropped by `read_metrics`)."""
+  try:
+    with open(target, 'a') as f:
+      yield f
+  except OSError as e:
+    raise write_error(target, e) from e
+
+
+def write_json(workdir: str, name: str, obj: Any):
+  with replacing(path(workdir, name)) as f:
     json.dump(obj, f, indent=1)
-  os.replace(tmp, target)
 
 
 def checkpoint_steps(workdir: str, which: str = CHECKPOINTS) -> list[int]:
@@ -80,6 +116,23 @@ def read_metrics(workdir: str, kind: str | None = None) -> list[dict]:
   return [r for r in records if kind is None or r['kind'] == kind]
 
 
+def make_workdir(workdir: str):
+  """`os.makedirs`, whose failure on a path through a file names that file."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except (FileExistsError, NotADirectoryError):
+    file = next((p for p in reversed(_ancestors(workdir)) if os.path.isfile(p)), workdir)
+    raise NotADirectoryError(
+      f'--workdir={workdir}: {file} is a file, not a directory; choose a workdir that is one.'
+    ) from None
+
+
+def _ancestors(p: str) -> list[str]:
+  """`p` and each of its parent paths, longest first."""
+  p = os.path.abspath(p)
+  return [p] + ([] if os.path.dirname(p) == p else _ancestors(os.path.dirname(p)))
+
+
 @contextlib.contextmanager
 def lock(workdir: str):
   """Holds the workdir's lock: one trainer per workdir.
@@ -88,7 +141,7 @@ def lock(workdir: str):
   dies: a killed trainer leaves no stale lock, and the next one takes over.
   The file names the holder, for the message of whoever is refused.
   """
-  os.makedirs(workdir, exist_ok=True)
+  make_workdir(workdir)
   fd = os.open(path(workdir, LOCK), os.O_RDWR | os.O_CREAT, 0o644)
   try:
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

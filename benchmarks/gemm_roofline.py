@@ -8,7 +8,7 @@ width 128) and the `paper` setup (64 x 33 = 2112 rows, width 384), plus a
 large square one. The bandwidth (bytes read + written per second, copying
 200 MB) bounds a decoding step that must read a KV cache. Run:
 
-    python benchmarks/gemm_roofline.py [--out benchmarks/results/cpu2_gemm.json]
+    python benchmarks/gemm_roofline.py [--out results/benchmarks/cpu2_gemm.json]
 """
 
 import argparse

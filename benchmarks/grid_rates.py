@@ -1,6 +1,6 @@
 """Training throughput of a time-boxed suite, from its runs' metrics.jsonl.
 
-  python benchmarks/grid_rates.py benchmarks/results/h200_paper_run
+  python benchmarks/grid_rates.py results/benchmarks/h200_paper_run
 
 A folder holds one subfolder per call (`call1`, `call2`, ...), each with
 `runs/<run>/metrics.jsonl` as that call left it, and `steps.tsv` or a number of

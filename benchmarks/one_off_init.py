@@ -4,7 +4,7 @@ and whether the two give the same bits, per rung at the CPU studies' shape (copy
 64, budget 12) or another width.
 
     XLA_FLAGS=--xla_cpu_multi_thread_eigen=false taskset -c 0 python benchmarks/one_off_init.py \
-      --width=64 --out=benchmarks/results/cpu2_one_off_init_64.json
+      --width=64 --out=results/benchmarks/cpu2_one_off_init_64.json
 """
 
 import argparse

@@ -19,6 +19,16 @@ Arguments besides `runlocal`, `seeds=N`, `steps=N`: `only=copy` (one task),
 first N rows: references first, then gradient reach; `rows=-8`: the last 8,
 the probes of what `grad_reach=all` adds, of the carry and of the input).
 
+`addform` selects the CPU form in which addition is learned (found by
+experiments/addition_form.py: train L 3, 64 wide, batch 32, warmup + cosine
+lr 3e-3 for every row; eval at 3 and 6) and `part=` one of its row sets:
+`decon` (the input fix taken apart: scale, step size, normalisation),
+`depth` (the headline rows at budget 24: trm runs 4 steps), `rank` (the
+ranking on addition at matched training compute, `seeds=5`), `recipe`
+(TRM's recipe on top of the fix, with compute controls):
+
+  python -m artrm suite --suite=experiments/why_trm.py:runlocal,addform,part=decon --root=workdirs/why_trm_add --slots=2
+
 The paper form is the length-generalisation setting (budget 24: trm runs 4
 steps of 2 x (2 + 1) passes; 5000 steps, train L 10, eval 10 and 20). The CPU
 form uses `runlocal` (64 wide, batch 32) at budget 12 (trm: 2 steps of
@@ -27,6 +37,8 @@ ACT), train L 5, eval 5 and 10, 400 steps.
 """
 
 from artrm.configs import length_gen
+from artrm.models.config import ModelConfig, get_rung, normalize_budget
+from artrm.models.recipe import Recipe, compute_record
 
 TASKS = ('copy', 'reverse', 'addition')
 
@@ -92,16 +104,89 @@ def rows(max_steps: int, forward_passes: int, core: bool = False) -> list[dict]:
   )
 
 
+# The CPU form in which gpt and ut_level1 learn addition (experiments/addition_form.py).
+ADDFORM = {
+  'train_length': 3,
+  'model.n_embd': 64,
+  'batch_size': 32,
+  'max_steps': 2000,
+  'optimizer.learning_rate': 3e-3,
+  'optimizer.schedule': 'warmup_cosine',
+  'optimizer.warmup_steps': 100,
+}
+PARTS = ('decon', 'depth', 'rank', 'recipe')
+
+
+def train_passes_per_token(row: dict, budget: int) -> int:
+  mc = normalize_budget(ModelConfig(name=row['model.name']), budget)
+  recipe = Recipe(**{k[len('recipe.') :]: v for k, v in row.items() if k.startswith('recipe.')})
+  return compute_record(get_rung(mc.name), mc, recipe)['train_passes_per_token']
+
+
+def matched_compute(row: dict, max_steps: int, budget: int) -> dict:
+  """`row` trained for as many steps as give gpt's training passes (steps x passes per token)."""
+  steps = max_steps * train_passes_per_token({'model.name': 'gpt'}, budget)
+  steps //= train_passes_per_token(row, budget)
+  return {**row, 'max_steps': steps, 'eval.every_steps': steps // 10}
+
+
+def addform_rows(part: str, max_steps: int, lr: float, budget: int) -> list[dict]:
+  """The row sets of the addition form; `part` names one (PARTS)."""
+  trm = {'model.name': 'trm'}
+  fixed = {**trm, 'recipe.input_norm': True, 'recipe.carry_norm': True}
+  refs = [{'model.name': 'gpt'}, {'model.name': 'ut_level1'}]
+  headline = refs + [trm, {**trm, 'recipe.input_norm': True}, fixed]
+  headline += [{**trm, 'recipe.grad_reach': 'all'}]
+  if part == 'decon':
+    # Scale up with the relative step kept (input_norm, input_scale); scale up with the
+    # relative step 50x smaller (embed_init_std 1); the step alone 36x larger
+    # (embed_lr_mult), and every step larger (lr x3, x10).
+    return headline + [
+      {**trm, 'recipe.input_scale': 8.0},  # sqrt(C), as TRM scales its embeddings
+      {**trm, 'recipe.input_scale': 36.0},  # ~ 1 / 0.028: unit RMS at init
+      {**trm, 'recipe.embed_init_std': 1.0},
+      {**trm, 'optimizer.embed_lr_mult': 36.0},
+      {**trm, 'optimizer.learning_rate': float(f'{3 * lr:g}')},
+      {**trm, 'optimizer.learning_rate': float(f'{10 * lr:g}')},
+    ]
+  if part == 'depth':
+    return [{**row, 'budget': 24} for row in headline]
+  if part == 'rank':
+    # The same steps for all, then matched training compute: steps x training passes
+    # per token equal to gpt's (the detaching rows back-propagate fewer passes).
+    ut2 = {'model.name': 'ut_level2', 'recipe.input_norm': True, 'recipe.carry_norm': True}
+    ut1 = {'model.name': 'ut_level1', 'recipe.input_norm': True, 'recipe.carry_norm': True}
+    same = refs + [ut1, fixed, {**trm, 'recipe.grad_reach': 'all'}, ut2]
+    return same + [matched_compute(row, max_steps, budget) for row in (fixed, ut2)]
+  if part == 'recipe':
+    sup = lambda n, update: {**fixed, 'recipe.n_sup': n, 'recipe.sup_update': update}
+    control = lambda n: {
+      **fixed,
+      'max_steps': n * max_steps,
+      'eval.every_steps': n * max_steps // 10,
+    }
+    return [fixed, sup(2, 'each'), sup(2, 'accumulate'), control(2), sup(4, 'each'), control(4)] + [
+      {**fixed, 'recipe.halt_loss_weight': 0.5},
+      {**fixed, 'recipe.ema_decay': 0.999},
+    ]
+  raise ValueError(f'part={part!r}: choose one of {list(PARTS)}.')
+
+
 def get_config(arg=None):
   c, _ = parsed(arg)
   return c
 
 
 def parsed(arg):
-  c, a = length_gen.suite_config(arg, only='', core=False, rows=0)
+  c, a = length_gen.suite_config(arg, only='', core=False, rows=0, addform=False, part='decon')
   if a.runlocal:
     c.budget = 12
     c.train_length = 5
+  if a.addform:
+    for key, value in ADDFORM.items():
+      *parents, leaf = key.split('.')
+      (c[parents[0]] if parents else c)[leaf] = value
+    c.max_steps = a.steps or c.max_steps
   c.eval.lengths = (c.train_length, 2 * c.train_length)
   c.eval.every_steps = c.max_steps // 10  # learning curves of 10 points
   return c, a
@@ -110,6 +195,9 @@ def parsed(arg):
 def get_sweep(arg=None):
   c, a = parsed(arg)
   tasks = (a.only,) if a.only else TASKS
+  if a.addform:
+    picked = addform_rows(a.part, c.max_steps, c.optimizer.learning_rate, c.budget)
+    return [{'task': task, **row} for task in tasks for row in picked]
   every = rows(c.max_steps, c.budget, a.core)
   picked = every[a.rows :] if a.rows < 0 else every[: a.rows or None]
   return [{'task': task, **row} for task in tasks for row in picked]

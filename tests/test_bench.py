@@ -54,7 +54,7 @@ def test_micro_run_writes_json(tmp_path):
     numbers = _numbers(row)
     assert numbers and all(math.isfinite(x) and x >= 0 for x in numbers)
   assert '| gpt_level1 ' in formatting.markdown(result)
-  assert formatting.default_path(result).startswith('benchmarks/results/')
+  assert formatting.default_path(result).startswith('results/benchmarks/')
 
 
 def test_data_parallel_step():

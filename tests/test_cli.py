@@ -2,14 +2,17 @@
 
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
 from artrm import cli
+from artrm import workdir as workdir_lib
 from artrm.tools import ladder
-from artrm.training import train
+from artrm.training import preemption, train
 
 CONFIG_FILE = os.path.join(os.path.dirname(__file__), '..', 'artrm', 'configs', 'length_gen.py')
 
@@ -111,3 +114,40 @@ def test_user_errors_are_one_line(tmp_path, monkeypatch):
   monkeypatch.setenv('ARTRM_TRACEBACK', '1')
   with pytest.raises(ValueError, match='deep supervision'):
     cli.main(argv)
+
+
+TINY_CONFIG = """
+import sys
+sys.path.insert(0, {tests!r})
+import tiny
+
+def get_config():
+  return tiny.tiny_config(width=16, batch=8, block_size=16, max_steps=400)
+"""
+
+
+def test_sigterm_ends_train_with_a_checkpoint_and_the_requeue_code(tmp_path):
+  """As SLURM before a time limit: SIGTERM to `artrm train` saves, records and exits 75."""
+  config = tmp_path / 'tiny.py'
+  config.write_text(TINY_CONFIG.format(tests=os.path.dirname(os.path.abspath(__file__))))
+  workdir = tmp_path / 'run'
+  proc = subprocess.Popen(
+    [sys.executable, '-m', 'artrm', 'train', f'--config={config}', f'--workdir={workdir}'],
+    stderr=subprocess.PIPE,
+    text=True,
+  )
+  try:
+    for _ in range(1200):  # until the first train record, then at once
+      if workdir_lib.read_metrics(str(workdir), 'train') or proc.poll() is not None:
+        break
+      time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    stderr = proc.communicate(timeout=120)[1]
+  finally:
+    proc.kill()
+  assert proc.returncode == preemption.EXIT_CODE, stderr[-2000:]
+  [stopped] = workdir_lib.read_metrics(str(workdir), 'preempted')
+  assert stderr.strip().splitlines()[-1].startswith(
+    f'artrm train: Stopped by SIGTERM after step {stopped["step"]}, whose checkpoint is saved'
+  )
+  assert workdir_lib.checkpoint_steps(str(workdir))[-1] == stopped['step'] < 400

@@ -54,6 +54,8 @@ def test_vocab_ids_and_round_trip():
     ('addition', digits_of('12', '34'), '12+34=046'),
     ('addition', digits_of('00', '00'), '00+00=000'),
     ('addition', digits_of('9', '9'), '9+9=18'),
+    ('addition_rev', digits_of('95', '07'), '95+07=921'),
+    ('addition_rev', digits_of('12', '34'), '12+34=460'),
   ],
 )
 def test_format_examples(task_name, digits, text):
@@ -62,7 +64,8 @@ def test_format_examples(task_name, digits, text):
 
 @pytest.mark.parametrize('L', [1, 3, 50])
 def test_lengths(L):
-  expected = {'copy': (L + 1, L), 'reverse': (L + 1, L), 'addition': (2 * L + 2, L + 1)}
+  expected = {'copy': (L + 1, L), 'reverse': (L + 1, L)}
+  expected.update(dict.fromkeys(['addition', 'addition_rev'], (2 * L + 2, L + 1)))
   for name, task in TASKS.items():
     prompt_len, answer_len = expected[name]
     text = format_example(name, np.zeros((task.n_operands, L), int))
@@ -141,6 +144,25 @@ def test_sample_batch_rows_are_reference_rows_and_padding_only_appends(task_name
   assert (padded['inputs'][:, T:] == NEWLINE_ID).all() and (padded['targets'][:, T:] == X).all()
 
 
+@pytest.mark.parametrize('task_name', ['reverse', 'addition_rev'])
+def test_variable_length_rows_are_reference_rows_of_their_length(task_name):
+  """Each row of a mixed-length batch is the reference row of its own length, from
+  position 0, padded with newlines that the targets ignore to the batch's length."""
+  task, L, shortest = TASKS[task_name], 5, 2
+  batch = sample_batch(jax.random.key(4), task_name, L, 64, min_length=shortest)
+  inputs_BxT, targets_BxT = np.asarray(batch['inputs']), np.asarray(batch['targets'])
+  assert inputs_BxT.shape == (64, task.seq_len(L))
+  lengths_B = np.argmax(inputs_BxT == encode(task.operators[0])[0], axis=1)
+  assert set(lengths_B) == set(range(shortest, L + 1))
+  for inputs_T, targets_T, n in zip(inputs_BxT, targets_BxT, lengths_B):
+    digits_NxL = inputs_T[: task.prompt_len(n)].reshape(task.n_operands, n + 1)[:, :n]
+    expected = python_rows(task_name, digits_NxL[None], task.seq_len(L))
+    np.testing.assert_array_equal(inputs_T, expected['inputs'][0])
+    np.testing.assert_array_equal(targets_T, expected['targets'][0])
+  with pytest.raises(ValueError, match='set train_length_min in that range'):
+    sample_batch(jax.random.key(4), task_name, L, 8, min_length=L + 1)
+
+
 def test_sample_batch_jit_matches_eager_and_keys_matter():
   key = jax.random.key(7)
   jitted = sample_batch(key, 'addition', 3, 8, seq_len=20)
@@ -167,7 +189,7 @@ def test_a_task_picked_at_run_time_gives_its_own_rows(task_name):
 
 def test_copy_and_reverse_share_a_layout():
   assert same_layout('copy') == same_layout('reverse') == ('copy', 'reverse')
-  assert same_layout('addition') == ('addition',)
+  assert same_layout('addition') == same_layout('addition_rev') == ('addition', 'addition_rev')
 
 
 def test_digits_are_roughly_uniform():
@@ -187,6 +209,7 @@ def test_eval_set_is_pinned_and_consistent():
     'copy': ['4842|4842', '8464|8464', '0712|0712'],
     'reverse': ['6943|3496', '3885|5883', '6835|5386'],
     'addition': ['2579+0507=03086', '7877+3172=11049', '8012+0139=08151'],
+    'addition_rev': ['7337+6707=31441', '2750+9634=14940', '2191+1038=31201'],
   }
   prompts, answers = eval_set('addition', 7, 50, 3)
   chex.assert_shape([prompts, answers], [(50, 16), (50, 8)])
@@ -209,7 +232,9 @@ def test_eval_set_deterministic_prefix_and_distinct():
 
 
 def test_errors_name_what_is_allowed():
-  with pytest.raises(ValueError, match=r"Unknown task 'sort'.*\['addition', 'copy', 'reverse'\]"):
+  with pytest.raises(
+    ValueError, match=r"Unknown task 'sort'.*\['addition', 'addition_rev', 'copy'"
+  ):
     get_task('sort')
   with pytest.raises(ValueError, match=r"Unknown task 'mul'"):
     sample_batch(jax.random.key(0), 'mul', 3, 2)

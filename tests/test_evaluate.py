@@ -9,22 +9,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tiny import tiny_model
 
 from artrm import parallel
 from artrm.data import eval_set
 from artrm.evaluation import decoding
 from artrm.evaluation.evaluators import LengthEvaluator
 from artrm.evaluation.metrics import answer_metrics
-from artrm.models import ModelConfig, build_model, init_params
 from artrm.workdir import metric_rows
 
 L = 3  # copy at L=3: prompts of 4 tokens, answers of 3
-
-
-@functools.cache
-def tiny(name):
-  model = build_model(ModelConfig(name=name, n_embd=32, n_head=4, n_layer=2, block_size=40))
-  return model, init_params(model, jax.random.key(0))
 
 
 @functools.cache
@@ -47,7 +41,7 @@ def halting_trm():
   The head reads position 0, which sees only the first token; a random kernel
   and a bias picked from a sweep split the prompts between 1 and 2 steps.
   """
-  model, params = tiny('trm')
+  model, params = tiny_model('trm')
   kernel = jax.random.normal(jax.random.key(1), params['q_halt']['kernel'].shape)
   candidates = [
     {**params, 'q_halt': {'kernel': kernel, 'bias': jnp.array([b])}}
@@ -62,7 +56,7 @@ def halting_trm():
 
 
 def params_for(name):
-  return halting_trm() if name == 'trm' else tiny(name)
+  return halting_trm() if name == 'trm' else tiny_model(name)
 
 
 def greedy_loop(model, params, prompts_NxP, answer_len):
@@ -145,7 +139,7 @@ def test_trm_batch_equals_each_sequence_alone():
 
 
 def test_sampling_is_reproducible_per_key():
-  model, params = tiny('ut')
+  model, params = tiny_model('ut')
   sample = functools.partial(decoding.generate, model, params, prompts(), L, decoding='sample')
   first = sample(key=jax.random.key(0))
   np.testing.assert_array_equal(first, sample(key=jax.random.key(0)))
@@ -156,7 +150,7 @@ def test_sampling_is_reproducible_per_key():
 
 
 def test_jit_and_eager_agree():
-  model, params = tiny('ut')
+  model, params = tiny_model('ut')
   jitted = decoding.generate(model, params, prompts(), L)
   with jax.disable_jit():
     eager = decoding.generate(model, params, prompts(), L)
@@ -164,7 +158,7 @@ def test_jit_and_eager_agree():
 
 
 def test_too_long_is_a_clear_error():
-  model, params = tiny('gpt')  # block_size 40: copy needs 2L positions
+  model, params = tiny_model('gpt')  # block_size 40: copy needs 2L positions
   with pytest.raises(ValueError, match='needs 41 positions.*raise model.block_size'):
     decoding.generate(model, params, eval_set('copy', 20, 2, 0)[0], 21)
   evaluator = LengthEvaluator('copy', (3, 21), n_samples=2, seed=0, batch_size=2)
@@ -178,7 +172,7 @@ def test_too_long_is_a_clear_error():
 
 
 def test_evaluator_batches_compile_once_and_write(tmp_path):
-  model, params = tiny('gpt')
+  model, params = tiny_model('gpt')
   evaluator = LengthEvaluator('copy', [3, 4], n_samples=5, seed=0, batch_size=2)
   compiled = decoding.generate._cache_size()
   results = evaluator.run(model, params)

@@ -13,10 +13,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tiny import tiny_model
 
 from artrm.data import eval_set
 from artrm.evaluation import decoding
-from artrm.models import RUNGS, ModelConfig, act, build_model, init_params
+from artrm.models import RUNGS, act
 
 L = 3  # addition at L=3: prompts of 8 tokens, answers of 4
 
@@ -56,13 +57,10 @@ KERNEL_SCALE = {'ut_level2': 0.3}
 
 @functools.cache
 def tiny(name, **overrides):
-  """A random tiny model; halting heads get a random kernel and the bias, from a
+  """`tiny_model`; halting heads get a random kernel and the bias, from a
   sweep, that spreads the halting steps on the eval sequences most evenly (for
   ACT at moderate halting probabilities: every step's state weighs in)."""
-  model = build_model(
-    ModelConfig(name=name, n_embd=32, n_head=4, n_layer=2, block_size=40, **overrides)
-  )
-  params = init_params(model, jax.random.key(0))
+  model, params = tiny_model(name, **overrides)
   head, halting_steps = {'act': ('act_halt', act_updates), 'q': ('q_halt', trm_steps)}.get(
     model.rung.halting, (None, None)
   )

@@ -1,4 +1,5 @@
-"""The import graph: no cycles, the library imports no tooling, readers import no jax."""
+"""The import graph: no cycles, the library imports no tooling, readers import no jax;
+a run's file names are spelled in `artrm.workdir` alone."""
 
 import ast
 import pathlib
@@ -102,3 +103,21 @@ def test_results_and_report_import_no_jax():
     [sys.executable, '-c', code], cwd=ROOT, check=True, capture_output=True, text=True
   ).stdout
   assert out.strip() == '[]'
+
+
+def test_workdir_file_names_are_spelled_once():
+  """Every file or folder name of a run's workdir is a constant of artrm/workdir.py: no other
+  module spells it. 'best', 'eval' and 'lock' are left out: they are also the checkpoint
+  selector, the metrics kind and config section, and a common word."""
+  from artrm import workdir
+
+  names = {v for k, v in vars(workdir).items() if k.isupper() and isinstance(v, str)}
+  names -= {'best', 'eval', 'lock'}
+  spelled = [
+    f'{path.relative_to(ROOT)}:{node.lineno} {node.value!r}'
+    for path in (ROOT / 'artrm').rglob('*.py')
+    if path.name != 'workdir.py'
+    for node in ast.walk(ast.parse(path.read_text()))
+    if isinstance(node, ast.Constant) and node.value in names
+  ]
+  assert names >= {'checkpoints', 'config.json', 'metrics.jsonl'} and not spelled, spelled

@@ -9,18 +9,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tiny import model_and_params, small_config
 
 from artrm.models import (
   RUNGS,
   ModelConfig,
   block_passes,
   build_model,
-  init_params,
   load_neutral,
   normalize_budget,
 )
 from artrm.models import block as block_lib
-from artrm.models.rungs import Passes, RecursiveLM
+from artrm.models.rungs import Passes, RecursiveLM, Streams
 from artrm.training.train import lm_loss
 
 GOLDEN_DIR = pathlib.Path(
@@ -31,24 +31,10 @@ GOLDEN_DIR = pathlib.Path(
 GOLDEN_CASES = sorted(p.name for p in GOLDEN_DIR.glob('*.npz'))
 
 
-def small_config(name, **kw):
-  base = dict(
-    name=name,
-    vocab_size=14,
-    block_size=16,
-    n_embd=32,
-    n_head=4,
-    n_layer=3,
-    n_outer_loops=2,
-    n_inner_loops=1,
-  )
-  return ModelConfig(**{**base, **kw})
-
-
 def init(cfg, T=10, seed=0):
-  model = build_model(cfg)
+  """The model of `cfg`, its params and a batch of 2 random rows of T tokens."""
   idx = jax.random.randint(jax.random.key(seed + 1), (2, T), 0, cfg.vocab_size)
-  return model, init_params(model, jax.random.key(seed)), idx
+  return *model_and_params(cfg, seed=seed), idx
 
 
 def test_golden_folder_present():
@@ -267,7 +253,7 @@ def test_first_cycles_carry_no_gradient(name):
     (y, z), _ = model.apply(
       {'params': p},
       x,
-      (y, z),
+      Streams(y, z),
       0.0,
       Passes(jnp.zeros((), jnp.int32)),
       True,

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import jax
 import numpy as np
@@ -24,7 +25,7 @@ import pytest
 from artrm import parallel
 from artrm import workdir as workdir_lib
 from artrm.tools import launch, suites
-from artrm.training import eval_checkpoint, train
+from artrm.training import eval_checkpoint, preemption, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.multiprocess
@@ -48,7 +49,8 @@ SUITE = textwrap.dedent("""
 
 # Imported at start-up by every process of the test (first on PYTHONPATH); acts in
 # `artrm train` only: records how each eval chunk is split, saves this process's final
-# params, and with ARTRM_TEST_KILL_AT kills the process once that step is logged.
+# params, with ARTRM_TEST_KILL_AT kills the process once that step is logged, and with
+# ARTRM_TEST_SIGTERM_AT sends it SIGTERM there (a preemption notice to it alone).
 HOOKS = textwrap.dedent("""
     import os, signal, sys, time
     if 'train' in sys.orig_argv and os.environ.get('ARTRM_TEST_OUT'):
@@ -82,6 +84,8 @@ HOOKS = textwrap.dedent("""
               break
             time.sleep(0.1)
           os.kill(os.getpid(), signal.SIGKILL)
+        if kind == 'train' and step == int(os.environ.get('ARTRM_TEST_SIGTERM_AT', -1)):
+          os.kill(os.getpid(), signal.SIGTERM)
 
       parallel.shard_batch, train.train_and_evaluate = recording_shard_batch, saving_run
       writers.MetricWriter.write = killing_write
@@ -280,3 +284,71 @@ def test_distributed_args_from_the_environment():
     {**env, 'ARTRM_NUM_PROCESSES': '1', 'ARTRM_PROCESS_ID': '0'}
   )
   assert not parallel.maybe_initialize_distributed({'SLURM_NTASKS': '1'})
+
+
+PEER_CONFIG = textwrap.dedent("""
+    from artrm.configs import length_gen
+
+    def get_config():
+      c = length_gen.get_config('model=gpt,task=copy,runlocal')
+      c.model.update(n_embd=16, n_head=2, block_size=24)
+      c.update(budget=2, train_length=3, batch_size=8, max_steps=8)
+      c.eval.update(lengths=(3,), every_steps=4, n_samples=6, batch_size=6)
+      c.log.update(every_steps=1, progress_bar=False)
+      c.checkpoint.every_steps = 2
+      return c
+    """)
+
+
+def test_a_lost_process_stops_the_other_and_a_preempted_run_stops_together(tmp_path):
+  """Two processes train 8 steps, launched three times with the same command. First one is
+  killed at step 3: the other ends at once, with one line naming it. Then one alone gets
+  SIGTERM at step 5: both stop there, checkpointed, with the requeue code. Then they
+  finish: every step logged once. (Resumed runs' bits: `runs` above.)"""
+  (tmp_path / 'hooks').mkdir()
+  (tmp_path / 'hooks' / 'sitecustomize.py').write_text(HOOKS)
+  (tmp_path / 'config.py').write_text(PEER_CONFIG)
+  workdir, started = str(tmp_path / 'run'), []
+
+  def launch(name, **by_process):
+    """Both processes, ARTRM_TEST_<key> set in process i from by_process[key][i]."""
+    env = process_env(tmp_path, tmp_path / name, ARTRM_PEER_TIMEOUT='10')
+    env.update(ARTRM_COORDINATOR=f'127.0.0.1:{env["ARTRM_PORT"]}', ARTRM_NUM_PROCESSES='2')
+    argv = ['-m', 'artrm', 'train', f'--config={tmp_path / "config.py"}', f'--workdir={workdir}']
+    started.extend(
+      subprocess.Popen(
+        [sys.executable, *argv],
+        env=dict(env, ARTRM_PROCESS_ID=str(i), **{f'ARTRM_TEST_{k}': v[i] for k, v in by_process.items()}),
+        stderr=subprocess.PIPE,
+        text=True,
+      )
+      for i in range(2)
+    )
+    return started[-2:]
+
+  try:
+    survivor, killed = launch('lost', KILL_AT=['-1', '3'])
+    assert killed.wait(timeout=120) == -signal.SIGKILL
+    lost_at = time.perf_counter()
+    stderr = survivor.communicate(timeout=60)[1]
+    assert time.perf_counter() - lost_at < 10 and survivor.returncode == 1, stderr[-3000:]
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith('artrm train: process 1 of this 2-process run is gone (')
+    assert last.endswith('they resume from the last checkpoint.')
+
+    for p in launch('preempted', SIGTERM_AT=['-1', '5']):
+      stderr = p.communicate(timeout=120)[1]
+      assert p.returncode == preemption.EXIT_CODE, stderr[-3000:]
+      assert 'Stopped by SIGTERM to process 1 after step 5,' in stderr.strip().splitlines()[-1]
+    assert [r['step'] for r in workdir_lib.read_metrics(workdir, 'preempted')] == [5]
+    assert 5 in workdir_lib.checkpoint_steps(workdir)
+
+    for p in launch('finished'):
+      assert p.wait(timeout=120) == 0, p.stderr.read()[-3000:]
+  finally:
+    for p in started:
+      p.kill()
+  got = [(r['step'], r['kind']) for r in records(workdir)]
+  assert len(got) == len(set(got)) and {s for s, kind in got if kind == 'train'} == set(range(1, 9))
+  assert [r['step'] for r in workdir_lib.read_metrics(workdir, 'setup')] == [0, 2, 5]
+  assert workdir_lib.read_final_eval(workdir)['step'] == 8

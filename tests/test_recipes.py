@@ -8,34 +8,20 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from tiny import model_and_params, small_config
 
 from artrm import workdir
 from artrm.configs import length_gen
 from artrm.data import sample_batch
 from artrm.evaluation import decoding
-from artrm.models import ModelConfig, build_model, init_params, rungs
+from artrm.models import build_model, rungs
 from artrm.models.recipe import Recipe, backward_passes, compute_record, grad_passes
 from artrm.training import train
 
 
 def small(name='trm', **kw):
-  return ModelConfig(
-    name=name,
-    vocab_size=14,
-    block_size=16,
-    n_embd=16,
-    n_head=2,
-    n_layer=2,
-    n_outer_loops=2,
-    n_inner_loops=1,
-    halt_exploration_prob=0.0,
-    **kw,
-  )
-
-
-def model_and_params(cfg, recipe=None, seed=0):
-  model = build_model(cfg, recipe)
-  return model, init_params(model, jax.random.key(seed))
+  """`small_config` at width 16 and 2 layers, with no exploration: each run halts alike."""
+  return small_config(name, n_embd=16, n_head=2, n_layer=2, halt_exploration_prob=0.0, **kw)
 
 
 @pytest.mark.parametrize(
@@ -50,6 +36,9 @@ def model_and_params(cfg, recipe=None, seed=0):
     ('gpt_level1', dict(fixed_init=True), 'has no y0 / z0'),
     ('ut', dict(carry_norm=True), 'has no y / z streams'),
     ('gpt', dict(input_norm=True), 'has no y / z streams'),
+    ('gpt', dict(input_scale=8.0), 'has no y / z streams'),
+    ('trm', dict(input_scale=8.0, input_norm=True), 'keep one of them'),
+    ('trm', dict(embed_init_std=0.0), 'embed_init_std > 0'),
     ('trm', dict(act_halt_bias=-3.0), 'has no ACT head'),
     ('trm', dict(mixer='conv'), 'choose one of'),
     ('trm', dict(n_supervision=2), 'Unknown recipe keys'),
@@ -362,6 +351,18 @@ def test_input_norm_makes_the_input_scale_free():
     a, _ = model.apply({'params': params}, idx)
     b, _ = model.apply({'params': scaled}, idx)
     assert np.allclose(a, b, atol=1e-4) == same
+
+
+def test_input_scale_and_embedding_init():
+  """input_scale multiplies x (no normalising); embed_init_std sets the tables' std."""
+  idx = jax.random.randint(jax.random.key(6), (2, 6), 0, 14)
+  model, params = model_and_params(small('trm'))
+  scaled, _ = model_and_params(small('trm'), Recipe(input_scale=8.0))
+  x = model.apply({'params': params}, idx, method='embed')
+  chex.assert_trees_all_close(scaled.apply({'params': params}, idx, method='embed'), 8.0 * x)
+  _, wide = model_and_params(small('trm'), Recipe(embed_init_std=1.0))
+  for p, std in ((params, 0.02), (wide, 1.0)):
+    assert 0.7 * std < float(jnp.std(p['pos_emb'])) < 1.3 * std
 
 
 def test_mlp_mixer_is_causal_and_refuses_the_cache():

@@ -1,11 +1,16 @@
 """What a run survives: damaged checkpoints, torn logs, two trainers, divergence, bad input."""
 
 import glob
+import itertools
 import json
 import os
+import random
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import chex
 import jax
@@ -14,7 +19,7 @@ import pytest
 import tiny
 
 from artrm import workdir as workdir_lib
-from artrm.training import checkpointing, eval_checkpoint, train, validation
+from artrm.training import checkpointing, eval_checkpoint, preemption, train, validation
 
 REPO = os.path.join(os.path.dirname(__file__), '..')
 
@@ -302,3 +307,171 @@ def test_neutral_loader_names_what_does_not_fit(tmp_path):
   np.savez(tmp_path / 'no_model.npz', **{k: v for k, v in arrays.items() if k != 'config/model'})
   with pytest.raises(ValueError, match='no such entry'):  # it used to load as gpt
     load_neutral(tmp_path / 'no_model.npz')
+
+
+def signalling(fn, calls: set[int], signum=signal.SIGTERM):
+  """`fn`, which sends this process `signum` at the start of its calls numbered in `calls`."""
+  count = itertools.count(1)
+
+  def wrapped(*args, **kwargs):
+    if next(count) in calls:
+      os.kill(os.getpid(), signum)
+    return fn(*args, **kwargs)
+
+  return wrapped
+
+
+# (what to signal in, at which of its calls): inside step 3's bookkeeping, a step drawn at
+# random, during the save of the best checkpoint at step 4, during the evaluation at step 4.
+MOMENTS = [
+  ('step', 3),
+  ('step', random.Random(33).randint(1, 7)),
+  ('save', 1),
+  ('evaluate', 1),
+]
+
+
+@pytest.mark.parametrize('where,call', MOMENTS)
+def test_sigterm_stops_at_a_checkpoint_and_the_same_command_resumes_bitwise(
+  trained, tmp_path, monkeypatch, where, call
+):
+  workdir = str(tmp_path / 'run')
+  target = {
+    'step': (train._Window, 'add'),
+    'save': (checkpointing.RunCheckpoints, 'save'),
+    'evaluate': (train, 'evaluate_seeds'),
+  }[where]
+  with monkeypatch.context() as m:
+    m.setattr(*target, signalling(getattr(*target), {call}))
+    with pytest.raises(preemption.Preempted, match=r'Stopped by SIGTERM after step (\d)') as e:
+      train.train_and_evaluate(tiny_config(), workdir)
+  step = int(re.search(r'after step (\d)', str(e.value))[1])
+  assert workdir_lib.checkpoint_steps(workdir)[-1] == step
+  assert workdir_lib.read_metrics(workdir)[-1] == {'step': step, 'kind': 'preempted', 'by': 'SIGTERM'}
+  assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL, 'the handlers are put back'
+  out = train.train_and_evaluate(tiny_config(), workdir)
+  chex.assert_trees_all_equal(jax.device_get(out['state'].params), trained[1])
+  records = [(r['step'], r['kind']) for r in workdir_lib.read_metrics(workdir) if r['kind'] != 'setup']
+  assert len(records) == len(set(records)), 'no step logged twice'
+  assert [s for s, kind in records if kind == 'eval'] == [4, 8]
+  assert {s for s, kind in records if kind == 'train'} == {2, 4, 6, 8, step}
+
+
+def test_a_second_signal_stops_at_once(tmp_path, monkeypatch):
+  """SIGINT (Ctrl-C) asks for a stop at a checkpoint; a second, during that save, ends the
+  process there (here: raises in its place), before anything more is written."""
+  workdir = str(tmp_path / 'run')
+
+  class Killed(Exception):
+    pass
+
+  def killed(signum):
+    raise Killed(signal.Signals(signum).name)
+
+  monkeypatch.setattr(preemption, '_exit_now', killed)
+  monkeypatch.setattr(train._Window, 'add', signalling(train._Window.add, {1}, signal.SIGINT))
+  save = checkpointing.RunCheckpoints.save
+  monkeypatch.setattr(checkpointing.RunCheckpoints, 'save', signalling(save, {1}, signal.SIGINT))
+  with pytest.raises(Killed, match='SIGINT'):
+    train.train_and_evaluate(tiny_config(), workdir)
+  assert not workdir_lib.read_metrics(workdir, 'preempted')
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """A 4 MiB filesystem of its own (tmpfs), for the test to fill and free."""
+  disk = tmp_path / 'disk'
+  disk.mkdir()
+  mount = subprocess.run(
+    ['mount', '-t', 'tmpfs', '-o', 'size=4m', 'tmpfs', str(disk)], capture_output=True, text=True
+  )
+  if mount.returncode:
+    pytest.skip(f'a full disk needs a small filesystem, and mounting a tmpfs failed: {mount.stderr}')
+  yield disk
+  subprocess.run(['umount', str(disk)], check=True)
+
+
+def fill(disk) -> str:
+  """Writes a file until the disk is full; returns its path."""
+  path = os.path.join(disk, 'filler')
+  with open(path, 'wb', buffering=0) as f:
+    with pytest.raises(OSError, match='No space left on device'):
+      while True:
+        f.write(b'\0' * 65536)
+  return path
+
+
+@pytest.mark.parametrize('when', ['save', 'eval'])
+def test_full_disk_keeps_the_last_checkpoint_and_the_same_command_resumes_bitwise(
+  trained, small_disk, monkeypatch, caplog, when
+):
+  """The disk fills before the periodic save at step 8, or before the evaluation at step 8
+  writes its records: one line names the file and the cause, the checkpoint at step 4 stays
+  the latest with no unfinished save beside it, and once there is space the run resumes."""
+  workdir = str(small_disk / 'run')
+  save, evaluate = checkpointing.RunCheckpoints.save, train.evaluate_seeds
+  filler, evaluations = [], []
+
+  def filling_save(self, step, *args, best_metrics=None, **kwargs):
+    if step == 8 and best_metrics is None and when == 'save':
+      self.wait()
+      filler.append(fill(small_disk))
+    return save(self, step, *args, best_metrics=best_metrics, **kwargs)
+
+  def filling_evaluate(*args, **kwargs):
+    evaluations.append(None)
+    if when == 'eval' and len(evaluations) == 2:  # at step 8, checkpoint 4 finished
+      while workdir_lib.checkpoint_steps(workdir) != [4]:
+        time.sleep(0.01)
+      filler.append(fill(small_disk))
+    return evaluate(*args, **kwargs)
+
+  with monkeypatch.context() as m:
+    m.setattr(checkpointing.RunCheckpoints, 'save', filling_save)
+    m.setattr(train, 'evaluate_seeds', filling_evaluate)
+    with pytest.raises(workdir_lib.WriteError) as e:
+      train.train_and_evaluate(tiny_config(), workdir)
+  message = str(e.value)
+  assert '\n' not in message and message.startswith(f'Could not ') and workdir in message
+  assert 'No space left on device' in message and message.endswith(
+    'Free space there (or make it writable) and re-run the same command: it resumes from its '
+    'checkpoint at step 4.'
+  )
+  assert not [r for r in caplog.records if r.levelname == 'ERROR'], 'no error but that one'
+  assert os.listdir(os.path.join(workdir, 'checkpoints')) == ['4']
+  assert not glob.glob(f'{workdir}/**/*tmp*', recursive=True), 'no unfinished file is left'
+  os.remove(filler[0])
+  out = train.train_and_evaluate(tiny_config(), workdir)
+  chex.assert_trees_all_equal(jax.device_get(out['state'].params), trained[1])
+  records = [(r['step'], r['kind']) for r in workdir_lib.read_metrics(workdir) if r['kind'] != 'setup']
+  assert records == [(2, 'train'), (4, 'train'), (4, 'eval'), (6, 'train'), (8, 'train'), (8, 'eval')]
+
+
+def test_neutral_loader_names_a_block_that_differs(tmp_path):
+  from artrm.models import load_neutral
+
+  golden = os.path.join(GOLDEN_DIR, 'gpt.npz')
+  if not os.path.exists(golden):
+    pytest.skip(f'no golden files in {GOLDEN_DIR}')
+  with np.load(golden) as f:
+    arrays = dict(f)
+  np.savez(tmp_path / 'missing.npz', **{k: v for k, v in arrays.items() if k != 'param/blocks/1/ln1/scale'})
+  with pytest.raises(ValueError, match=r'missing.npz: .*: missing param/blocks/1/ln1/scale \(32,\)\.$'):
+    load_neutral(tmp_path / 'missing.npz')
+  arrays['param/blocks/2/mlp/fc1/bias'] = arrays['param/blocks/2/mlp/fc1/bias'][:-1]
+  np.savez(tmp_path / 'misshapen.npz', **arrays)
+  with pytest.raises(ValueError, match=r'param/blocks/2/mlp/fc1/bias is \(127,\), expected \(128,\)\.$'):
+    load_neutral(tmp_path / 'misshapen.npz')
+
+
+def test_unreadable_checkpoint_metadata_is_not_an_error(trained, tmp_path, caplog):
+  """Orbax's own `_CHECKPOINT_METADATA` of a step overwritten: the state, checked against its
+  fingerprint, restores, and nothing is reported as an error."""
+  workdir = copy_of(trained, tmp_path)
+  with open(os.path.join(workdir, 'checkpoints', '8', '_CHECKPOINT_METADATA'), 'w') as f:
+    f.write('{not json')
+  out = train.train_and_evaluate(tiny_config(), workdir)
+  assert int(out['state'].step[0]) == 8
+  chex.assert_trees_all_equal(jax.device_get(out['state'].params), trained[1])
+  assert not [r.getMessage() for r in caplog.records if r.levelname == 'ERROR']

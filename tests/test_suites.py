@@ -2,6 +2,9 @@
 
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import textwrap
 
 import numpy as np
@@ -62,11 +65,17 @@ def test_local_queue_runs_skips_and_resumes(suite_file, tmp_path):
   assert logs[0].startswith('1 finished, 1 to run')
   assert 'one per core' in logs[1] and ' on core ' in logs[2]  # the CPU default, pinned
 
-  assert launch.inference_sweep(suite_file, root, [1, 3], log=logs.append) == ['name=ut,task=copy']
+  # ut trained 2 steps: '2x' runs 4, each a block pass per token.
+  swept = launch.inference_sweep(suite_file, root, [1, '2x'], log=logs.append)
+  assert swept == ['name=ut,task=copy']
 
   rows = results.gather(root)
-  scaling = {(r['inference_steps'], r['seed']) for r in rows if r['kind'] == 'inference'}
-  assert scaling == {(n, s) for n in (1, 3) for s in (1337, 1338)}
+  scaling = {
+    (r['inference_steps'], r['inference_passes'], r['seed'])
+    for r in rows
+    if r['kind'] == 'inference'
+  }
+  assert scaling == {(n, n, s) for n in (1, 4) for s in (1337, 1338)}
   final = [r for r in rows if r['kind'] == 'final' and r['metric'] == 'seq_acc']
   assert {(r['model'], r['seed'], r['eval_length']) for r in final} == {
     (m, s, L) for m in ('gpt', 'ut') for s in (1337, 1338) for L in (3, 4)
@@ -194,7 +203,7 @@ def test_time_box_runs_the_tasks_that_fit(tmp_path):
   and `only=` the tasks that fit, at least the first."""
   from artrm.tools import time_box
 
-  bench = os.path.join(os.path.dirname(__file__), '..', 'benchmarks', 'results', 'h200_paper.json')
+  bench = os.path.join(os.path.dirname(__file__), '..', 'results', 'benchmarks', 'h200_paper.json')
   shutil.copy(bench, tmp_path / 'paper_bfloat16_five.json')
   rows = time_box.bench_rows(str(tmp_path))
   assert sorted(rows) == ['gpt', 'gpt_level1', 'gpt_level2', 'ut', 'ut_level1']
@@ -217,3 +226,29 @@ def test_time_box_runs_the_tasks_that_fit(tmp_path):
   assert time_box.plan(spec, rows, 1)['only'] == 'addition'
   assert len(suites.suite_runs(spec + ',only=addition', '/unused')) == 7
   assert time_box.plan(spec, {}, 1)['only'] == ''
+
+
+PREEMPTIBLE = (
+  'import signal, sys, time; '
+  'signal.signal(signal.SIGTERM, lambda *a: sys.exit(75)); print(1, flush=True); time.sleep(60)'
+)
+
+
+def test_slurm_script_passes_sigterm_on_and_requeues_a_preempted_run(suite_file, tmp_path):
+  """SLURM signals the batch shell (`--signal=B:TERM@...`): the script passes it on to the
+  run, and on the run's preemption exit code asks SLURM to requeue the task."""
+  root = tmp_path / 'root'
+  script, _ = launch.slurm_submission(suite_file, str(root), signal_secs=90)
+  assert '#SBATCH --signal=B:TERM@90' in script
+  root.mkdir()
+  (root / launch.SLURM_RUNS).write_text(f"{sys.executable} -c '{PREEMPTIBLE}'\n")
+  (tmp_path / 'scontrol').write_text('#!/bin/sh\necho "$@" >> "$0.calls"\n')
+  (tmp_path / 'scontrol').chmod(0o755)
+  env = dict(os.environ, PATH=f'{tmp_path}:{os.environ["PATH"]}', SLURM_ARRAY_TASK_ID='0')
+  proc = subprocess.Popen(
+    ['bash', '-c', script], env=dict(env, SLURM_JOB_ID='7'), stdout=subprocess.PIPE, text=True
+  )
+  assert proc.stdout.readline() == '1\n'  # the run is up
+  proc.send_signal(signal.SIGTERM)
+  assert proc.wait(timeout=30) == 0
+  assert (tmp_path / 'scontrol.calls').read_text() == 'requeue 7\n'

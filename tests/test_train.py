@@ -239,6 +239,25 @@ def test_optimizer_is_torch_adamw():
   np.testing.assert_allclose(p['w'] + updates['w'], expected, rtol=1e-6)
 
 
+def test_warmup_cosine_schedule_and_embedding_step_size():
+  """warmup_cosine: 0 at step 0, the peak after warmup, 0 at the end; embed_lr_mult
+  scales the embeddings' whole update and nothing else's."""
+  c = tiny_config()
+  c.optimizer.update(schedule='warmup_cosine', warmup_steps=10, learning_rate=1e-3)
+  lr = train.learning_rate(c.optimizer, 100)
+  np.testing.assert_allclose([lr(0), lr(10), lr(100)], [0.0, 1e-3, 0.0], atol=1e-9)
+  p = {'tok_emb': {'embedding': jnp.ones(2)}, 'pos_emb': jnp.ones(2), 'lm_head': jnp.ones(2)}
+  g = jax.tree.map(lambda x: 0.5 * x, p)
+  step = lambda opt: opt.update(g, opt.init(p), p)[0]
+  plain = step(train.make_optimizer(length_gen.base_config().optimizer))
+  c.optimizer = length_gen.base_config().optimizer
+  c.optimizer.embed_lr_mult = 3.0
+  scaled = step(train.make_optimizer(c.optimizer))
+  np.testing.assert_allclose(scaled['tok_emb']['embedding'], 3 * plain['tok_emb']['embedding'])
+  np.testing.assert_allclose(scaled['pos_emb'], 3 * plain['pos_emb'])
+  np.testing.assert_array_equal(scaled['lm_head'], plain['lm_head'])
+
+
 def test_config_file_and_overrides():
   argv = [
     'prog',
@@ -287,11 +306,14 @@ def test_metric_writer(tmp_path):
 
 
 def test_main_job_table(tmp_path, capsys):
-  rows = ladder.run_ladder(str(tmp_path), max_steps=2, rungs=('ut',))
-  assert [r['rung'] for r in rows] == ['ut'] and rows[0]['passes'] == ladder.BUDGET
+  rows = ladder.run_ladder(str(tmp_path), max_steps=2, rows_run=('ut', 'trm+norms'))
+  assert [r['rung'] for r in rows] == ['ut', 'trm+norms'] and rows[0]['passes'] == ladder.BUDGET
   table = (tmp_path / 'ladder.md').read_text()
   assert '| ut ' in table and f'seq_acc@{ladder.LONGER_LENGTH}' in table
+  assert 'Autoregressive TRM + input_norm, carry_norm' in table
   assert 'Universal Transformer' in capsys.readouterr().out
+  saved = workdir_lib.read_config(str(tmp_path / 'trm+norms'))['recipe']
+  assert saved['input_norm'] and saved['carry_norm']
   # Two recursion steps at the main job's budget: trm's Q-head loop is not
   # ut_level2's ACT in disguise, as it is at one step.
   for name in ('ut_level2', 'trm'):

@@ -1,7 +1,6 @@
 """The benchmark's output: markdown tables, the comparison with the paper's code, JSON files.
 
-The paper's code's CPU timings are data, read from `benchmarks/paper_cpu_ms.json`
-beside the package in the repository.
+The paper's code's CPU timings are package data, `artrm/bench/paper_cpu_ms.json`.
 """
 
 import functools
@@ -11,9 +10,7 @@ import re
 
 from artrm.tables import markdown_table
 
-PAPER_CPU_MS_FILE = os.path.join(
-  os.path.dirname(__file__), '..', '..', 'benchmarks', 'paper_cpu_ms.json'
-)
+PAPER_CPU_MS_FILE = os.path.join(os.path.dirname(__file__), 'paper_cpu_ms.json')
 
 
 @functools.cache
@@ -103,7 +100,7 @@ def versus_paper(result: dict) -> list[dict[str, str]]:
 
 def default_path(result: dict) -> str:
   device = re.sub(r'[^a-z0-9]+', '_', result['device']['device_kind'].lower()).strip('_')
-  return os.path.join('benchmarks', 'results', f'{device}_{result["setup"]["name"]}.json')
+  return os.path.join('results', 'benchmarks', f'{device}_{result["setup"]["name"]}.json')
 
 
 def write_results(result: dict, path: str | None = None) -> str:

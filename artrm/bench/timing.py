@@ -6,7 +6,8 @@ or for the setup's `num_seeds` vmapped as suites run them, on one device or data
 `artrm train` runs at. On a CPU host, one device per core (`XLA_FLAGS=
 "--xla_force_host_platform_device_count=2 --xla_cpu_multi_thread_eigen=false"`,
 `devices=2`) gives each core its half of the batch, where one device's thread pool
-gets 1.3-1.7×, not 2×, from the second core on a small model's small ops. Step
+gains less than 2x from the second core on a small model's small ops
+(docs/performance.md, "One device per core"). Step
 times are medians of steps synchronised one by one; `pipelined_step_seconds` is
 the mean without syncs, as the loop dispatches. Compile time is measured on its own
 (`compile_seconds`, `first_call_seconds` of decoding).

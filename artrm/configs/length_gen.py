@@ -16,6 +16,7 @@ of the same experiment: same code path, tiny widths and few steps.
 
 import ast
 import dataclasses
+import difflib
 
 import ml_collections
 
@@ -29,7 +30,9 @@ def parse_arg(arg: str | None, **defaults):
   for item in filter(None, (arg or '').split(',')):
     key, _, value = item.partition('=')
     if key not in out:
-      raise ValueError(f'Unknown config arg {key!r}; known: {sorted(out)}.')
+      near = difflib.get_close_matches(key, out, n=1)
+      hint = f'did you mean {near[0]!r}? ' if near else ''
+      raise ValueError(f'Unknown config arg {key!r}; {hint}known: {sorted(out)}.')
     if not value:
       out[key] = True
     else:
@@ -49,6 +52,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.num_seeds = 1
   c.task = 'addition'
   c.train_length = 10
+  # > 0: each training row's length is drawn uniformly from train_length_min..train_length
+  # (shorter rows padded after their closing newline, the padding out of the loss).
+  c.train_length_min = 0
   c.batch_size = 64
   c.max_steps = 5000
   # Block passes to equalise across rungs (paper-spec "Compute normalisation");
@@ -60,8 +66,8 @@ def base_config() -> ml_collections.ConfigDict:
     name='gpt', n_embd=384, n_head=6, dropout=0.1, block_size=180, ponder_cost_weight=0.0
   )
   # Recompute each block pass in the backward pass: same gradients, and on CPU
-  # faster than keeping the scans' stacked activations (5-53 % per step at
-  # the small CPU setup, even at paper scale; docs/performance.md). `none`
+  # faster than keeping the scans' stacked activations at the small setup, and
+  # no slower at paper scale (docs/performance.md, "Training step, CPU"). `none`
   # keeps them all.
   c.model.remat = 'full'
   # float32 here, as the goldens; bfloat16 on GPUs (see the docstring). float32
@@ -74,8 +80,20 @@ def base_config() -> ml_collections.ConfigDict:
   c.recipe = ml_collections.ConfigDict(dataclasses.asdict(Recipe()))
 
   # torch.optim.AdamW with the paper's settings: constant lr, decay on every parameter.
+  # schedule='warmup_cosine' (warmup_steps, then a cosine to 0) and embed_lr_mult
+  # (the embeddings' step size alone) are switches for studies; off is the paper.
   c.optimizer = ml_collections.ConfigDict(
-    dict(learning_rate=3e-4, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01, grad_clip_norm=0.0)
+    dict(
+      learning_rate=3e-4,
+      b1=0.9,
+      b2=0.999,
+      eps=1e-8,
+      weight_decay=0.01,
+      grad_clip_norm=0.0,
+      schedule='constant',
+      warmup_steps=0,
+      embed_lr_mult=1.0,
+    )
   )
 
   c.eval = ml_collections.ConfigDict(

@@ -17,6 +17,7 @@ from artrm.data.tasks import (
   same_layout,
   sample_batch,
   sample_batch_of,
+  variable_rows,
 )
 from artrm.data.vocab import (
   CHARS,

@@ -6,7 +6,9 @@ prompt's last character (`|` or `=`, predicting the first answer digit) up to
 and including the first newline after the answer; all others are
 IGNORE_INDEX. Every example of a task at length L has the same layout, so on
 device the mask is a function of position alone, while the Python reference
-finds it from the text; the tests make the two paths check each other.
+finds it from the text; the tests make the two paths check each other. A
+batch may mix lengths (`variable_rows`): a shorter example starts at
+position 0 too, and its padding is out of the loss.
 
 Operands are given as digit arrays [..., N, L] (N = number of operands, most
 significant digit first), so the same digits can be fed to both paths.
@@ -71,16 +73,24 @@ class Task:
     return self.example_len(L)
 
 
+def _sum_text(ops: tuple[str, ...]) -> str:
+  return str(int(ops[0]) + int(ops[1])).zfill(len(ops[0]) + 1)
+
+
 TASKS: dict[str, Task] = {
   'copy': Task('copy', 0, '|', 0, lambda ops: ops[0], lambda d: d[:, 0]),
   'reverse': Task('reverse', 1, '|', 0, lambda ops: ops[0][::-1], lambda d: d[:, 0, ::-1]),
-  'addition': Task(
-    'addition',
-    2,
+  'addition': Task('addition', 2, '+=', 1, _sum_text, _add_digitwise),
+  # Every number least-significant digit first, operands and sum (as McLeish et al.
+  # 2024 write addition): each answer digit follows the carry that makes it, and a
+  # digit's place within its number is its significance (what abacus positions count).
+  'addition_rev': Task(
+    'addition_rev',
+    3,
     '+=',
     1,
-    lambda ops: str(int(ops[0]) + int(ops[1])).zfill(len(ops[0]) + 1),
-    _add_digitwise,
+    lambda ops: _sum_text((ops[0][::-1], ops[1][::-1]))[::-1],
+    lambda d: _add_digitwise(d[:, :, ::-1])[:, ::-1],
   ),
 }
 
@@ -182,31 +192,75 @@ def rows_from_digits(
   return dict(inputs=row_BxR[:, :-1], targets=jnp.where(keep_T[None], row_BxR[:, 1:], IGNORE_INDEX))
 
 
-@functools.partial(jax.jit, static_argnames=('task_name', 'L', 'batch_size', 'seq_len'))
-def sample_batch(
-  key: jax.Array, task_name: str, L: int, batch_size: int, seq_len: Optional[int] = None
+def variable_rows(
+  task_name: str,
+  digits_BxNxL: jax.Array,
+  lengths_B: jax.Array,
+  min_length: int,
+  seq_len: Optional[int] = None,
 ) -> dict[str, jax.Array]:
-  """A fresh batch of uniform-digit rows, generated where the model runs."""
+  """Rows of several lengths in one batch: row b is the row of the first lengths_B[b]
+  digits of its operands (min_length <= lengths_B[b] <= L), laid out from position 0 and
+  padded with newlines, which its targets ignore, to the rows of L."""
+  task = get_task(task_name)
+  L = _check_digits(task, digits_BxNxL, batched=True)
+  if not 1 <= min_length <= L:
+    raise ValueError(
+      f'Shortest training length {min_length} must lie in 1..{L}: set train_length_min '
+      'in that range (0: every row at train_length).'
+    )
+  T = _resolve_seq_len(task, L, seq_len)
+  by_length = [
+    rows_from_digits(task_name, digits_BxNxL[..., :n], T) for n in range(min_length, L + 1)
+  ]
+  rows_B = jnp.arange(digits_BxNxL.shape[0])
+  return jax.tree.map(lambda *r: jnp.stack(r)[lengths_B - min_length, rows_B], *by_length)
+
+
+@functools.partial(
+  jax.jit, static_argnames=('task_name', 'L', 'batch_size', 'seq_len', 'min_length')
+)
+def sample_batch(
+  key: jax.Array,
+  task_name: str,
+  L: int,
+  batch_size: int,
+  seq_len: Optional[int] = None,
+  min_length: int = 0,
+) -> dict[str, jax.Array]:
+  """A fresh batch of uniform-digit rows, generated where the model runs; with
+  `min_length` > 0, each row's length is drawn uniformly from min_length..L
+  (`variable_rows`)."""
   task = get_task(task_name, L)
-  digits_BxNxL = jax.random.randint(key, (batch_size, task.n_operands, L), 0, 10, jnp.int32)
-  return rows_from_digits(task_name, digits_BxNxL, seq_len)
+  digits_key, lengths_key = jax.random.split(key) if min_length else (key, None)
+  digits_BxNxL = jax.random.randint(digits_key, (batch_size, task.n_operands, L), 0, 10, jnp.int32)
+  if not min_length:
+    return rows_from_digits(task_name, digits_BxNxL, seq_len)
+  lengths_B = jax.random.randint(lengths_key, (batch_size,), min_length, L + 1)
+  return variable_rows(task_name, digits_BxNxL, lengths_B, min_length, seq_len)
 
 
 def same_layout(task_name: str) -> tuple[str, ...]:
   """The tasks whose rows have `task_name`'s layout (operators and answer length), in
-  `TASKS` order: ('copy', 'reverse') for either, ('addition',) for addition."""
+  `TASKS` order: ('copy', 'reverse') for either, ('addition', 'addition_rev') for either."""
   t = get_task(task_name)
   layout = lambda task: (task.operators, task.extra_answer_digits)
   return tuple(name for name, task in TASKS.items() if layout(task) == layout(t))
 
 
 def sample_batch_of(
-  key: jax.Array, tasks: tuple[str, ...], task_index: jax.Array, L: int, batch_size: int
+  key: jax.Array,
+  tasks: tuple[str, ...],
+  task_index: jax.Array,
+  L: int,
+  batch_size: int,
+  min_length: int = 0,
 ) -> dict[str, jax.Array]:
   """`sample_batch` of `tasks[task_index]`, tasks of one layout (`same_layout`), the task
   picked at run time: a program that samples this way serves all of them."""
   branches = [
-    functools.partial(sample_batch, task_name=t, L=L, batch_size=batch_size) for t in tasks
+    functools.partial(sample_batch, task_name=t, L=L, batch_size=batch_size, min_length=min_length)
+    for t in tasks
   ]
   return jax.lax.switch(task_index, branches, key)
 

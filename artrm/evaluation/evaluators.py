@@ -101,7 +101,7 @@ class LengthEvaluator:
     out_dir = workdir_lib.path(workdir, workdir_lib.EVAL_DIR)
     os.makedirs(out_dir, exist_ok=True)
     json_path = os.path.join(out_dir, f'{name}_step_{step:06d}.json')
-    with open(json_path, 'w') as f:
+    with workdir_lib.replacing(json_path) as f:
       json.dump(dict(name=name, step=step, settings=self.settings(), results=results), f, indent=1)
 
     csv_path = os.path.join(out_dir, workdir_lib.EVAL_CSV)
@@ -114,7 +114,7 @@ class LengthEvaluator:
       with open(csv_path, newline='') as f:
         rows = {key(r): r for r in csv.DictReader(f)}
     rows.update((key(r), r) for r in new_rows)
-    with open(csv_path, 'w', newline='') as f:
+    with workdir_lib.replacing(csv_path, newline='') as f:  # a full disk keeps the old rows
       writer = csv.DictWriter(f, fieldnames=columns)
       writer.writeheader()
       writer.writerows(rows.values())

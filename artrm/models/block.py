@@ -14,6 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from artrm.models import positions
+
 INIT = nn.initializers.normal(stddev=0.02)
 LN_EPS = 1e-5
 
@@ -62,6 +64,7 @@ class CausalSelfAttention(nn.Module):
   n_head: int
   dropout: float
   dtype: Any = jnp.float32
+  rope: bool = False  # rotary q / k (model.pos_encoding='rope', `positions.rope`)
 
   @nn.compact
   def __call__(
@@ -79,9 +82,13 @@ class CausalSelfAttention(nn.Module):
     # matmuls without a transpose per pass.
     k_BxHxTxD = jnp.einsum('btc,hcd->bhtd', x_BxTxC, proj('key'))
     v_BxHxTxD = jnp.einsum('btc,hcd->bhtd', x_BxTxC, proj('value'))
-    k_BxHxSxD, v_BxHxSxD, start = k_BxHxTxD, v_BxHxTxD, 0
+    start = 0 if slot is None else slot.start
+    if self.rope:  # keys are cached rotated: a key's rotation is fixed by its position
+      positions_T = start + jnp.arange(x_BxTxC.shape[1])
+      q_BxTxHxD = positions.rope(q_BxTxHxD, positions_T, time_axis=1)
+      k_BxHxTxD = positions.rope(k_BxHxTxD, positions_T, time_axis=2)
+    k_BxHxSxD, v_BxHxSxD = k_BxHxTxD, v_BxHxTxD
     if slot is not None:
-      start = slot.start
       put = lambda a, new: jax.lax.dynamic_update_slice(
         a, new[None], (slot.pass_index, 0, 0, start, 0)
       )
@@ -164,6 +171,7 @@ class Block(nn.Module):
   mixer: str = 'attention'  # 'attention' or 'mlp' (recipe.mixer)
   max_len: int = 0  # positions the MLP mixer spans (model.block_size)
   dtype: Any = jnp.float32
+  rope: bool = False  # rotary q / k in attention (model.pos_encoding='rope')
 
   @nn.compact
   def __call__(
@@ -173,8 +181,13 @@ class Block(nn.Module):
     slot: KVSlot | None = None,
     rng: jax.Array | None = None,
   ) -> tuple[jax.Array, KVSlot | None]:
+    if self.rope and self.mixer != 'attention':
+      raise ValueError(
+        'model.pos_encoding=rope rotates attention queries and keys; recipe.mixer=mlp has '
+        'none: use pos_encoding learned, none or abacus, or mixer=attention.'
+      )
     mix = (
-      CausalSelfAttention(self.n_head, self.dropout, self.dtype, name='attn')
+      CausalSelfAttention(self.n_head, self.dropout, self.dtype, self.rope, name='attn')
       if self.mixer == 'attention'
       else CausalMLPMixer(self.n_head, self.dropout, self.max_len, self.dtype, name='mix')
     )

@@ -23,6 +23,8 @@ from typing import Any, Mapping
 DTYPES = ('float32', 'bfloat16')
 # Values of jax.default_matmul_precision for float32 matmuls ('default': JAX's own choice).
 MATMUL_PRECISIONS = ('default', 'tensorfloat32', 'float32')
+# Where a token is, as the model sees it (`artrm.models.positions`; 'learned': the paper's).
+POS_ENCODINGS = ('learned', 'none', 'rope', 'abacus')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,10 +45,35 @@ class ModelConfig:
   remat: str = 'none'  # activations kept for backward: block.REMAT_POLICIES
   dtype: str = 'float32'  # compute dtype (DTYPES); params are float32 always
   matmul_precision: str = 'default'  # float32 matmuls (MATMUL_PRECISIONS)
+  # Beyond the paper (off: its behaviour), for length generalisation (docs/length.md):
+  pos_encoding: str = 'learned'  # POS_ENCODINGS (artrm.models.positions)
+  abacus_max_offset: int = 0  # pos_encoding='abacus': training offsets drawn from 0..this
+  input_injection: bool = False  # single-stream tied rungs: x added at every pass
 
   def __post_init__(self):
     if self.dtype not in DTYPES:
       raise ValueError(f'Unknown model.dtype {self.dtype!r}; choose one of {DTYPES}.')
+    if self.pos_encoding not in POS_ENCODINGS:
+      raise ValueError(
+        f'Unknown model.pos_encoding {self.pos_encoding!r}; choose one of {POS_ENCODINGS}.'
+      )
+    if self.pos_encoding == 'rope' and (self.n_embd // self.n_head) % 2:
+      raise ValueError(
+        f'model.pos_encoding=rope rotates pairs of channels, but a head has '
+        f'{self.n_embd // self.n_head}: choose n_embd / n_head even.'
+      )
+    if self.abacus_max_offset < 0 or (self.abacus_max_offset and self.pos_encoding != 'abacus'):
+      raise ValueError(
+        f'model.abacus_max_offset={self.abacus_max_offset} applies to pos_encoding=abacus '
+        'only and must be >= 0: set it to 0 or use pos_encoding=abacus.'
+      )
+    rung = get_rung(self.name) if self.input_injection else None
+    if rung and (rung.stream != 'single' or not rung.tied):
+      has = 'injects x at every z-update' if rung.tied else 'has distinct blocks, no recursion'
+      raise ValueError(
+        f'model.input_injection re-injects x into a recursion of one stream, but {self.name} '
+        f'{has}: use gpt_level1, gpt_level2 or ut, or input_injection=False.'
+      )
     if self.matmul_precision not in MATMUL_PRECISIONS:
       raise ValueError(
         f'Unknown model.matmul_precision {self.matmul_precision!r}; choose one '

@@ -9,7 +9,9 @@ An ingredient is one field here plus one small function where it acts:
   grad_reach, grad_last_k   `GRAD_REACH` below: where the carried (y, z) is cut
   fixed_init                `RecursiveLM._stream_init`: std-1 constants as y0 / z0
   carry_norm                `RecursiveLM._dual_step`: y and z RMS-normalised after each update
-  input_norm                `RecursiveLM._forward`: the embedded input x at unit RMS
+  input_norm                `RecursiveLM.embed`: the embedded input x at unit RMS
+  input_scale               `RecursiveLM.embed`: x times a constant, not normalised
+  embed_init_std            `RecursiveLM.setup`: the token / position embeddings' init std
   mixer                     `block.Block`: causal attention or a causal MLP mixer
   act_halt_bias             `RecursiveLM.setup`: the ACT halting head's initial bias
   halt_loss_weight, halt_target   `train.halt_loss`: the Q-head learns when to stop
@@ -71,6 +73,11 @@ class Recipe:
   # x = token + position embedding at unit RMS (TRM scales its embeddings by
   # sqrt(C) to that end); the paper's x starts at std 0.02 * sqrt(2).
   input_norm: bool = False
+  # x times this constant (0: off), the scale without the normalisation:
+  # sqrt(C) as TRM scales its embeddings, or 1 / 0.028 (unit RMS at init).
+  input_scale: float = 0.0
+  # Init std of the token and position embeddings (the paper's 0.02).
+  embed_init_std: float = 0.02
   mixer: str = 'attention'  # token mixing of the shared block
   act_halt_bias: float = 0.0  # initial bias of ACT's halting head (paper: 0, p = 0.5)
 
@@ -142,10 +149,15 @@ class Recipe:
       )
     if self.halt_loss_weight < 0 or not 0 <= self.ema_decay < 1:
       errors.append('recipe.halt_loss_weight must be >= 0 and recipe.ema_decay in [0, 1)')
+    if self.input_scale < 0 or self.embed_init_std <= 0:
+      errors.append('recipe.input_scale must be >= 0 (0: off) and recipe.embed_init_std > 0')
+    if self.input_scale and self.input_norm:
+      errors.append('recipe.input_scale with input_norm: the norm sets the scale; keep one of them')
     for field, what in (
       ('fixed_init', 'y0 / z0'),
       ('carry_norm', 'y / z streams'),
       ('input_norm', 'y / z streams'),
+      ('input_scale', 'y / z streams'),
     ):
       if getattr(self, field) and rung.stream != 'dual':
         errors.append(f'recipe.{field}: {name} has no {what}; use a dual-stream rung')
@@ -218,7 +230,9 @@ def backward_passes(rung: Rung, cfg: ModelConfig, recipe: Recipe, steps: int | N
   )
 
 
-def compute_record(rung: Rung, cfg: ModelConfig, recipe: Recipe) -> dict[str, int]:
+def compute_record(
+  rung: Rung, cfg: ModelConfig, recipe: Recipe, inference_steps: int | None = None
+) -> dict[str, int]:
   """The run's compute (docs/compute.md), for the setup record and result tables.
 
   forward_passes: block passes of one forward (all steps); grad_passes: those
@@ -226,7 +240,8 @@ def compute_record(rung: Rung, cfg: ModelConfig, recipe: Recipe) -> dict[str, in
   runs; train_passes_per_token: block passes run forward or backward per
   position of a batch, over its n_sup supervision passes (each position of a
   batch is seen once, whatever n_sup); inference_passes: block passes per
-  generated token (every supervision pass, every step).
+  generated token (every supervision pass, every step), run with
+  `inference_steps` (default: the trained steps).
   """
   forward, backward = rung.block_passes(cfg), backward_passes(rung, cfg, recipe)
   return dict(
@@ -235,5 +250,5 @@ def compute_record(rung: Rung, cfg: ModelConfig, recipe: Recipe) -> dict[str, in
     backward_passes=backward,
     n_sup=recipe.n_sup,
     train_passes_per_token=recipe.n_sup * (forward + backward),
-    inference_passes=recipe.n_sup * forward,
+    inference_passes=recipe.n_sup * rung.block_passes(cfg, inference_steps),
   )

@@ -40,6 +40,7 @@ import jax.numpy as jnp
 
 from artrm import one_off
 from artrm.models import act as act_lib
+from artrm.models import positions
 from artrm.models.block import INIT, KVSlot, block_class, dense, layer_norm, rms_normalize
 from artrm.models.config import ModelConfig, Rung, get_rung
 from artrm.models.recipe import GRAD_REACH, Recipe, last_k_cut, steps_cut_apart
@@ -54,6 +55,15 @@ class KVCache(NamedTuple):
   value_PxBxHxSxD: jax.Array
   index: jax.Array  # int32: positions cached, i.e. the position of the next token
   steps: jax.Array  # int32 [B]: TRM's step count per sequence, fixed by the Q-head at prefill
+  digits: jax.Array  # int32 [B]: the last cached token's digit index (`positions.digit_index`)
+
+
+class Streams(NamedTuple):
+  """The streams a step carries: y, the one read out (single-stream rungs' only one), and
+  z, the latent of dual-stream rungs (None in single-stream ones)."""
+
+  y: jax.Array
+  z: jax.Array | None = None
 
 
 class Passes(NamedTuple):
@@ -76,6 +86,37 @@ def apply_block(block: nn.Module, h_BxTxC, passes: Passes, deterministic):
   return out_BxTxC, passes._replace(count=count + 1, kv=kv)
 
 
+class _ActCarry(NamedTuple):
+  stream: Streams
+  act: act_lib.ACTState
+  passes: Passes
+  taken: jax.Array
+
+
+class _Replay(NamedTuple):
+  """The latest step's input, to run it again with gradient (`_q_trunk`, steps cut apart)."""
+
+  s: jax.Array
+  stream: Streams
+  count: jax.Array
+
+
+class _QCarry(NamedTuple):
+  stream: Streams
+  halted_B: jax.Array
+  passes: Passes
+  taken: jax.Array
+  latest: _Replay | None = None
+
+
+class _QTrainedCarry(NamedTuple):
+  stream: Streams
+  halted_BxT: jax.Array
+  out_BxTxC: jax.Array
+  passes: Passes
+  taken_BxT: jax.Array
+
+
 # Dropout keys come with `Passes`, so no loop splits Flax's 'dropout' stream.
 SCAN = functools.partial(nn.scan, variable_broadcast='params', split_rngs={'params': False})
 
@@ -89,12 +130,13 @@ class _LayerStep(nn.Module):
   mixer: str
   max_len: int
   dtype: Any
+  rope: bool
 
   @nn.compact
   def __call__(self, carry, deterministic: bool):
     h_BxTxC, passes = carry
     block = block_class(self.remat)(
-      self.n_head, self.dropout, self.mixer, self.max_len, self.dtype, name='block'
+      self.n_head, self.dropout, self.mixer, self.max_len, self.dtype, self.rope, name='block'
     )
     return apply_block(block, h_BxTxC, passes, deterministic), None
 
@@ -111,11 +153,18 @@ class RecursiveLM(nn.Module):
 
   def setup(self):
     cfg, rung, recipe = self.config, self.rung, self.recipe
-    self.tok_emb = nn.Embed(cfg.vocab_size, cfg.n_embd, embedding_init=INIT, dtype=self.dtype)
-    self.pos_emb = self.param('pos_emb', INIT, (cfg.block_size, cfg.n_embd))
+    embed_init = nn.initializers.normal(stddev=recipe.embed_init_std)
+    self.tok_emb = nn.Embed(cfg.vocab_size, cfg.n_embd, embedding_init=embed_init, dtype=self.dtype)
+    if cfg.pos_encoding == 'learned':
+      self.pos_emb = self.param('pos_emb', embed_init, (cfg.block_size, cfg.n_embd))
+    if cfg.pos_encoding == 'abacus':
+      self.abacus_emb = self.param(
+        'abacus_emb', embed_init, (positions.abacus_rows(cfg), cfg.n_embd)
+      )
     if self.uses_step_embeddings:
       self.step_emb = self.param('step_emb', INIT, (rung.default_steps(cfg), cfg.n_embd))
-    block_args = (cfg.n_head, cfg.dropout, recipe.mixer, cfg.block_size, self.dtype)
+    rope = cfg.pos_encoding == 'rope'
+    block_args = (cfg.n_head, cfg.dropout, recipe.mixer, cfg.block_size, self.dtype, rope)
     if rung.tied:
       self.block = block_class(cfg.remat)(*block_args)
     else:
@@ -200,7 +249,7 @@ class RecursiveLM(nn.Module):
 
     Deep supervision: `sup_passes` (default recipe.n_sup) supervision passes
     run in turn, each from the detached streams the last one ended with; the
-    first starts from `carry` (the (y, z) of `aux['carry']`) or from y0 / z0.
+    first starts from `carry` (the `Streams` of `aux['carry']`) or from y0 / z0.
     Training runs one pass per call and carries the streams itself.
     """
     cfg = self.config
@@ -239,30 +288,56 @@ class RecursiveLM(nn.Module):
     with jax.default_matmul_precision(cfg.matmul_precision):
       return forward()
 
-  def embed(self, idx_BxT: jax.Array, start: jax.Array | int = 0) -> jax.Array:
-    """The input x every rung starts from: token + position embeddings of positions
-    start.., at unit RMS with recipe.input_norm (`model.apply(..., method='embed')`)."""
-    x_BxTxC = self.tok_emb(idx_BxT) + jax.lax.dynamic_slice_in_dim(
-      self.pos_emb.astype(self.dtype), start, idx_BxT.shape[1]
-    )
-    return rms_normalize(x_BxTxC) if self.recipe.input_norm else x_BxTxC
+  def embed(
+    self,
+    idx_BxT: jax.Array,
+    start: jax.Array | int = 0,
+    digits_B: jax.Array | None = None,
+    deterministic: bool = True,
+  ) -> jax.Array:
+    """The input x every rung starts from: token embeddings plus the position signal of
+    model.pos_encoding (`positions`) for positions start.. (`digits_B`: the digit index
+    of the token before them), at unit RMS with recipe.input_norm or scaled by
+    recipe.input_scale (`model.apply(..., method='embed')`)."""
+    x_BxTxC = self.tok_emb(idx_BxT)
+    if self.config.pos_encoding == 'learned':
+      x_BxTxC = x_BxTxC + jax.lax.dynamic_slice_in_dim(
+        self.pos_emb.astype(self.dtype), start, idx_BxT.shape[1]
+      )
+    if self.config.pos_encoding == 'abacus':
+      index_BxT = positions.abacus_index(
+        idx_BxT, digits_B, self._abacus_offset(idx_BxT.shape[0], deterministic)
+      )
+      x_BxTxC = x_BxTxC + self.abacus_emb.astype(self.dtype)[index_BxT]
+    if self.recipe.input_norm:
+      return rms_normalize(x_BxTxC)
+    return x_BxTxC * self.recipe.input_scale if self.recipe.input_scale else x_BxTxC
+
+  def _abacus_offset(self, B: int, deterministic: bool) -> jax.Array:
+    """Each sequence's abacus offset: uniform in 0..model.abacus_max_offset in training
+    (keys from the `dropout` RNG stream), 0 in evaluation."""
+    top = self.config.abacus_max_offset
+    if deterministic or not top:
+      return jnp.zeros((B,), jnp.int32)
+    return jax.random.randint(self.make_rng('dropout'), (B,), 0, top + 1)
 
   def _forward(self, idx_BxT, steps, deterministic, full_compute, cache, carry, sup_passes):
     cfg = self.config
     start, T = (0 if cache is None else cache.index), idx_BxT.shape[1]
-    x_BxTxC = self.embed(idx_BxT, start)
+    digits_B = None if cache is None else cache.digits
+    x_BxTxC = self.embed(idx_BxT, start, digits_B, deterministic)
     if cache is not None and self.halting in ('act', 'q_trained'):
       # Halted positions keep evolving and later positions attend to every
       # pass of theirs: a new token must fill the cache at all steps.
       full_compute = True
     trunk = functools.partial(
-      getattr(RecursiveLM, f'_{self.halting}_trunk'),
+      TRUNKS[self.halting],
       x_BxTxC=x_BxTxC,
       steps=steps,
       deterministic=deterministic,
       full_compute=full_compute,
     )
-    stream = self._stream_init(x_BxTxC) if carry is None else tuple(carry)
+    stream = self._stream_init(x_BxTxC) if carry is None else carry
     dropout_key = None if deterministic or not cfg.dropout else self.make_rng('dropout')
     passes = Passes(jnp.zeros((), jnp.int32), cache, dropout_key)
     if sup_passes == 1:
@@ -270,7 +345,10 @@ class RecursiveLM(nn.Module):
     else:
 
       def sup_pass(mdl, c, _):
-        h_BxTxC, stream, passes, aux = trunk(mdl, stream=jax.lax.stop_gradient(c[0]), passes=c[1])
+        stream, passes = c
+        h_BxTxC, stream, passes, aux = trunk(
+          mdl, stream=jax.lax.stop_gradient(stream), passes=passes
+        )
         return (stream, passes), (h_BxTxC, aux)
 
       (stream, passes), (h_SxBxTxC, aux_S) = SCAN(sup_pass, length=sup_passes)(
@@ -281,7 +359,9 @@ class RecursiveLM(nn.Module):
     if self.rung.stream == 'dual':
       aux['carry'] = stream
     if cache is not None:
-      aux['cache'] = passes.kv._replace(index=start + T)
+      aux['cache'] = passes.kv._replace(
+        index=start + T, digits=positions.digit_index(idx_BxT, digits_B)[:, -1]
+      )
     return self.lm_head(self.ln_f(h_BxTxC)).astype(jnp.float32), aux
 
   # -- one step of each stream kind -------------------------------------------
@@ -296,19 +376,23 @@ class RecursiveLM(nn.Module):
 
   def _stream_init(self, x_BxTxC):
     if self.rung.stream == 'single':
-      return (x_BxTxC,)
+      # With input injection every pass adds x, so the stream starts empty.
+      return Streams(jnp.zeros_like(x_BxTxC) if self.config.input_injection else x_BxTxC)
     fixed = jax.lax.stop_gradient if self.recipe.fixed_init else (lambda v: v)
-    return tuple(
-      jnp.broadcast_to(fixed(v).astype(self.dtype), x_BxTxC.shape)
-      for v in (self.y_init, self.z_init)
+    return Streams(
+      *(
+        jnp.broadcast_to(fixed(v).astype(self.dtype), x_BxTxC.shape)
+        for v in (self.y_init, self.z_init)
+      )
     )
 
   def _step(self, x_BxTxC, stream, s, passes, deterministic, steps):
-    """One step: returns (new stream, passes); the readout state is stream[0]."""
+    """One step: returns (new streams, passes); the readout state is their y."""
     e_C = self._step_embedding(s)
     if self.rung.stream == 'single':
-      h_BxTxC, passes = self._apply_block(stream[0] + e_C, passes, deterministic)
-      return (h_BxTxC,), passes
+      h_BxTxC = stream.y + x_BxTxC if self.config.input_injection else stream.y
+      h_BxTxC, passes = self._apply_block(h_BxTxC + e_C, passes, deterministic)
+      return Streams(h_BxTxC), passes
     return self._dual_step(x_BxTxC, stream, e_C, passes, deterministic, s, steps)
 
   def _dual_step(self, x_BxTxC, stream, e_C, passes, deterministic, s, steps):
@@ -328,7 +412,7 @@ class RecursiveLM(nn.Module):
 
     def sub_step(mdl, carry, xs):
       updates_z, j = xs
-      y, z, n = carry
+      (y, z), n = carry
       cut = last_k_cut(mdl.recipe, s, j, steps, per_step)
       if cut is not None:
         y, z = (jnp.where(cut, jax.lax.stop_gradient(a), a) for a in (y, z))
@@ -336,16 +420,15 @@ class RecursiveLM(nn.Module):
         jnp.where(updates_z, x_BxTxC + y + z, y + z) + e_C, n, deterministic
       )
       new = norm(new)
-      return (jnp.where(updates_z, y, new), jnp.where(updates_z, new, z), n), None
+      return (Streams(jnp.where(updates_z, y, new), jnp.where(updates_z, new, z)), n), None
 
     pattern = jnp.tile(jnp.arange(L + 1) < L, H)
     bounds = sorted({0, per_step, *cuts})
-    carry = (*stream, passes)
     for a, b in zip(bounds, bounds[1:]):
       if a in cuts:
-        carry = (*jax.lax.stop_gradient(carry[:2]), carry[2])
-      carry, _ = SCAN(sub_step)(self, carry, (pattern[a:b], jnp.arange(a, b)))
-    return carry[:2], carry[2]
+        stream = jax.lax.stop_gradient(stream)
+      (stream, passes), _ = SCAN(sub_step)(self, (stream, passes), (pattern[a:b], jnp.arange(a, b)))
+    return stream, passes
 
   def _maybe_skip(self, done, step_fn, carry, full_compute):
     """Runs `step_fn(mdl, carry)` unless `done`; skipping keeps carry as is."""
@@ -364,38 +447,39 @@ class RecursiveLM(nn.Module):
 
   # -- trunks: how steps are looped and read out --------------------------------
   # Each takes the initial streams and returns (readout state, final streams,
-  # passes, aux); `__call__` picks one by `halting`.
+  # passes, aux); `TRUNKS` maps each halting kind to its trunk.
 
   def _none_trunk(self, x_BxTxC, stream, passes, steps, deterministic, full_compute):
     if not self.rung.tied:
       (h_BxTxC, passes), _ = self.blocks((x_BxTxC, passes), deterministic)
-      return h_BxTxC, (h_BxTxC,), passes, {'steps_taken': jnp.asarray(steps)}
+      return h_BxTxC, Streams(h_BxTxC), passes, {'steps_taken': jnp.asarray(steps)}
 
     def body(mdl, carry, s):
       stream, n = carry
       return mdl._step(x_BxTxC, stream, s, n, deterministic, steps), None
 
     (stream, passes), _ = SCAN(body)(self, (stream, passes), jnp.arange(steps))
-    return stream[0], stream, passes, {'steps_taken': jnp.asarray(steps)}
+    return stream.y, stream, passes, {'steps_taken': jnp.asarray(steps)}
 
   def _act_trunk(self, x_BxTxC, stream, passes, steps, deterministic, full_compute):
     act0 = act_lib.act_init(x_BxTxC)
     zero = jnp.zeros((), jnp.int32)
 
     def step_fn(s, mdl, carry):
-      stream, act, passes, taken = carry
-      stream, passes = mdl._step(x_BxTxC, stream, s, passes, deterministic, steps)
-      p_BxT = jax.nn.sigmoid(mdl.act_halt(stream[0])[..., 0])
-      return stream, act_lib.act_update(act, p_BxT, stream[0]), passes, taken + 1
+      stream, passes = mdl._step(x_BxTxC, carry.stream, s, carry.passes, deterministic, steps)
+      p_BxT = jax.nn.sigmoid(mdl.act_halt(stream.y)[..., 0])
+      return _ActCarry(
+        stream, act_lib.act_update(carry.act, p_BxT, stream.y), passes, carry.taken + 1
+      )
 
     def body(mdl, carry, s):
-      done = jnp.all(carry[1].halted_BxT)
+      done = jnp.all(carry.act.halted_BxT)
       return mdl._maybe_skip(done, functools.partial(step_fn, s), carry, full_compute), None
 
     (stream, act, passes, taken), _ = SCAN(body)(
-      self, (stream, act0, passes, zero), jnp.arange(steps)
+      self, _ActCarry(stream, act0, passes, zero), jnp.arange(steps)
     )
-    out_BxTxC, ponder = act_lib.act_finalize(act, stream[0])
+    out_BxTxC, ponder = act_lib.act_finalize(act, stream.y)
     return out_BxTxC, stream, passes, {'ponder_cost': ponder, 'steps_taken': taken}
 
   def _min_steps(self, B: int, steps: int, deterministic: bool) -> jax.Array:
@@ -435,35 +519,35 @@ class RecursiveLM(nn.Module):
     split = not deterministic and passes.kv is None and steps > 1 and self.steps_cut_apart
 
     def step_fn(s, mdl, carry):
-      stream, halted_B, new_passes, taken = carry[:4]
-      new_stream, new_passes = mdl._step(x_BxTxC, stream, s, new_passes, deterministic, steps)
+      stream, halted_B = carry.stream, carry.halted_B
+      new_stream, new_passes = mdl._step(x_BxTxC, stream, s, carry.passes, deterministic, steps)
       if freeze:
         new_stream = jax.tree.map(
           lambda new, old: jnp.where(halted_B[:, None, None], old, new), new_stream, stream
         )
-      q_B = mdl.q_halt(new_stream[0][:, 0])[:, 0]
+      q_B = mdl.q_halt(new_stream.y[:, 0])[:, 0]
       halts_B = (reads_q & (q_B > 0) & (s + 1 >= min_steps_B)) | (s + 1 >= last_step)
-      taken = taken + (~halted_B if freeze else 1)
-      last = ((s, stream, carry[2].count),) if split else ()
-      return (new_stream, halted_B | halts_B, new_passes, taken, *last)
+      taken = carry.taken + (~halted_B if freeze else 1)
+      latest = _Replay(s, stream, carry.passes.count) if split else None
+      return _QCarry(new_stream, halted_B | halts_B, new_passes, taken, latest)
 
     def body(mdl, carry, s):
-      done = jnp.all(carry[1])
+      done = jnp.all(carry.halted_B)
       return mdl._maybe_skip(
         done, functools.partial(step_fn, s), carry, full_compute or freeze
       ), None
 
     zero = jnp.zeros((B,) if freeze else (), jnp.int32)
-    carry0 = (stream, jnp.zeros((B,), bool), passes, zero)
+    carry0 = _QCarry(stream, jnp.zeros((B,), bool), passes, zero)
     if not split:
-      (stream, _, passes, taken), _ = SCAN(body)(self, carry0, jnp.arange(steps))
+      (stream, _, passes, taken, _), _ = SCAN(body)(self, carry0, jnp.arange(steps))
     else:
-      carry0 = (*carry0, (zero, stream, passes.count))
-      (stream, halted_B, passes, taken, last), _ = SCAN(body)(self, carry0, jnp.arange(steps - 1))
+      carry0 = carry0._replace(latest=_Replay(zero, stream, passes.count))
+      (stream, halted_B, passes, taken, latest), _ = SCAN(body)(self, carry0, jnp.arange(steps - 1))
       # The last step, or the halting step again (same pass indices: same dropout).
       early = jnp.all(halted_B)
       s, stream, count = jax.tree.map(
-        lambda a, b: jnp.where(early, a, b), last, (steps - 1, stream, passes.count)
+        lambda a, b: jnp.where(early, a, b), latest, _Replay(steps - 1, stream, passes.count)
       )
       stream, passes = self._step(
         x_BxTxC,
@@ -476,7 +560,7 @@ class RecursiveLM(nn.Module):
       taken = taken + ~early
     if passes.kv is not None:
       passes = passes._replace(kv=passes.kv._replace(steps=jnp.broadcast_to(taken, (B,))))
-    return stream[0], stream, passes, {'steps_taken': taken}
+    return stream.y, stream, passes, {'steps_taken': taken}
 
   def _q_trained_trunk(self, x_BxTxC, stream, passes, steps, deterministic, full_compute):
     """TRM halting with a trained Q-head, per position (the recipe's halt_loss_weight).
@@ -498,15 +582,15 @@ class RecursiveLM(nn.Module):
       stream, passes = mdl._maybe_skip(
         jnp.all(halted_BxT), step_fn, (stream, passes), full_compute or not deterministic
       )
-      y_BxTxC = stream[0]
+      y_BxTxC = stream.y
       q_BxT = mdl.q_halt(y_BxTxC)[..., 0]
       running_BxT = ~halted_BxT
       out_BxTxC = jnp.where(running_BxT[..., None], y_BxTxC, out_BxTxC)
       halted_BxT = halted_BxT | ((q_BxT > 0) & (s + 1 >= min_steps_Bx1))
-      carry = (stream, halted_BxT, out_BxTxC, passes, taken_BxT + running_BxT)
+      carry = _QTrainedCarry(stream, halted_BxT, out_BxTxC, passes, taken_BxT + running_BxT)
       return carry, (q_BxT, mdl.lm_head(mdl.ln_f(y_BxTxC)))
 
-    carry0 = (
+    carry0 = _QTrainedCarry(
       stream,
       jnp.zeros((B, T), bool),
       jnp.zeros_like(x_BxTxC),
@@ -521,6 +605,15 @@ class RecursiveLM(nn.Module):
       'halt': {'q_SxBxT': q_SxBxT, 'logits_SxBxTxV': logits_SxBxTxV},
     }
     return out_BxTxC, stream, passes, aux
+
+
+# The trunk of each halting kind (`RecursiveLM.halting`).
+TRUNKS = {
+  'none': RecursiveLM._none_trunk,
+  'act': RecursiveLM._act_trunk,
+  'q': RecursiveLM._q_trunk,
+  'q_trained': RecursiveLM._q_trained_trunk,
+}
 
 
 def fresh_params(model: RecursiveLM, key: jax.Array) -> Any:

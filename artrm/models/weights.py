@@ -6,6 +6,7 @@ paper's code is proven, and how weights from another implementation come in:
 write them under these names and `load_neutral` builds the rung and params.
 """
 
+import collections
 import os
 from typing import Any, Mapping
 
@@ -48,7 +49,7 @@ def config_from_neutral(arrays: Mapping[str, np.ndarray]) -> ModelConfig:
   return ModelConfig(**{f: types[f](v) for f, v in fields.items()})
 
 
-def params_from_neutral(arrays: Mapping[str, np.ndarray]) -> dict:
+def params_from_neutral(arrays: Mapping[str, np.ndarray], where: str = 'params') -> dict:
   """Nested Flax params; `blocks/<i>/...` are stacked on a leading layer axis."""
   params: dict = {}
   layers: dict[int, dict] = {}
@@ -62,6 +63,7 @@ def params_from_neutral(arrays: Mapping[str, np.ndarray]) -> dict:
     else:
       _set(params, path, value)
   if layers:
+    check_blocks(arrays, where)
     stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[layers[i] for i in sorted(layers)])
     params['blocks'] = {'block': stacked}
   return params
@@ -74,9 +76,31 @@ def load_neutral(path: str | os.PathLike) -> tuple[RecursiveLM, dict, dict[str, 
   config = config_from_neutral(arrays)
   rest = {k: v for k, v in arrays.items() if not k.startswith(('param/', 'config/'))}
   rest.update({k: v for k, v in arrays.items() if k.startswith('config/')})
-  model, params = build_model(config), params_from_neutral(arrays)
+  model, params = build_model(config), params_from_neutral(arrays, where=str(path))
   check_params(model, params, where=str(path))
   return model, params, rest
+
+
+def check_blocks(arrays: Mapping[str, np.ndarray], where: str = 'params'):
+  """Fails naming each `param/blocks/<i>/...` entry that is missing from a block, or has
+  another shape than in the other blocks: blocks are stacked, so all must match."""
+  shapes: dict[str, dict[int, tuple]] = {}
+  for key, value in arrays.items():
+    if key.startswith('param/blocks/'):
+      _, _, i, name = key.split('/', 3)
+      shapes.setdefault(name, {})[int(i)] = value.shape
+  blocks = sorted({i for by_block in shapes.values() for i in by_block})
+  problems = []
+  for name, by_block in sorted(shapes.items()):
+    usual = collections.Counter(by_block.values()).most_common(1)[0][0]
+    problems += [f'missing param/blocks/{i}/{name} {usual}' for i in blocks if i not in by_block]
+    problems += [
+      f'param/blocks/{i}/{name} is {shape}, expected {usual}'
+      for i, shape in sorted(by_block.items())
+      if shape != usual
+    ]
+  if problems:
+    raise ValueError(f'{where}: every block must hold the same arrays: {"; ".join(problems)}.')
 
 
 def check_params(model: RecursiveLM, params: dict, where: str = 'params'):

@@ -10,7 +10,9 @@ import subprocess
 import time
 
 from artrm import parallel
+from artrm import workdir as workdir_lib
 from artrm.tools import suites
+from artrm.training import preemption
 
 
 def pending_runs(spec: str, root: str) -> tuple[list[suites.Run], list[suites.Run]]:
@@ -93,7 +95,7 @@ def run_local(
       # Runs that differ only in data (a suite's tasks of one shape) compile once.
       env.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(os.path.abspath(root), '.jax_cache'))
       os.makedirs(run.workdir, exist_ok=True)
-      out = open(os.path.join(run.workdir, 'stdout.log'), 'a')
+      out = open(workdir_lib.path(run.workdir, workdir_lib.STDOUT), 'a')
       proc = subprocess.Popen(
         suites.train_command(spec, run),
         env=env,
@@ -112,11 +114,16 @@ def run_local(
       status = (
         'done'
         if proc.returncode == 0
-        else f'FAILED ({proc.returncode}); see {run.workdir}/stdout.log'
+        else 'stopped by a signal with a checkpoint; re-run the command to resume'
+        if proc.returncode == preemption.EXIT_CODE
+        else f'FAILED ({proc.returncode}); see {workdir_lib.path(run.workdir, workdir_lib.STDOUT)}'
       )
       log(f'{status}: {run.name} in {time.perf_counter() - start:.0f}s')
   return codes
 
+
+# The suite root's list of `artrm train` lines, one per array task (launch/slurm.sh reads it).
+SLURM_RUNS = 'slurm_runs.txt'
 
 SLURM_TEMPLATE = """#!/bin/bash
 #SBATCH --job-name={job_name}
@@ -125,6 +132,7 @@ SLURM_TEMPLATE = """#!/bin/bash
 #SBATCH --cpus-per-task={cpus}
 #SBATCH --time={time}
 #SBATCH --requeue
+#SBATCH --signal=B:TERM@{signal_secs}
 #SBATCH --output={root}/slurm-%A_%a.out
 {extra}
 # One line of {runs_file} per array task. Each is an `artrm train` command
@@ -133,10 +141,20 @@ SLURM_TEMPLATE = """#!/bin/bash
 set -euo pipefail
 cd {repo}
 LINE=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" {runs_file})
-{run}
+# {signal_secs} s before the time limit SLURM sends this shell SIGTERM, passed on to the
+# run: it saves a checkpoint and exits with {requeue_code}, and the task goes back in the queue.
+{run} &
+RUN=$!
+trap 'kill -TERM "$RUN" 2>/dev/null' TERM INT
+while true; do  # until the run ends: a trapped signal interrupts `wait`
+  RC=0; wait "$RUN" || RC=$?
+  if [ "$RC" -le 128 ] || ! kill -0 "$RUN" 2>/dev/null; then break; fi
+done
+if [ "$RC" -eq {requeue_code} ]; then scontrol requeue "$SLURM_JOB_ID"; exit 0; fi
+exit "$RC"
 """
 
-SLURM_ONE_HOST = 'eval "$LINE"'
+SLURM_ONE_HOST = 'eval "exec $LINE"'
 
 # Several nodes, one process each, train one run: process 0's node is the
 # coordinator (port: ARTRM_PORT, or one from the job id), SLURM_PROCID the rank.
@@ -146,7 +164,8 @@ SLURM_MULTIHOST = '\n'.join(
     '"$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1):'
     '${ARTRM_PORT:-$((20000 + SLURM_JOB_ID % 20000))}"',
     f'export {parallel.NUM_PROCESSES_ENV}="$SLURM_NTASKS"',
-    f'srun --kill-on-bad-exit=1 bash -c "export {parallel.PROCESS_ID_ENV}=\\$SLURM_PROCID; $LINE"',
+    'exec srun --kill-on-bad-exit=1 bash -c '
+    f'"export {parallel.PROCESS_ID_ENV}=\\$SLURM_PROCID; $LINE"',
   ]
 )
 
@@ -162,14 +181,18 @@ def slurm_submission(
   extra: str = '',
   hosts: int = 1,
   python: str = 'python',
+  signal_secs: int = 180,
 ) -> tuple[str, str]:
-  """(sbatch script, runs file) for the suite's pending runs; each run on `hosts` nodes."""
+  """(sbatch script, runs file) for the suite's pending runs; each run on `hosts` nodes.
+
+  `signal_secs` before the time limit the run is asked to stop (SIGTERM), which leaves it
+  time to finish its step and save; it is then requeued (`preemption.EXIT_CODE`)."""
   if hosts < 1:
     raise ValueError(f'hosts={hosts}: a run needs at least one node.')
   todo, _ = pending_runs(spec, root)
   if not todo:
     raise ValueError(f'Every run of {spec} in {root} is finished: nothing to submit.')
-  runs_file = os.path.join(root, 'slurm_runs.txt')
+  runs_file = os.path.join(root, SLURM_RUNS)
   lines = '\n'.join(suites.shell_line(suites.train_command(spec, r, python=python)) for r in todo)
   hosts_lines = f'#SBATCH --nodes={hosts}\n#SBATCH --ntasks-per-node=1\n' if hosts > 1 else ''
   script = SLURM_TEMPLATE.format(
@@ -184,6 +207,8 @@ def slurm_submission(
     runs_file=runs_file,
     repo=os.getcwd(),
     run=SLURM_MULTIHOST if hosts > 1 else SLURM_ONE_HOST,
+    signal_secs=signal_secs,
+    requeue_code=preemption.EXIT_CODE,
   )
   return script, lines + '\n'
 
@@ -193,12 +218,12 @@ def submit_slurm(spec: str, root: str, *, dry_run: bool, log=print, **kwargs) ->
   script_path = os.path.join(root, 'slurm_array.sbatch')
   if dry_run:
     log(
-      f'# would write {script_path}:\n{script}\n# and {root}/slurm_runs.txt:\n{lines}'
+      f'# would write {script_path}:\n{script}\n# and {os.path.join(root, SLURM_RUNS)}:\n{lines}'
       f'# and run: sbatch {script_path}'
     )
     return script
   os.makedirs(root, exist_ok=True)
-  with open(os.path.join(root, 'slurm_runs.txt'), 'w') as f:
+  with open(os.path.join(root, SLURM_RUNS), 'w') as f:
     f.write(lines)
   with open(script_path, 'w') as f:
     f.write(script)
@@ -264,8 +289,9 @@ def launch_tpu(spec: str, root: str, *, dry_run: bool, log=print, **kwargs):
   return cmd
 
 
-def inference_sweep(spec: str, root: str, steps: list[int], log=print) -> list[str]:
-  """Re-evaluates every finished weight-tied run with each number of inference steps."""
+def inference_sweep(spec: str, root: str, steps: list[int | str], log=print) -> list[str]:
+  """Re-evaluates every finished weight-tied run with each number of inference steps
+  (or multiple of its trained steps, '2x': `eval_checkpoint.resolve_steps`)."""
   from artrm.models import get_rung
   from artrm.training import eval_checkpoint
 

@@ -31,6 +31,8 @@ from artrm.tools import results
 # those before it (n_head = n_embd / 64) adds nothing and is dropped.
 SETTING_COLUMNS = (
   'recipe',  # a run's non-default training recipe ('paper' if none)
+  'pos_encoding',
+  'input_injection',
   'train_length',
   'budget',
   'n_embd',

@@ -28,6 +28,8 @@ CONFIG_COLUMNS = {
   'n_outer_loops': 'model.n_outer_loops',
   'n_inner_loops': 'model.n_inner_loops',
   'max_steps': 'max_steps',
+  'pos_encoding': 'model.pos_encoding',  # None in configs saved before it
+  'input_injection': 'model.input_injection',
 }
 # The run's training recipe (its non-default switches, 'paper' if none) and
 # compute (docs/compute.md), so that recipes compare at matched compute.
@@ -60,8 +62,9 @@ def _get(config: dict, dotted: str):
   return None if config == {} else config
 
 
-def run_compute(config: dict) -> dict:
-  """The COMPUTE_COLUMNS of a run's saved config."""
+def run_compute(config: dict, inference_steps: int | None = None) -> dict:
+  """The COMPUTE_COLUMNS of a run's saved config (inference_passes at `inference_steps`,
+  default the trained steps)."""
   mc = ModelConfig.from_mapping(config['model'])
   mc = normalize_budget(mc, config['budget']) if config.get('budget') else mc
   recipe = Recipe.from_mapping(config.get('recipe'))
@@ -70,7 +73,7 @@ def run_compute(config: dict) -> dict:
     for f in dataclasses.fields(Recipe)
     if getattr(recipe, f.name) != f.default
   ]
-  record = compute_record(get_rung(mc.name), mc, recipe)
+  record = compute_record(get_rung(mc.name), mc, recipe, inference_steps)
   return dict(recipe=','.join(changed) or 'paper', **{k: record[k] for k in COMPUTE_COLUMNS[1:]})
 
 
@@ -108,7 +111,7 @@ def run_rows(workdir: str, suite: str = '') -> list[dict]:
       for seed, by_length in by_seed.items():
         rows += metric_rows(
           by_length,
-          **base,
+          **{**base, **run_compute(config, steps)},
           seed=seed,
           kind='inference',
           step=scaling['step'],

@@ -1,6 +1,6 @@
 """Orbax checkpoints of a run: periodic + latest, and the best by a metric.
 
-Layout under the workdir:
+Layout under the workdir (names: `artrm.workdir`):
   checkpoints/<step>/{state, config, fingerprint}          periodic; the newest is "latest"
   best/<step>/{state, config, fingerprint, metrics}        one, the best eval so far
   checkpoints/<step>.corrupt/                              one that failed to restore, kept
@@ -15,10 +15,15 @@ checkpoint that fails to read or to verify is skipped with a warning, and the
 newest good one is used.
 """
 
+import contextlib
 import dataclasses
+import functools
+import glob
 import hashlib
-import json
+import logging as std_logging
 import os
+import re
+import shutil
 import sys
 from typing import Any, Callable
 
@@ -27,7 +32,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from artrm.configs import length_gen
+from artrm import workdir as workdir_lib
 
 # Config fields (sections or dotted keys) that may change between a run and its
 # resumption (or its evaluation): they decide how long, how fast and how it is
@@ -59,15 +64,13 @@ def _flatten(d: dict, prefix: str = '') -> dict[str, Any]:
 def changed_fields(saved: dict, current: dict, ignore=MUTABLE_FIELDS) -> dict[str, tuple]:
   """{key: (saved, current)} for every field outside `ignore` that differs."""
   keep = lambda k: k not in ignore and k.split('.')[0] not in ignore
-  # A field added to the configs after a run was saved held its default there.
-  a, b = {**_flatten(_defaults()), **_flatten(saved)}, _flatten(current)
+  # A field the saved config lacks (added to the configs after the run was saved) reads as
+  # the current config's value: the field did not exist, so it cannot have changed.
+  b = _flatten(current)
+  a = {**b, **_flatten(saved)}
   return {
     k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if keep(k) and a.get(k) != b.get(k)
   }
-
-
-def _defaults() -> dict:
-  return json.loads(length_gen.base_config().to_json())
 
 
 def config_differences(saved: dict, current: dict, ignore=MUTABLE_FIELDS) -> list[str]:
@@ -89,7 +92,8 @@ def fingerprint(tree) -> dict[str, str]:
 
 
 def _is_orphaned_read(exc: BaseException | None) -> bool:
-  """A TensorStore read that finished after a failed Orbax read had closed its event loop."""
+  """A TensorStore read or write that finished after a failed Orbax read or save had closed
+  its event loop."""
   tb = exc and exc.__traceback__
   while tb and tb.tb_next:
     tb = tb.tb_next
@@ -102,9 +106,10 @@ def _is_orphaned_read(exc: BaseException | None) -> bool:
 
 
 def _ignore_orphaned_reads():
-  """Keeps the terminal free of what a failed read of a damaged checkpoint leaves behind.
+  """Keeps the terminal free of what a failed read of a damaged checkpoint, or a failed save,
+  leaves behind.
 
-  The reads still in flight call back into Orbax's closed event loop, and
+  The reads (or writes) still in flight call back into Orbax's closed event loop, and
   Python prints a traceback for each (from TensorStore's threads, or as an
   ignored exception). Those alone are dropped; every other report stands.
   """
@@ -121,6 +126,53 @@ def _ignore_orphaned_reads():
 
   sys.excepthook = quiet(sys.excepthook, lambda kind, value, tb: value)
   sys.unraisablehook = quiet(sys.unraisablehook, lambda unraisable: unraisable.exc_value)
+
+
+def _write_failure(e: BaseException | None) -> tuple[str | None, str] | None:
+  """(the checkpoint's step directory or None, the cause) if `e` is a failed write (an
+  OSError, or TensorStore's report of one as Orbax raises it), else None."""
+  if isinstance(e, OSError):
+    file, cause = e.filename, e.strerror or str(e)
+  elif code := re.search(r"os_error_code='(\d+)'", str(e)):
+    file, cause = next(iter(re.findall(r'"(/[^"]+)"', str(e))), None), os.strerror(int(code[1]))
+  else:
+    return None
+  step_dir = re.match(r'(.*/\d+)\.orbax-checkpoint-tmp', file or '')
+  return (step_dir[1] if step_dir else file), cause
+
+
+def _reports_write_failures(method):
+  """A RunCheckpoints method whose failed write (its own, or a save's in the background)
+  removes the unfinished saves and raises WriteError naming the file and the cause: the
+  newest finished checkpoint stays the latest."""
+
+  @functools.wraps(method)
+  def wrapped(self, *args, **kwargs):
+    try:
+      return method(self, *args, **kwargs)
+    except Exception as e:
+      failure = _write_failure(e)
+      if failure is None:
+        raise
+      self._remove_unfinished()
+      where, cause = failure
+      what = f'the checkpoint {where}' if where else f'a checkpoint in {self.workdir}'
+      raise workdir_lib.WriteError(f'Could not save {what}: {cause}.') from e
+
+  return wrapped
+
+
+_ORBAX_DIR = os.path.dirname(ocp.__file__)
+
+
+def _drop_reported_errors(record: std_logging.LogRecord) -> bool:
+  """Keeps the terminal to artrm's own one-line reports. Orbax logs an error (often with a
+  traceback) for what it then raises, which artrm reports, and for an unreadable
+  `_CHECKPOINT_METADATA`, its bookkeeping of a step, which a restore does not need: the
+  state is checked against its fingerprint. asyncio then logs each write of a failed save
+  that was still in flight."""
+  orbax = record.levelno >= std_logging.ERROR and record.pathname.startswith(_ORBAX_DIR)
+  return not (orbax or (record.exc_info and _write_failure(record.exc_info[1])))
 
 
 def _first_line(e: Exception) -> str:
@@ -148,14 +200,18 @@ class RunCheckpoints:
   create: bool = True  # False: a reader, who makes no directory
 
   def __post_init__(self):
+    _ignore_orphaned_reads()
+    for logger in (logging.get_absl_logger(), std_logging.getLogger('asyncio')):
+      if _drop_reported_errors not in logger.filters:
+        logger.addFilter(_drop_reported_errors)
     options = dict(create=self.create, enable_async_checkpointing=True)
     self.periodic = ocp.CheckpointManager(
-      os.path.join(os.path.abspath(self.workdir), 'checkpoints'),
+      workdir_lib.path(os.path.abspath(self.workdir), workdir_lib.CHECKPOINTS),
       options=ocp.CheckpointManagerOptions(max_to_keep=self.max_to_keep or None, **options),
       item_names=('state', 'config', 'fingerprint'),
     )
     self.best = ocp.CheckpointManager(
-      os.path.join(os.path.abspath(self.workdir), 'best'),
+      workdir_lib.path(os.path.abspath(self.workdir), workdir_lib.BEST),
       options=ocp.CheckpointManagerOptions(max_to_keep=1, **options),
       item_names=('state', 'config', 'fingerprint', 'metrics'),
     )
@@ -185,6 +241,7 @@ class RunCheckpoints:
       self._skip('best', step, _first_line(e), move_aside)
       return None
 
+  @_reports_write_failures
   def save(self, step: int, state, config: dict, *, best_metrics: dict | None = None):
     """A periodic checkpoint, or (with `best_metrics`) the new best."""
     items = dict(
@@ -255,7 +312,6 @@ class RunCheckpoints:
     items = dict(state=ocp.args.StandardRestore(abstract_state))
     if has_fingerprint:  # absent from checkpoints saved before it was recorded
       items['fingerprint'] = ocp.args.JsonRestore()
-    _ignore_orphaned_reads()
     try:
       restored = self._read(which, step, **items)
     except Exception as e:  # pylint: disable=broad-except
@@ -278,9 +334,9 @@ class RunCheckpoints:
     where = self._step_dir(which, step)
     if move_aside:
       target = next(
-        f'{where}.corrupt{i or ""}'
+        aside
         for i in range(1000)
-        if not os.path.exists(f'{where}.corrupt{i or ""}')
+        if not os.path.exists(aside := f'{where}{workdir_lib.CORRUPT}{i or ""}')
       )
       if jax.process_index() == 0:  # the workdir is shared by a multi-host run's processes
         os.rename(where, target)
@@ -288,9 +344,20 @@ class RunCheckpoints:
       where = f'{where} (moved to {os.path.basename(target)})'
     logging.warning('Skipped damaged checkpoint %s: %s', where, why)
 
+  @_reports_write_failures
   def wait(self):
     self.periodic.wait_until_finished()
     self.best.wait_until_finished()
+
+  def _remove_unfinished(self):
+    """Deletes the saves that did not finish (Orbax's `<step>.orbax-checkpoint-tmp`
+    directories), once none is in flight: they hold space and no checkpoint."""
+    for manager in (self.periodic, self.best):
+      with contextlib.suppress(Exception):  # its error is the one being reported
+        manager.wait_until_finished()
+      if jax.process_index() == 0:
+        for unfinished in glob.glob(f'{manager.directory}/*.orbax-checkpoint-tmp*'):
+          shutil.rmtree(unfinished, ignore_errors=True)
 
   def close(self):
     self.periodic.close()

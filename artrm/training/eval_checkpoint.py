@@ -60,34 +60,89 @@ def evaluate_checkpoint(
   verbose: bool = False,
 ) -> dict[int, dict[int, dict]]:
   """{seed: {length: metrics}} of checkpoint `which` ('latest', 'best' or a step)."""
-  if overrides and 'lengths' in overrides:
-    overrides = {**overrides, 'lengths': validation.parse_lengths(overrides['lengths'])}
+  overrides = _parsed(overrides)
   config, model, state, step = load_checkpoint(workdir, which)
   results = evaluate_loaded(config, model, state, step, workdir, f'checkpoint_{which}', overrides)
   if verbose:
-    rows = [
-      dict(seed=seed, L=L, **{k: v for k, v in m.items() if not isinstance(v, list)})
-      for seed, by_length in results.items()
-      for L, m in by_length.items()
-    ]
     print(f'{config.model.name} on {config.task}, checkpoint {which} (step {step}):')
-    print(markdown_table(rows))
+    print(markdown_table(_table_rows(results)))
   return results
 
 
-def inference_scaling(workdir: str, steps: list[int], which: str | int = 'latest') -> dict:
-  """Re-evaluates a weight-tied run with each number of inference steps.
+def _parsed(overrides: dict[str, Any] | None) -> dict[str, Any]:
+  """Evaluation overrides with command-line lengths ('10', '20') as integers."""
+  overrides = dict(overrides or {})
+  if 'lengths' in overrides:
+    overrides['lengths'] = validation.parse_lengths(overrides['lengths'])
+  return overrides
 
-  Writes {'step', 'results': {steps: {seed: {length: metrics}}}} to
-  inference_eval.json, which the results store reads as kind 'inference'.
+
+def _table_rows(results: dict[int, dict[int, dict]], **columns) -> list[dict]:
+  """A row per (seed, length) of {seed: {length: metrics}}, `columns` first."""
+  return [
+    dict(**columns, seed=seed, L=L, **{k: v for k, v in m.items() if not isinstance(v, list)})
+    for seed, by_length in results.items()
+    for L, m in by_length.items()
+  ]
+
+
+def resolve_steps(specs, trained: int) -> list[int]:
+  """Inference steps from each spec: a number of steps (8, '8') or a multiple of the
+  `trained` steps ('2x', '1.5x')."""
+  out = []
+  for spec in specs:
+    text = str(spec).strip()
+    try:
+      n = round(float(text[:-1]) * trained) if text.endswith('x') else int(text)
+    except ValueError:
+      n = 0
+    if n < 1:
+      raise validation.ConfigError(
+        f'inference steps {spec!r}: give numbers of steps >= 1 or multiples of the trained '
+        f'{trained}, e.g. --inference_steps=1x,2x,4x.'
+      )
+    out.append(n)
+  return out
+
+
+def inference_scaling(
+  workdir: str,
+  steps: list[int | str],
+  which: str | int = 'latest',
+  overrides: dict[str, Any] | None = None,
+  verbose: bool = False,
+) -> dict:
+  """Re-evaluates a weight-tied run with each number of inference steps (`resolve_steps`:
+  '2x' is twice the trained steps; for ACT rungs, the raised maximum); `overrides` change
+  the rest of the evaluation as in `evaluate_checkpoint`.
+
+  Writes {'step', 'results': {steps: {seed: {length: metrics}}}, 'inference_passes':
+  {steps: block passes per generated token}} to inference_eval.json, which the results
+  store reads as kind 'inference'.
   """
+  overrides = _parsed(overrides)
   config, model, state, step = load_checkpoint(workdir, which)
   if not model.rung.tied:
-    raise ValueError(f'{config.model.name} has distinct blocks: it has no inference-step axis.')
+    raise ValueError(
+      f'{config.model.name} has distinct blocks: it has no inference-step axis; '
+      'evaluate it without --inference_steps.'
+    )
+  steps = resolve_steps(steps, model.rung.default_steps(model.config))
   results = {
-    n: evaluate_loaded(config, model, state, step, workdir, f'inference{n}', {'inference_steps': n})
+    n: evaluate_loaded(
+      config, model, state, step, workdir, f'inference{n}', {**overrides, 'inference_steps': n}
+    )
     for n in steps
   }
-  out = dict(step=step, results=results)
+  passes = {n: model.passes_per_forward(n) for n in steps}
+  out = dict(step=step, results=results, inference_passes=passes)
   workdir_lib.write_json(workdir, workdir_lib.INFERENCE_EVAL, out)
+  if verbose:
+    print(f'{config.model.name} on {config.task}, checkpoint {which} (step {step}):')
+    rows = [
+      row
+      for n, by_seed in results.items()
+      for row in _table_rows(by_seed, inference_steps=n, inference_passes=passes[n])
+    ]
+    print(markdown_table(rows))
   return out

@@ -14,7 +14,7 @@ import json
 import math
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 from absl import logging
 import flax
@@ -31,7 +31,7 @@ from artrm.data import IGNORE_INDEX, get_task, same_layout, sample_batch_of
 from artrm.evaluation.evaluators import LengthEvaluator
 from artrm.models import ModelConfig, build_model, fresh_params, normalize_budget
 from artrm.models.recipe import Recipe, compute_record
-from artrm.training import checkpointing, validation
+from artrm.training import checkpointing, preemption, validation
 from artrm.training.writers import MetricWriter
 
 
@@ -115,16 +115,40 @@ def eval_params(state: TrainState):
   return state.params if state.ema_params is None else state.ema_params
 
 
+EMBEDDINGS = ('tok_emb', 'pos_emb', 'abacus_emb')  # the params that make the input x
+
+
+def learning_rate(opt: ml_collections.ConfigDict, total_steps: int):
+  """The paper's constant lr, or a linear warmup then a cosine decay to 0 at `total_steps`."""
+  if opt.get('schedule', 'constant') == 'constant':  # configs saved before schedules had none
+    return opt.learning_rate
+  return optax.warmup_cosine_decay_schedule(
+    0.0, opt.learning_rate, opt.warmup_steps, max(total_steps, opt.warmup_steps + 1)
+  )
+
+
 def make_optimizer(
-  opt: ml_collections.ConfigDict, recipe: Recipe | None = None
+  opt: ml_collections.ConfigDict, recipe: Recipe | None = None, total_steps: int = 0
 ) -> optax.GradientTransformation:
   """AdamW as torch.optim.AdamW: decoupled decay lr * wd * param on every parameter
-  (but fixed y0 / z0, which `recipe.fixed_init` keeps out of the optimizer)."""
+  (but fixed y0 / z0, which `recipe.fixed_init` keeps out of the optimizer).
+
+  `opt.embed_lr_mult` scales the embeddings' whole update (Adam step and decay):
+  the step size of the input alone, everything else as it was."""
   tx = optax.adamw(
-    opt.learning_rate, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay
+    learning_rate(opt, total_steps),
+    b1=opt.b1,
+    b2=opt.b2,
+    eps=opt.eps,
+    weight_decay=opt.weight_decay,
   )
   if opt.grad_clip_norm > 0:
     tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), tx)
+  if opt.get('embed_lr_mult', 1.0) != 1.0:
+    embeddings = lambda params: jax.tree_util.tree_map_with_path(
+      lambda path, _: path[0].key in EMBEDDINGS, params
+    )
+    tx = optax.chain(tx, optax.masked(optax.scale(opt.embed_lr_mult), embeddings))
   if recipe is not None and recipe.fixed_init:
     learned = lambda params: jax.tree_util.tree_map_with_path(
       lambda path, _: path[0].key not in ('y_init', 'z_init'), params
@@ -222,6 +246,7 @@ def train_step(
   task_index: jax.Array,
   length: int,
   batch_size: int,
+  min_length: int = 0,
   batch_sharding=None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One batch of `tasks[task_index]` (`data.sample_batch_of`): `recipe.n_sup` supervision
@@ -235,7 +260,7 @@ def train_step(
   recipe = model.recipe
   step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
   data_key, dropout_key = jax.random.split(step_key)
-  batch = sample_batch_of(data_key, tasks, task_index, length, batch_size)
+  batch = sample_batch_of(data_key, tasks, task_index, length, batch_size, min_length)
   if batch_sharding is not None:
     batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
 
@@ -317,6 +342,7 @@ def make_step_fn(
     tasks=same_layout(config.task),
     length=config.train_length,
     batch_size=config.batch_size,
+    min_length=config.get('train_length_min', 0),  # absent from configs saved before it
     batch_sharding=parallel.batch_sharding(mesh),
   )
 
@@ -421,15 +447,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   Returns the final state (stacked over seeds), the last evaluation
   {seed: {length: metrics}}, the best mean metric and the model. The config
   is validated before any work, and the workdir locked: one trainer at a time.
+  SIGTERM or SIGINT stop it after the step in flight, checkpointed (`preemption`).
   """
   validation.check_config(config)
   # Processes of a multi-host run share the workdir: the first holds the lock for all.
   lock = workdir_lib.lock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
-  with lock:
+  with lock, preemption.stop_requests() as stop_requested:
     try:
-      return _train_and_evaluate(config, workdir)
+      return _train_and_evaluate(config, workdir, stop_requested)
     except FloatingPointError as e:
       raise FloatingPointError(f'{e} {divergence_advice(config, workdir)}') from None
+    except workdir_lib.WriteError as e:
+      raise workdir_lib.WriteError(f'{e} {write_advice(workdir)}') from None
+
+
+def write_advice(workdir: str) -> str:
+  """What to do after a failed write: the unfinished checkpoint is gone, the last one stays."""
+  steps = workdir_lib.checkpoint_steps(workdir)
+  where = f'from its checkpoint at step {max(steps)}' if steps else 'from the start'
+  return f'Free space there (or make it writable) and re-run the same command: it resumes {where}.'
 
 
 def divergence_advice(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -450,7 +486,8 @@ def divergence_advice(config: ml_collections.ConfigDict, workdir: str) -> str:
 def abstract_state(model, saved: dict, sharding) -> TrainState:
   """The shapes (placed on `sharding`) of the state a checkpoint saved with config `saved` holds."""
   c = ml_collections.ConfigDict(saved)
-  abstract = seeds_shape(model, make_optimizer(c.optimizer, model.recipe), seeds_of(c))
+  optimizer = make_optimizer(c.optimizer, model.recipe, c.max_steps)
+  abstract = seeds_shape(model, optimizer, seeds_of(c))
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), abstract)
 
 
@@ -481,22 +518,19 @@ def _resume(
   return restored.replace(opt_state=opt_state), changes
 
 
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def _train_and_evaluate(
+  config: ml_collections.ConfigDict, workdir: str, stop_requested: Callable[[bool], str]
+) -> dict[str, Any]:
   model = run_model(config)
   mc = model.config
   task = get_task(config.task)
   seq_len = task.seq_len(config.train_length)
-  if seq_len > mc.block_size:
-    raise ValueError(
-      f'{config.task} at train_length={config.train_length} needs {seq_len} '
-      f'positions but model.block_size={mc.block_size}; raise model.block_size.'
-    )
   evaluator = evaluator_for(config)
   evaluator.check_fits(mc.block_size)
   mesh = parallel.data_mesh()
   parallel.check_batch_divisible(config.batch_size, mesh)
   replicated = parallel.replicated(mesh)
-  optimizer = make_optimizer(config.optimizer, model.recipe)
+  optimizer = make_optimizer(config.optimizer, model.recipe, config.max_steps)
   cfg = config_dict(config)
   seeds = seeds_of(config)
 
@@ -560,6 +594,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     desc=f'{mc.name} {config.task}',
     disable=not (is_main and config.log.progress_bar and sys.stderr.isatty()),
   )
+
+  def log_window(step: int):
+    logged = window.flush(step)  # before any save: a NaN never reaches a checkpoint
+    for seed, record in zip(seeds, logged):
+      writer.write(step, 'train', dict(seed=seed, **record))
+    if logged:
+      bar.set_postfix(loss=f'{np.mean([r["loss"] for r in logged]):.4f}')
+
   try:
     for step in range(start + 1, config.max_steps + 1):
       state, metrics = step_fn(state, task)
@@ -569,11 +611,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
       bar.update()
       is_eval = step % config.eval.every_steps == 0 or step == config.max_steps
       is_ckpt = step % ckpt_every == 0 or step == config.max_steps
-      if step % config.log.every_steps == 0 or is_eval or is_ckpt:
-        logged = window.flush(step)  # before any save: a NaN never reaches a checkpoint
-        for seed, record in zip(seeds, logged):
-          writer.write(step, 'train', dict(seed=seed, **record))
-        bar.set_postfix(loss=f'{np.mean([r["loss"] for r in logged]):.4f}')
+      logs = step % config.log.every_steps == 0 or is_eval or is_ckpt
+      if logs:
+        log_window(step)
       if is_eval:
         results = evaluate_seeds(evaluator, model, eval_params(state), seeds, mesh)
         for seed, by_length in results.items():
@@ -590,8 +630,16 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
             cfg,
             best_metrics=dict(step=step, metric=metric, value=value, length=config.train_length),
           )
-      if is_ckpt:
+      # The one place the loop reads a stop request; the last step ends the run anyway.
+      stopped_by = stop_requested(logs) if step < config.max_steps else ''
+      if stopped_by:
+        log_window(step)  # the resumed run logs only the steps after this one
+      if is_ckpt or stopped_by:
         ckpts.save(step, state, cfg)
+      if stopped_by:
+        ckpts.wait()  # finished on disk before the record says so
+        writer.write(step, 'preempted', dict(by=stopped_by))
+        raise preemption.Preempted(step, stopped_by)
   finally:
     bar.close()
     ckpts.wait()

@@ -10,13 +10,17 @@ from typing import Any
 import ml_collections
 
 from artrm.data import get_task
-from artrm.evaluation.decoding import DECODINGS
+from artrm.evaluation.decoding import DECODINGS, check_fits
 from artrm.models.config import get_rung
 from artrm.models.recipe import Recipe
 
 # Metrics the best checkpoint may be picked by: present at every length
 # (`artrm.evaluation.metrics.answer_metrics`).
 BEST_METRICS = ('seq_acc', 'char_acc', 'first_char_acc', 'last_char_acc')
+
+
+# optimizer.schedule: the paper's constant lr, or warmup then cosine (`train.learning_rate`).
+SCHEDULES = ('constant', 'warmup_cosine')
 
 
 class ConfigError(ValueError):
@@ -58,6 +62,7 @@ _CHECKS = {
   'seed': (_is_int, 'an integer'),
   'num_seeds': _at_least(1),
   'train_length': _at_least(1),
+  'train_length_min': _at_least(0),
   'batch_size': _at_least(1),
   'max_steps': _at_least(1),
   'budget': _at_least(0),
@@ -67,6 +72,9 @@ _CHECKS = {
   'optimizer.eps': _number(0),
   'optimizer.weight_decay': _number(0),
   'optimizer.grad_clip_norm': _number(0),
+  'optimizer.schedule': _one_of(SCHEDULES),
+  'optimizer.warmup_steps': _at_least(0),
+  'optimizer.embed_lr_mult': _number(0, open_low=True),
   'eval.lengths': (_lengths, 'a non-empty tuple of integers >= 1'),
   'eval.every_steps': _at_least(1),
   'eval.n_samples': _at_least(1),
@@ -99,6 +107,41 @@ def check_config(config: ml_collections.ConfigDict):
     value = _get(config, key)
     if not ok(value):
       raise ConfigError(f'config.{key}={value!r}: must be {allowed}.')
+  check_lengths(config)
+
+
+def check_lengths(config: ml_collections.ConfigDict):
+  """The training and evaluation lengths against model.block_size, the shortest training
+  length against the longest, and, for abacus positions, the digit indices evaluation
+  reads against those training reaches with its offsets."""
+  task, L, block_size = get_task(config.task), config.train_length, config.model.block_size
+  if not 0 <= config.train_length_min <= L:
+    raise ConfigError(
+      f'config.train_length_min={config.train_length_min}: must be 0 (every row at '
+      f'train_length) or in 1..train_length={L}.'
+    )
+  if task.seq_len(L) > block_size:
+    raise ConfigError(
+      f'{config.task} at train_length={L} needs {task.seq_len(L)} positions but '
+      f'model.block_size={block_size}: raise model.block_size to {task.seq_len(L)}.'
+    )
+  for length in config.eval.lengths:
+    check_fits(
+      block_size,
+      task.prompt_len(length),
+      task.answer_len(length),
+      f'{config.task} at length {length}',
+    )
+  # The longest run of digits is the answer's (addition: L + 1 digits).
+  reach = task.answer_len(L) + config.model.get('abacus_max_offset', 0)
+  longest = max(task.answer_len(length) for length in config.eval.lengths)
+  if config.model.get('pos_encoding') == 'abacus' and longest > reach:
+    raise ConfigError(
+      f'config.model.abacus_max_offset={config.model.abacus_max_offset}: evaluating '
+      f'{config.task} at length {max(config.eval.lengths)} reads digit index {longest}, but '
+      f'training reaches {reach}: raise model.abacus_max_offset to '
+      f'{longest - task.answer_len(L)}.'
+    )
 
 
 def parse_lengths(lengths) -> list[int]:

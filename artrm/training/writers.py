@@ -63,16 +63,14 @@ class MetricWriter:
     if not (self.enabled and os.path.exists(self.path)):
       return
     kept = [r for r in workdir_lib.read_metrics(os.path.dirname(self.path)) if r['step'] <= step]
-    tmp = f'{self.path}.tmp{os.getpid()}'
-    with open(tmp, 'w') as f:
+    with workdir_lib.replacing(self.path) as f:
       f.writelines(json.dumps(r) + '\n' for r in kept)
-    os.replace(tmp, self.path)
 
   def write(self, step: int, kind: str, scalars: Mapping[str, Any]):
     if not self.enabled:
       return
     record = {'step': int(step), 'kind': kind, **{k: _jsonable(v) for k, v in scalars.items()}}
-    with open(self.path, 'a') as f:
+    with workdir_lib.appending(self.path) as f:
       f.write(json.dumps(record) + '\n')
     numeric = {
       k: v

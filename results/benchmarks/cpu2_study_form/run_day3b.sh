@@ -3,7 +3,7 @@
 # copy/reverse step too), its main job, the fresh-state compile per rung, and one run's
 # phases before (8d21fbc) and now, a run of each pinned to each core at the same time.
 set -u
-OUT=benchmarks/results/cpu2_study_form
+OUT=results/benchmarks/cpu2_study_form
 PY=$PWD/.venv/bin/python
 root=/tmp/sf_now_default; rm -rf $root
 for task in copy reverse; do
@@ -14,7 +14,7 @@ done
 rm -rf /tmp/mj_now
 /usr/bin/time -f "wall=%e" "$PY" -m artrm --workdir=/tmp/mj_now > "$OUT/day3_main_job_now.log" 2>&1
 export XLA_FLAGS=--xla_cpu_multi_thread_eigen=false
-taskset -c 0 "$PY" benchmarks/one_off_init.py --width=64 --out=benchmarks/results/cpu2_one_off_init_64.json > /dev/null 2>&1
+taskset -c 0 "$PY" benchmarks/one_off_init.py --width=64 --out=results/benchmarks/cpu2_one_off_init_64.json > /dev/null 2>&1
 for run in trm gpt; do
   (cd /tmp/wt_8d21fbc && taskset -c 0 "$PY" /work/main/benchmarks/run_phases.py \
     --suite=experiments/why_trm.py:runlocal,only=copy --run=task=copy,name=$run --workdir=/tmp/ph_before \

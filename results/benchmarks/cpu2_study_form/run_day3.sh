@@ -4,7 +4,7 @@
 # one-off init (8d21fbc) and now, each with its default; then the main job of the last two.
 # Run from the repository root; worktrees of the older commits at /tmp/wt_<commit>.
 set -u
-OUT=benchmarks/results/cpu2_study_form
+OUT=results/benchmarks/cpu2_study_form
 PY=$PWD/.venv/bin/python
 form() {  # $1 = name, $2 = checkout, $3 = extra suite args
   local root=/tmp/sf_$1

@@ -1,0 +1,1 @@
+"""Scoring params on fixed evaluation sets: decoding, answer metrics, evaluators."""

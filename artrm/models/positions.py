@@ -1,0 +1,71 @@
+"""Where a token is, as the model sees it: `model.pos_encoding` (`config.POS_ENCODINGS`).
+
+  learned  a learned vector per absolute position, added to x (the paper's): the
+           rows past the training length are never trained
+  none     no position signal; causal attention alone tells positions apart (NoPE)
+  rope     q and k rotated by their absolute position inside attention (`rope`),
+           so attention scores depend on relative positions; decoding with the
+           KV cache, a new token's position is the cache's index
+  abacus   a learned vector per digit index, added to x: a digit's 1-based place
+           in its run of consecutive digits (its operand or answer), 0 for any
+           other token. Training adds a random offset per sequence (0 up to
+           `model.abacus_max_offset`) to every digit index, so that the indices
+           of operands longer than the training length are trained too; the
+           evaluation adds none. A digit's index depends on the tokens before
+           it, so a KV cache carries the index its last token had.
+
+The rungs read `learned` and `abacus` in `RecursiveLM.embed`, `rope` in
+`block.CausalSelfAttention`.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from artrm.data.vocab import char_id
+from artrm.models.config import ModelConfig
+
+N_DIGITS = char_id('9') + 1  # the digits are token ids 0..9
+ROPE_BASE = 10000.0
+
+
+def abacus_rows(cfg: ModelConfig) -> int:
+  """Rows of the abacus table: index 0 (no digit), then every index a run of digits in
+  block_size positions reaches with the largest training offset."""
+  return cfg.block_size + cfg.abacus_max_offset + 1
+
+
+def digit_index(idx_BxT: jax.Array, last_B: jax.Array | None = None) -> jax.Array:
+  """Each digit's 1-based index in its run of consecutive digits, 0 for other tokens.
+
+  `last_B` is the index of the token before idx_BxT[:, 0] (a KV cache's last
+  token; None: there is none), so that a run continues across decoding calls.
+  """
+  B, T = idx_BxT.shape
+  t_T = jnp.arange(T)
+  digit_BxT = idx_BxT < N_DIGITS
+  # Where the current run began, minus one: the last non-digit at or before t, or the
+  # virtual non-digit that ends the cached run.
+  before_B = -1 - (jnp.zeros((B,), jnp.int32) if last_B is None else last_B)
+  nondigit_BxT = jax.lax.cummax(jnp.where(digit_BxT, before_B[:, None], t_T[None]), axis=1)
+  return jnp.where(digit_BxT, t_T - nondigit_BxT, 0)
+
+
+def abacus_index(idx_BxT: jax.Array, last_B: jax.Array | None, offset_B: jax.Array) -> jax.Array:
+  """The row of the abacus table each token reads: its digit index plus its sequence's
+  offset, 0 for a non-digit."""
+  index_BxT = digit_index(idx_BxT, last_B)
+  return jnp.where(index_BxT > 0, index_BxT + offset_B[:, None], 0)
+
+
+def rope(x: jax.Array, positions_T: jax.Array, time_axis: int) -> jax.Array:
+  """x [..., D] with each channel pair (i, i + D/2) rotated by position x angle_i
+  (rotary embedding, float32 angles); `time_axis` is x's axis of `positions_T`."""
+  D = x.shape[-1]
+  inv_freq_H = ROPE_BASE ** (-jnp.arange(0, D, 2, dtype=jnp.float32) / D)
+  angle_TxH = positions_T.astype(jnp.float32)[:, None] * inv_freq_H[None]
+  shape = [1] * x.ndim
+  shape[time_axis], shape[-1] = positions_T.shape[0], D
+  cos, sin = (jnp.tile(f(angle_TxH), 2).reshape(shape) for f in (jnp.cos, jnp.sin))
+  x32 = x.astype(jnp.float32)
+  rotated = jnp.concatenate([-x32[..., D // 2 :], x32[..., : D // 2]], axis=-1)
+  return (x32 * cos + rotated * sin).astype(x.dtype)

@@ -1,0 +1,1 @@
+"""Training a run: the loop, its checks, checkpoints and metric writers (`artrm train`)."""

@@ -1,0 +1,111 @@
+"""Beyond the training length: position encodings against recursion, with `gpt` as control.
+
+Does a recursive rung generalise past its training length where `gpt` with the same
+position encoding does not, and does more test-time recursion help? Rows: `gpt` (the
+control: no recursion), `ut`, `ut_level1`, and `trm` and `ut_level2` with TRM's input and
+carry norms (`recipe.input_norm`, `recipe.carry_norm`), each with `model.pos_encoding`
+learned (the paper's), none, rope and abacus. Tasks copy, reverse and addition_rev (the
+sum least-significant digit first). Every row trains on lengths drawn per row from 1..L
+(`train_length_min=1`) and is evaluated at L, 1.5L, 2L and 3L; 3 seeds each (vmapped).
+
+  screen:      artrm suite --suite=experiments/length_beyond.py:runlocal,screen --root=workdirs/length_beyond_screen_cpu
+  CPU form:    artrm suite --suite=experiments/length_beyond.py:runlocal --root=workdirs/length_beyond_cpu
+  depth:       artrm suite --suite=experiments/length_beyond.py:runlocal --root=workdirs/length_beyond_cpu --inference_sweep=1x,2x,4x
+  report:      artrm report --root=workdirs/length_beyond_cpu --out=docs/results/length_beyond_cpu
+  paper scale: artrm suite --suite=experiments/length_beyond.py --root=workdirs/length_beyond
+The depth command re-evaluates the finished recursive runs of the same suite at 1x, 2x and
+4x their trained steps (for ACT rungs, the raised maximum); use the training command's
+suite argument, so that it finds the same runs. docs/length.md has the switches.
+
+Arguments besides `runlocal`, `seeds=N`, `dtype=...`, `steps=N`:
+  screen      one seed, the rows of gpt, ut and trm only: what learns at all
+  only=T      those tasks' rows, joined by `+` (e.g. only=copy+addition_rev; addition too)
+  addition    adds the paper's addition (most-significant digit first) to the tasks
+  inject      adds `ut` with `model.input_injection` (x re-added at every step)
+  rows=N      the first N rows of each task (`rows=-N`: the last N)
+  length=N    the training length L (default 10, CPU form 5)
+  offset=N    model.abacus_max_offset of the abacus rows (default 4L: training reaches
+              digit index 5L + 1, evaluation at 3L reads up to 3L + 1)
+
+The paper form is the length-generalisation setting (n_embd 384, budget 24, 5000 steps)
+at L = 10, evaluated at 10, 15, 20 and 30. The CPU form uses `runlocal` (64 wide, batch
+32) at budget 12, L = 5 (evaluated at 5, 8, 10 and 15) and 1000 steps: rows of every
+length up to L share the steps, so L itself is seen less than at a fixed length.
+"""
+
+from artrm.configs import length_gen
+from artrm.data import get_task
+
+TASKS = ('copy', 'reverse', 'addition_rev')
+ENCODINGS = ('learned', 'none', 'rope', 'abacus')
+NORMS = {'recipe.input_norm': True, 'recipe.carry_norm': True}
+MODELS = {
+  'gpt': {'model.name': 'gpt'},
+  'ut': {'model.name': 'ut'},
+  'ut_level1': {'model.name': 'ut_level1'},
+  'trm': {'model.name': 'trm', **NORMS},
+  'ut_level2': {'model.name': 'ut_level2', **NORMS},
+}
+SCREEN = ('gpt', 'ut', 'trm')
+
+
+def eval_lengths(L: int) -> tuple[int, ...]:
+  return (L, int(1.5 * L + 0.5), 2 * L, 3 * L)
+
+
+def get_config(arg=None):
+  c, _ = parsed(arg)
+  return c
+
+
+def parsed(arg):
+  c, a = length_gen.suite_config(
+    arg,
+    task='copy',
+    only='',
+    rows=0,
+    screen=False,
+    addition=False,
+    inject=False,
+    length=0,
+    offset=-1,
+  )
+  if a.runlocal:
+    c.budget = 12
+    c.max_steps = a.steps or 1000
+  if a.screen:
+    c.num_seeds = 1
+  c.train_length = L = a.length or (5 if a.runlocal else 10)
+  c.train_length_min = 1
+  c.eval.lengths = eval_lengths(L)
+  c.eval.every_steps = c.max_steps // 10  # learning curves of 10 points
+  # Room for the longest evaluation of any task here (the paper's 180 holds 3L up to 58).
+  longest = max(get_task(t).example_len(3 * L) for t in (*TASKS, 'addition'))
+  c.model.block_size = max(c.model.block_size, longest)
+  return c, a
+
+
+def rows(a, L: int) -> list[dict]:
+  """A row per (model, encoding), the encodings side by side for each model."""
+  names = list(SCREEN if a.screen else MODELS)
+  models = {n: MODELS[n] for n in names}
+  if a.inject:
+    models['ut_injected'] = {'model.name': 'ut', 'model.input_injection': True}
+  offset = 4 * L if a.offset < 0 else a.offset
+  abacus = {'model.abacus_max_offset': offset}
+  return [
+    {**m, 'model.pos_encoding': e, **(abacus if e == 'abacus' else {})}
+    for m in models.values()
+    for e in ENCODINGS
+  ]
+
+
+def get_sweep(arg=None):
+  c, a = parsed(arg)
+  known = (*TASKS, 'addition')
+  tasks = a.only.split('+') if a.only else [*TASKS, *(['addition'] if a.addition else [])]
+  if set(tasks) - set(known):
+    raise ValueError(f'only={a.only}: tasks are {"+".join(known)}, e.g. only=copy+addition_rev.')
+  every = rows(a, c.train_length)
+  picked = every[a.rows :] if a.rows < 0 else every[: a.rows or None]
+  return [{'task': task, **row} for task in tasks for row in picked]

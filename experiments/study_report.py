@@ -1,0 +1,218 @@
+"""The report of the addition-form study (`why_trm.py:runlocal,addform,part=...`).
+
+One table per part (rows x tasks, char_acc and seq_acc at the training length,
+mean ± sem over seeds with n, each row's compute), the differences that
+answer each question with Welch 95% CIs, and one figure per question:
+
+  (a) what makes the AR-TRM learn: every `decon` / `depth` row as a ranked dot
+      plot per task (mean ± sem);
+  (b) does the fixed AR-TRM beat the dual UT on addition at matched training
+      compute: char_acc against training passes (step x training passes per
+      token), a line per `rank` row.
+
+A row is named by its run's overrides less the task (the suite's run name).
+
+  python experiments/study_report.py --roots=workdirs/why_trm_add,workdirs/why_trm_add_depth,workdirs/why_trm_add_rank --out=docs/results/why_trm_add
+"""
+
+import os
+import re
+import warnings
+
+from absl import app, flags
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from scipy import stats as scipy_stats  # noqa: E402
+
+from artrm.tables import markdown_table  # noqa: E402
+from artrm.tools import results  # noqa: E402
+
+flags.DEFINE_list('roots', None, 'Suite roots, one per part.', required=True)
+flags.DEFINE_string('out', None, 'Folder for README.md, results.csv and figures.', required=True)
+FLAGS = flags.FLAGS
+
+LEARNED = 0.9
+REFERENCES = ('trm', 'ut_level1')  # rows every other is compared with
+
+
+def row_label(run: str) -> str:
+  return re.sub(r'(^|,)task=[^,]*', '', run).lstrip(',').replace('name=', '')
+
+
+def frame(roots: list[str]) -> pd.DataFrame:
+  df = pd.DataFrame([r for root in roots for r in results.gather(root)], columns=results.COLUMNS)
+  df['row'] = df['run'].map(row_label)
+  df['train_passes'] = df['step'] * df['train_passes_per_token']
+  return df
+
+
+def at_train(df: pd.DataFrame, kind: str, metric: str) -> pd.DataFrame:
+  return df[
+    (df['kind'] == kind) & (df['eval_length'] == df['train_length']) & (df['metric'] == metric)
+  ]
+
+
+def stats(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+  out = df.groupby(keys, sort=False)['value'].agg(['mean', 'std', 'count']).reset_index()
+  out['sem'] = out['std'] / np.sqrt(out['count'])
+  return out.rename(columns={'count': 'n'})
+
+
+def cell(mean, sem, n) -> str:
+  return f'{mean:.3f} ± {sem:.3f} (n={int(n)})' if n > 1 else f'{mean:.3f} (n=1)'
+
+
+def welch(x: np.ndarray, ref: np.ndarray) -> str:
+  if len(x) < 2 or len(ref) < 2:
+    return '–'
+  d = x.mean() - ref.mean()
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore', RuntimeWarning)
+    ci = scipy_stats.ttest_ind(x, ref, equal_var=False).confidence_interval(0.95)
+  low, high = (d, d) if not np.isfinite(ci.low) else (ci.low, ci.high)
+  return f'{d:+.3f} [{low:+.3f}, {high:+.3f}]'
+
+
+def part_tables(df: pd.DataFrame, suite: str) -> list[str]:
+  part = df[df['suite'] == suite]
+  tasks = sorted(part['task'].unique())
+  rows_order = list(dict.fromkeys(part['row']))
+  md = []
+  for metric in ('char_acc', 'seq_acc'):
+    final = at_train(part, 'final', metric)
+    s = stats(final, ['row', 'task'])
+    table = []
+    for row in rows_order:
+      r = part[part['row'] == row].iloc[0]
+      line = {
+        'row': row,
+        'steps': int(r['max_steps']),
+        'grad / backward passes': f'{r["grad_passes"]} / {r["backward_passes"]}',
+        'train passes per token': int(r['train_passes_per_token']),
+        'inference passes per token': int(r['inference_passes']),
+      }
+      for task in tasks:
+        hit = s[(s['row'] == row) & (s['task'] == task)]
+        line[task] = cell(*hit[['mean', 'sem', 'n']].iloc[0]) if len(hit) else '–'
+      table.append(line)
+    md += [f'### {metric} at the training length', '', markdown_table(table), '']
+  final = at_train(part, 'final', 'char_acc')
+  diffs = []
+  for task in tasks:
+    t = final[final['task'] == task]
+    refs = {m: t[t['row'] == m]['value'].to_numpy() for m in REFERENCES}
+    for row in rows_order:
+      x = t[t['row'] == row]['value'].to_numpy()
+      if len(x):
+        diffs.append(
+          {'task': task, 'row': row, **{f'vs {m}': welch(x, refs[m]) for m in REFERENCES}}
+        )
+  md += [
+    '### char_acc differences, 95% CI (Welch)',
+    '',
+    markdown_table(diffs),
+    '',
+    f'### When each row learns: first evaluation with mean char_acc >= {LEARNED}',
+    '',
+    learned_table(part, rows_order, tasks),
+    '',
+  ]
+  return md
+
+
+def learned_table(part: pd.DataFrame, rows_order: list[str], tasks: list[str]) -> str:
+  s = stats(at_train(part, 'curve', 'char_acc'), ['row', 'task', 'step', 'train_passes'])
+  table = []
+  for row in rows_order:
+    line = {'row': row}
+    for task in tasks:
+      hit = s[(s['row'] == row) & (s['task'] == task) & (s['mean'] >= LEARNED)].sort_values('step')
+      line[task] = (
+        f'step {int(hit["step"].iloc[0])} ({int(hit["train_passes"].iloc[0])} train passes)'
+        if len(hit)
+        else 'not learned'
+      )
+    table.append(line)
+  return markdown_table(table)
+
+
+def fig_ranked(df: pd.DataFrame, suites: list[str], path: str):
+  """(a): every row's final char_acc at the training length, ranked, one panel per task."""
+  final = at_train(df[df['suite'].isin(suites)], 'final', 'char_acc').copy()
+  final['row'] = final['row'] + np.where(
+    final['suite'] == suites[0], '', ' [' + final['suite'] + ']'
+  )
+  tasks = sorted(final['task'].unique())
+  fig, axes = plt.subplots(
+    1,
+    len(tasks),
+    figsize=(4.6 * len(tasks), 0.32 * final['row'].nunique() + 1.6),
+    sharey=False,
+    squeeze=False,
+  )
+  for ax, task in zip(axes[0], tasks):
+    s = stats(final[final['task'] == task], ['row']).sort_values('mean')
+    y = np.arange(len(s))
+    ax.errorbar(s['mean'], y, xerr=s['sem'].fillna(0), fmt='o', ms=4, capsize=2)
+    ax.set_yticks(y, s['row'], fontsize=7)
+    ax.set(xlim=(0, 1.02), title=task, xlabel='char_acc at the training length (mean ± sem)')
+    ax.grid(axis='x', alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def fig_compute(df: pd.DataFrame, suite: str, path: str):
+  """(b): addition char_acc against training passes, a line per row, mean ± sem band."""
+  curves = at_train(df[(df['suite'] == suite) & (df['task'] == 'addition')], 'curve', 'char_acc')
+  s = stats(curves, ['row', 'train_passes'])
+  fig, ax = plt.subplots(figsize=(7.5, 4.5))
+  for row in dict.fromkeys(curves['row']):
+    r = s[s['row'] == row].sort_values('train_passes')
+    ax.plot(r['train_passes'], r['mean'], marker='.', lw=1.2, label=row)
+    ax.fill_between(r['train_passes'], r['mean'] - r['sem'], r['mean'] + r['sem'], alpha=0.15)
+  ax.set(
+    xlabel='training block passes per position (step x training passes per token)',
+    ylabel='addition char_acc at the training length',
+    ylim=(0, 1.02),
+  )
+  ax.legend(fontsize=7)
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def main(_):
+  df = frame(FLAGS.roots)
+  os.makedirs(FLAGS.out, exist_ok=True)
+  df.drop(columns=['row', 'train_passes']).to_csv(
+    os.path.join(FLAGS.out, 'results.csv'), index=False
+  )
+  suites = list(dict.fromkeys(df['suite']))
+  md = [
+    '# The addition-form study',
+    '',
+    'Rows named by their overrides; cells mean ± sem over seeds (n seeds).',
+    '',
+  ]
+  for suite in suites:
+    md += [f'## {suite}', ''] + part_tables(df, suite)
+  ranked = [s for s in suites if not s.endswith('rank')]
+  if ranked:
+    fig_ranked(df, ranked, os.path.join(FLAGS.out, 'fig_a_rows.png'))
+    md += ['## (a) What makes the AR-TRM learn', '', '![rows](fig_a_rows.png)', '']
+  for suite in (s for s in suites if s.endswith('rank')):
+    fig_compute(df, suite, os.path.join(FLAGS.out, 'fig_b_compute.png'))
+    md += ['## (b) Addition against training compute', '', '![compute](fig_b_compute.png)', '']
+  with open(os.path.join(FLAGS.out, 'README.md'), 'w') as f:
+    f.write('\n'.join(md))
+  print(os.path.join(FLAGS.out, 'README.md'))
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,161 @@
+"""The length-generalisation switches: position encodings, input injection, variable
+training lengths and their checks (the paper's defaults are the goldens' business)."""
+
+import dataclasses
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from tiny import tiny_config, tiny_model
+
+from artrm.data import eval_set
+from artrm.evaluation import decoding
+from artrm.models import ModelConfig, build_model, init_params, positions
+from artrm.models.recipe import Recipe
+from artrm.training import eval_checkpoint, train, validation
+
+
+def sequences():
+  """Addition at L = 3, prompt and answer: runs of digits 3, 3 and 4 long."""
+  return jnp.concatenate(eval_set('addition', 3, 6, seed=0), axis=1)
+
+
+def test_digit_index_continues_a_cached_run():
+  idx_1xT = jnp.asarray([[1, 2, 10, 3, 4, 5, 11, 6, 13, 7, 8]])
+  full_1xT = positions.digit_index(idx_1xT)
+  np.testing.assert_array_equal(full_1xT, [[1, 2, 0, 1, 2, 3, 0, 1, 0, 1, 2]])
+  for split in (1, 4, 7):
+    last_1 = positions.digit_index(idx_1xT[:, :split])[:, -1]
+    np.testing.assert_array_equal(
+      positions.digit_index(idx_1xT[:, split:], last_1), full_1xT[:, split:]
+    )
+  index_1xT = positions.abacus_index(idx_1xT, None, jnp.asarray([5]))
+  np.testing.assert_array_equal(index_1xT, np.where(full_1xT > 0, full_1xT + 5, 0))
+
+
+def test_rope_scores_depend_on_relative_positions():
+  q_D, k_D = jax.random.normal(jax.random.key(0), (2, 8))
+  score = lambda i, j: jnp.dot(
+    positions.rope(q_D[None], jnp.asarray([i]), 0)[0],
+    positions.rope(k_D[None], jnp.asarray([j]), 0)[0],
+  )
+  np.testing.assert_allclose(score(7, 3), score(24, 20), rtol=1e-5)
+  assert not np.isclose(score(7, 3), score(7, 4))
+  np.testing.assert_allclose(score(0, 0), jnp.dot(q_D, k_D), rtol=1e-6)
+
+
+CASES = [
+  ('none', 'ut_level1', {}),
+  ('rope', 'ut', {'input_injection': True}),
+  ('abacus', 'gpt_level2', {'abacus_max_offset': 4}),
+]
+
+
+@pytest.mark.parametrize('pos_encoding,name,overrides', CASES)
+def test_causal_and_cached_decoding_matches_one_forward(pos_encoding, name, overrides):
+  """A later token never changes earlier logits (in training too, abacus offsets drawn),
+  and decoding through the KV cache, two tokens then one at a time, gives each position
+  the logits of one forward (a digit run split across calls keeps its indices)."""
+  model, params = tiny_model(name, block_size=24, pos_encoding=pos_encoding, **overrides)
+  seqs_NxT = sequences()
+  T, P, t = seqs_NxT.shape[1], 2, 5
+  other_NxT = seqs_NxT.at[:, t + 1 :].set((seqs_NxT[:, t + 1 :] + 3) % 14)
+  train_mode = dict(deterministic=False, rngs={'dropout': jax.random.key(2)})
+
+  @jax.jit
+  def run(params, seqs_NxT, other_NxT):
+    one = lambda idx, **kw: jax.vmap(
+      lambda s: model.apply({'params': params}, s[None], **kw)[0][0]
+    )(idx)
+
+    def cached(seq_T):
+      apply = lambda idx, cache: model.apply({'params': params}, idx[None], cache=cache)
+      logits_1xPxV, aux = apply(seq_T[:P], decoding.init_cache(model, 1, T))
+      step = lambda cache, token: (lambda o: (o[1]['cache'], o[0][0, 0]))(apply(token[None], cache))
+      _, logits_SxV = jax.lax.scan(step, aux['cache'], seq_T[P:])
+      return jnp.concatenate([logits_1xPxV[0], logits_SxV])
+
+    out = (one(seqs_NxT), one(other_NxT), jax.vmap(cached)(seqs_NxT))
+    if not offsets:
+      return out
+    return out + (one(seqs_NxT, **train_mode), one(other_NxT, **train_mode))
+
+  offsets = bool(overrides.get('abacus_max_offset'))
+  full, changed, cached, *trained = run(params, seqs_NxT, other_NxT)
+  chex.assert_trees_all_close(full[:, : t + 1], changed[:, : t + 1], atol=1e-6)
+  assert not np.allclose(full[:, t + 1 :], changed[:, t + 1 :]), 'later logits see the change'
+  np.testing.assert_allclose(cached, full, atol=1e-5, rtol=1e-5)
+  if offsets:
+    chex.assert_trees_all_close(trained[0][:, : t + 1], trained[1][:, : t + 1], atol=1e-6)
+    assert not np.allclose(trained[0], full), 'training draws abacus offsets, evaluation none'
+
+
+def test_input_injection_adds_x_after_the_first_pass():
+  """The first pass sees x as in the paper; later passes see it again."""
+  paper, params = tiny_model('gpt_level1', block_size=24)
+  injected = build_model(dataclasses.replace(paper.config, input_injection=True))
+  logits = jax.jit(
+    lambda model, steps: model.apply({'params': params}, sequences(), inference_steps=steps)[0],
+    static_argnums=(0, 1),
+  )
+  np.testing.assert_array_equal(logits(paper, 1), logits(injected, 1))
+  assert not np.allclose(logits(paper, 2), logits(injected, 2))
+
+
+@pytest.mark.parametrize(
+  'changes,match',
+  [
+    (dict(pos_encoding='alibi'), "Unknown model.pos_encoding 'alibi'"),
+    (dict(pos_encoding='rope', n_embd=12, n_head=4), 'choose n_embd / n_head even'),
+    (dict(abacus_max_offset=3), 'use pos_encoding=abacus'),
+    (dict(name='trm', input_injection=True), 'trm injects x at every z-update'),
+    (dict(name='gpt', input_injection=True), 'gpt has distinct blocks'),
+  ],
+)
+def test_model_config_errors_name_the_fix(changes, match):
+  with pytest.raises(ValueError, match=match):
+    ModelConfig(**changes)
+
+
+def test_rope_needs_attention():
+  model = build_model(
+    ModelConfig(name='gpt', n_embd=16, n_head=2, n_layer=1, block_size=8, pos_encoding='rope'),
+    Recipe(mixer='mlp'),
+  )
+  with pytest.raises(ValueError, match='recipe.mixer=mlp has none'):
+    init_params(model, jax.random.key(0))
+
+
+def test_length_checks_before_any_work():
+  c = tiny_config('gpt', task='addition', train_length_min=4)
+  with pytest.raises(validation.ConfigError, match='train_length_min=4: must be 0'):
+    validation.check_config(c)
+  c = tiny_config('gpt', task='addition', train_length_min=1)
+  c.eval.lengths = (3, 9)
+  with pytest.raises(ValueError, match='needs 29 positions .* raise model.block_size'):
+    validation.check_config(c)
+  c.eval.lengths = (3, 6)
+  c.model.update(pos_encoding='abacus', abacus_max_offset=2)
+  with pytest.raises(validation.ConfigError, match='raise model.abacus_max_offset to 3'):
+    validation.check_config(c)
+  c.model.abacus_max_offset = 3
+  validation.check_config(c)
+
+
+def test_resolve_steps():
+  assert eval_checkpoint.resolve_steps(['1x', '2x', '1.5x', 5, '7'], trained=4) == [4, 8, 6, 5, 7]
+  for bad in ('0x', 'two', '0'):
+    with pytest.raises(validation.ConfigError, match='--inference_steps=1x,2x,4x'):
+      eval_checkpoint.resolve_steps([bad], trained=4)
+
+
+def test_trains_with_every_switch(tmp_path):
+  """Variable lengths, abacus offsets and input injection through the training loop, then
+  an evaluation at twice the trained steps (and at a longer length)."""
+  c = tiny_config('ut', train_length_min=1, max_steps=4)
+  c.model.update(pos_encoding='abacus', abacus_max_offset=2, input_injection=True)
+  train.train_and_evaluate(c, str(tmp_path))
+  scaled = eval_checkpoint.inference_scaling(str(tmp_path), ['2x'], overrides={'lengths': ['5']})
+  assert scaled['inference_passes'] == {4: 4} and set(scaled['results'][4][c.seed]) == {5}
