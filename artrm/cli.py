@@ -451,7 +451,8 @@ def main(argv: Sequence[str] | None = None):
   missing = [f'--{n}' for n in COMMANDS[command].required if fv[n].value is None]
   if missing:
     sys.exit(f'artrm {command} needs {" and ".join(missing)}; see `artrm {command} --help`.')
-  if 'config' in fv and not os.path.isfile(path := fv['config'].config_filename.split(':')[0]):
+  path = fv['config'].config_filename.split(':')[0] if 'config' in fv else ''
+  if path and not os.path.isfile(path) and not os.environ.get('ARTRM_TRACEBACK'):
     sys.exit(
       f'artrm {command}: --config={path}: no such file (from {os.getcwd()}); '
       'give a config file such as artrm/configs/length_gen.py.'

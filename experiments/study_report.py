@@ -15,6 +15,7 @@ A row is named by its run's overrides less the task (the suite's run name).
   python experiments/study_report.py --roots=workdirs/why_trm_add,workdirs/why_trm_add_depth,workdirs/why_trm_add_rank --out=docs/results/why_trm_add
 """
 
+import glob
 import os
 import re
 import warnings
@@ -28,11 +29,19 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from scipy import stats as scipy_stats  # noqa: E402
 
+from artrm import workdir as workdir_lib  # noqa: E402
 from artrm.tables import markdown_table  # noqa: E402
 from artrm.tools import results  # noqa: E402
+from artrm.training import eval_checkpoint  # noqa: E402
 
 flags.DEFINE_list('roots', None, 'Suite roots, one per part.', required=True)
 flags.DEFINE_string('out', None, 'Folder for README.md, results.csv and figures.', required=True)
+flags.DEFINE_list(
+  'sampled',
+  ['gpt', 'ut_level1', 'trm', 'trm,input_norm=True', 'trm,input_norm=True,carry_norm=True'],
+  "Rows also evaluated with the paper's sampled decoding (each run's last checkpoint; "
+  'evaluated once, then read from its eval/metrics.csv).',
+)
 FLAGS = flags.FLAGS
 
 LEARNED = 0.9
@@ -140,6 +149,43 @@ def learned_table(part: pd.DataFrame, rows_order: list[str], tasks: list[str]) -
   return markdown_table(table)
 
 
+def sampled_rows(roots: list[str], rows: list[str]) -> pd.DataFrame:
+  """char_acc / seq_acc at the training length of `rows`' last checkpoints, sampled."""
+  out = []
+  for root in roots:
+    for config_path in sorted(glob.glob(os.path.join(root, '*', workdir_lib.CONFIG))):
+      wd = os.path.dirname(config_path)
+      run = os.path.basename(wd)
+      if row_label(run) not in rows or workdir_lib.read_final_eval(wd) is None:
+        continue
+      csv_path = os.path.join(wd, workdir_lib.EVAL_DIR, workdir_lib.EVAL_CSV)
+      evals = pd.read_csv(csv_path) if os.path.exists(csv_path) else pd.DataFrame()
+      if evals.empty or not (evals['decoding'] == 'sample').any():
+        eval_checkpoint.evaluate_checkpoint(wd, 'latest', {'decoding': 'sample'})
+        evals = pd.read_csv(csv_path)
+      train_length = workdir_lib.read_config(wd)['train_length']
+      evals = evals[(evals['decoding'] == 'sample') & (evals['eval_length'] == train_length)]
+      out.append(evals.assign(suite=os.path.basename(os.path.normpath(root)), run=run))
+  return pd.concat(out) if out else pd.DataFrame()
+
+
+def decoding_table(df: pd.DataFrame, sampled: pd.DataFrame) -> str:
+  """Greedy (the study's) against sampled (the paper's) decoding, per row and task."""
+  table = []
+  for (suite, run), g in sampled.groupby(['suite', 'run'], sort=False):
+    greedy = df[(df['suite'] == suite) & (df['run'] == run)]
+    line = {'part': suite, 'task': greedy['task'].iloc[0], 'row': row_label(run)}
+    for metric in ('char_acc', 'seq_acc'):
+      for name, frame_ in (
+        ('greedy', at_train(greedy, 'final', metric)),
+        ('sampled', g[g['metric'] == metric]),
+      ):
+        v = frame_['value'].to_numpy(float)
+        line[f'{metric} {name}'] = cell(v.mean(), v.std(ddof=1) / np.sqrt(len(v)), len(v))
+    table.append(line)
+  return markdown_table(table)
+
+
 def fig_ranked(df: pd.DataFrame, suites: list[str], path: str):
   """(a): every row's final char_acc at the training length, ranked, one panel per task."""
   final = at_train(df[df['suite'].isin(suites)], 'final', 'char_acc').copy()
@@ -209,6 +255,9 @@ def main(_):
   for suite in (s for s in suites if s.endswith('rank')):
     fig_compute(df, suite, os.path.join(FLAGS.out, 'fig_b_compute.png'))
     md += ['## (b) Addition against training compute', '', '![compute](fig_b_compute.png)', '']
+  sampled = sampled_rows(FLAGS.roots, FLAGS.sampled)
+  if not sampled.empty:
+    md += ["## Decoding: greedy and sampled (the paper's)", '', decoding_table(df, sampled), '']
   with open(os.path.join(FLAGS.out, 'README.md'), 'w') as f:
     f.write('\n'.join(md))
   print(os.path.join(FLAGS.out, 'README.md'))

@@ -2,15 +2,12 @@
 
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from artrm import cli
-from artrm import workdir as workdir_lib
 from artrm.tools import ladder
 from artrm.training import preemption, train
 
@@ -116,38 +113,42 @@ def test_user_errors_are_one_line(tmp_path, monkeypatch):
     cli.main(argv)
 
 
-TINY_CONFIG = """
-import sys
-sys.path.insert(0, {tests!r})
-import tiny
 
-def get_config():
-  return tiny.tiny_config(width=16, batch=8, block_size=16, max_steps=400)
-"""
+def test_config_and_workdir_mistakes_are_one_line(tmp_path, monkeypatch):
+  """Each says what to change; ARTRM_TRACEBACK=1 keeps the traceback."""
+  a_file = tmp_path / 'a_file'
+  a_file.write_text('')
+  config, workdir = f'--config={CONFIG_FILE}:model=gpt,runlocal', f'--workdir={tmp_path / "run"}'
+  for argv, says in [
+    ([f'--config={tmp_path}/missing.py', workdir], f'--config={tmp_path}/missing.py: no such file'),
+    (
+      [config, '--config.modle.name=gpt', workdir],
+      "--config.modle.name: the config has no field 'modle'; did you mean 'model'?",
+    ),
+    (
+      [f'--config={CONFIG_FILE}:model=gpt,runlcal', workdir],
+      "Unknown config arg 'runlcal'; did you mean 'runlocal'?",
+    ),
+    ([config, f'--workdir={a_file}/run'], f'{a_file} is a file, not a directory; choose a'),
+  ]:
+    message = _refusal(['train', *argv])
+    assert message.startswith('artrm train: ') and says in message and '\n' not in message
+  monkeypatch.setenv('ARTRM_TRACEBACK', '1')
+  with pytest.raises(NotADirectoryError):
+    cli.main(['train', config, f'--workdir={a_file}/run'])
+  with pytest.raises(AttributeError):
+    cli.main(['train', config, '--config.model.nmae=gpt', workdir])
 
 
-def test_sigterm_ends_train_with_a_checkpoint_and_the_requeue_code(tmp_path):
-  """As SLURM before a time limit: SIGTERM to `artrm train` saves, records and exits 75."""
-  config = tmp_path / 'tiny.py'
-  config.write_text(TINY_CONFIG.format(tests=os.path.dirname(os.path.abspath(__file__))))
-  workdir = tmp_path / 'run'
-  proc = subprocess.Popen(
-    [sys.executable, '-m', 'artrm', 'train', f'--config={config}', f'--workdir={workdir}'],
-    stderr=subprocess.PIPE,
-    text=True,
+def test_a_preempted_train_exits_with_the_requeue_code(monkeypatch, capsys):
+  def preempted(config, workdir):
+    raise preemption.Preempted(3, 'SIGTERM')
+
+  monkeypatch.setattr(train, 'train_and_evaluate', preempted)
+  with pytest.raises(SystemExit) as e:
+    cli.main(['train', f'--config={CONFIG_FILE}:model=gpt,runlocal', '--workdir=unused'])
+  assert e.value.code == preemption.EXIT_CODE == 75
+  assert capsys.readouterr().err == (
+    'artrm train: Stopped by SIGTERM after step 3, whose checkpoint is saved; re-run the same '
+    'command to resume (exit code 75 asks a launcher to requeue the run).\n'
   )
-  try:
-    for _ in range(1200):  # until the first train record, then at once
-      if workdir_lib.read_metrics(str(workdir), 'train') or proc.poll() is not None:
-        break
-      time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    stderr = proc.communicate(timeout=120)[1]
-  finally:
-    proc.kill()
-  assert proc.returncode == preemption.EXIT_CODE, stderr[-2000:]
-  [stopped] = workdir_lib.read_metrics(str(workdir), 'preempted')
-  assert stderr.strip().splitlines()[-1].startswith(
-    f'artrm train: Stopped by SIGTERM after step {stopped["step"]}, whose checkpoint is saved'
-  )
-  assert workdir_lib.checkpoint_steps(str(workdir))[-1] == stopped['step'] < 400
