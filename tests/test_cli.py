@@ -113,7 +113,6 @@ def test_user_errors_are_one_line(tmp_path, monkeypatch):
     cli.main(argv)
 
 
-
 def test_config_and_workdir_mistakes_are_one_line(tmp_path, monkeypatch):
   """Each says what to change; ARTRM_TRACEBACK=1 keeps the traceback."""
   a_file = tmp_path / 'a_file'

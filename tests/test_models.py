@@ -20,7 +20,7 @@ from artrm.models import (
   normalize_budget,
 )
 from artrm.models import block as block_lib
-from artrm.models.rungs import Passes, RecursiveLM, Streams
+from artrm.models.streams import PassContext, Streams, dual_step
 from artrm.training.train import lm_loss
 
 GOLDEN_DIR = pathlib.Path(
@@ -255,11 +255,11 @@ def test_first_cycles_carry_no_gradient(name):
       x,
       Streams(y, z),
       0.0,
-      Passes(jnp.zeros((), jnp.int32)),
+      PassContext(jnp.zeros((), jnp.int32)),
       True,
       0,
       1,
-      method=RecursiveLM._dual_step,
+      method=dual_step,
     )
     return y, z
 

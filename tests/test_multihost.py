@@ -284,6 +284,12 @@ def test_distributed_args_from_the_environment():
     {**env, 'ARTRM_NUM_PROCESSES': '1', 'ARTRM_PROCESS_ID': '0'}
   )
   assert not parallel.maybe_initialize_distributed({'SLURM_NTASKS': '1'})
+  assert (
+    parallel.peer_timeout_s({}) == 60 and parallel.peer_timeout_s({'ARTRM_PEER_TIMEOUT': '5'}) == 5
+  )
+  with pytest.raises(ValueError, match="ARTRM_PEER_TIMEOUT='0': must be a whole number of seconds"):
+    parallel.peer_timeout_s({'ARTRM_PEER_TIMEOUT': '0'})
+  assert parallel.lost_peer(ValueError('Connection closed by peer')) is None  # one process
 
 
 PEER_CONFIG = textwrap.dedent("""
@@ -318,7 +324,9 @@ def test_a_lost_process_stops_the_other_and_a_preempted_run_stops_together(tmp_p
     started.extend(
       subprocess.Popen(
         [sys.executable, *argv],
-        env=dict(env, ARTRM_PROCESS_ID=str(i), **{f'ARTRM_TEST_{k}': v[i] for k, v in by_process.items()}),
+        env=dict(
+          env, ARTRM_PROCESS_ID=str(i), **{f'ARTRM_TEST_{k}': v[i] for k, v in by_process.items()}
+        ),
         stderr=subprocess.PIPE,
         text=True,
       )

@@ -14,7 +14,7 @@ from artrm import workdir
 from artrm.configs import length_gen
 from artrm.data import sample_batch
 from artrm.evaluation import decoding
-from artrm.models import build_model, rungs
+from artrm.models import build_model, rungs, streams
 from artrm.models.recipe import Recipe, backward_passes, compute_record, grad_passes
 from artrm.training import train
 
@@ -76,13 +76,13 @@ def passes_with_gradient(monkeypatch, model, params, idx, targets):
     return ct, np.zeros(np.shape(n), jax.dtypes.float0)
 
   probe.defvjp(lambda x, n: (x, n), bwd)
-  apply_block = rungs.apply_block
+  apply_block = streams.apply_block
 
-  def probed(block, h, passes, deterministic):
-    out, after = apply_block(block, h, passes, deterministic)
-    return probe(out, passes.count), after
+  def probed(block, h, ctx, deterministic):
+    out, after = apply_block(block, h, ctx, deterministic)
+    return probe(out, ctx.count), after
 
-  monkeypatch.setattr(rungs, 'apply_block', probed)
+  monkeypatch.setattr(streams, 'apply_block', probed)
 
   def loss(p):
     logits, aux = model.apply(

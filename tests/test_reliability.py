@@ -347,11 +347,17 @@ def test_sigterm_stops_at_a_checkpoint_and_the_same_command_resumes_bitwise(
       train.train_and_evaluate(tiny_config(), workdir)
   step = int(re.search(r'after step (\d)', str(e.value))[1])
   assert workdir_lib.checkpoint_steps(workdir)[-1] == step
-  assert workdir_lib.read_metrics(workdir)[-1] == {'step': step, 'kind': 'preempted', 'by': 'SIGTERM'}
+  assert workdir_lib.read_metrics(workdir)[-1] == {
+    'step': step,
+    'kind': 'preempted',
+    'by': 'SIGTERM',
+  }
   assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL, 'the handlers are put back'
   out = train.train_and_evaluate(tiny_config(), workdir)
   chex.assert_trees_all_equal(jax.device_get(out['state'].params), trained[1])
-  records = [(r['step'], r['kind']) for r in workdir_lib.read_metrics(workdir) if r['kind'] != 'setup']
+  records = [
+    (r['step'], r['kind']) for r in workdir_lib.read_metrics(workdir) if r['kind'] != 'setup'
+  ]
   assert len(records) == len(set(records)), 'no step logged twice'
   assert [s for s, kind in records if kind == 'eval'] == [4, 8]
   assert {s for s, kind in records if kind == 'train'} == {2, 4, 6, 8, step}
@@ -387,7 +393,9 @@ def small_disk(tmp_path):
     ['mount', '-t', 'tmpfs', '-o', 'size=4m', 'tmpfs', str(disk)], capture_output=True, text=True
   )
   if mount.returncode:
-    pytest.skip(f'a full disk needs a small filesystem, and mounting a tmpfs failed: {mount.stderr}')
+    pytest.skip(
+      f'a full disk needs a small filesystem, and mounting a tmpfs failed: {mount.stderr}'
+    )
   yield disk
   subprocess.run(['umount', str(disk)], check=True)
 
@@ -433,19 +441,28 @@ def test_full_disk_keeps_the_last_checkpoint_and_the_same_command_resumes_bitwis
     with pytest.raises(workdir_lib.WriteError) as e:
       train.train_and_evaluate(tiny_config(), workdir)
   message = str(e.value)
-  assert '\n' not in message and message.startswith(f'Could not ') and workdir in message
+  assert '\n' not in message and message.startswith('Could not ') and workdir in message
   assert 'No space left on device' in message and message.endswith(
     'Free space there (or make it writable) and re-run the same command: it resumes from its '
     'checkpoint at step 4.'
   )
   assert not [r for r in caplog.records if r.levelname == 'ERROR'], 'no error but that one'
-  assert os.listdir(os.path.join(workdir, 'checkpoints')) == ['4']
+  assert os.listdir(os.path.join(workdir, 'checkpoints')) == ['4'], subprocess.run(['find', workdir + '/checkpoints', '-ls'], capture_output=True, text=True).stdout
   assert not glob.glob(f'{workdir}/**/*tmp*', recursive=True), 'no unfinished file is left'
   os.remove(filler[0])
   out = train.train_and_evaluate(tiny_config(), workdir)
   chex.assert_trees_all_equal(jax.device_get(out['state'].params), trained[1])
-  records = [(r['step'], r['kind']) for r in workdir_lib.read_metrics(workdir) if r['kind'] != 'setup']
-  assert records == [(2, 'train'), (4, 'train'), (4, 'eval'), (6, 'train'), (8, 'train'), (8, 'eval')]
+  records = [
+    (r['step'], r['kind']) for r in workdir_lib.read_metrics(workdir) if r['kind'] != 'setup'
+  ]
+  assert records == [
+    (2, 'train'),
+    (4, 'train'),
+    (4, 'eval'),
+    (6, 'train'),
+    (8, 'train'),
+    (8, 'eval'),
+  ]
 
 
 def test_neutral_loader_names_a_block_that_differs(tmp_path):
@@ -456,12 +473,18 @@ def test_neutral_loader_names_a_block_that_differs(tmp_path):
     pytest.skip(f'no golden files in {GOLDEN_DIR}')
   with np.load(golden) as f:
     arrays = dict(f)
-  np.savez(tmp_path / 'missing.npz', **{k: v for k, v in arrays.items() if k != 'param/blocks/1/ln1/scale'})
-  with pytest.raises(ValueError, match=r'missing.npz: .*: missing param/blocks/1/ln1/scale \(32,\)\.$'):
+  np.savez(
+    tmp_path / 'missing.npz', **{k: v for k, v in arrays.items() if k != 'param/blocks/1/ln1/scale'}
+  )
+  with pytest.raises(
+    ValueError, match=r'missing.npz: .*: missing param/blocks/1/ln1/scale \(32,\)\.$'
+  ):
     load_neutral(tmp_path / 'missing.npz')
   arrays['param/blocks/2/mlp/fc1/bias'] = arrays['param/blocks/2/mlp/fc1/bias'][:-1]
   np.savez(tmp_path / 'misshapen.npz', **arrays)
-  with pytest.raises(ValueError, match=r'param/blocks/2/mlp/fc1/bias is \(127,\), expected \(128,\)\.$'):
+  with pytest.raises(
+    ValueError, match=r'param/blocks/2/mlp/fc1/bias is \(127,\), expected \(128,\)\.$'
+  ):
     load_neutral(tmp_path / 'misshapen.npz')
 
 

@@ -61,40 +61,12 @@ def base_config() -> ml_collections.ConfigDict:
   # 0 keeps model.n_layer, n_outer_loops and n_inner_loops as given.
   c.budget = 24
 
-  c.model = ml_collections.ConfigDict(dataclasses.asdict(ModelConfig()))
-  c.model.update(
-    name='gpt', n_embd=384, n_head=6, dropout=0.1, block_size=180, ponder_cost_weight=0.0
-  )
-  # Recompute each block pass in the backward pass: same gradients, and on CPU
-  # faster than keeping the scans' stacked activations at the small setup, and
-  # no slower at paper scale (docs/performance.md, "Training step, CPU"). `none`
-  # keeps them all.
-  c.model.remat = 'full'
-  # float32 here, as the goldens; bfloat16 on GPUs (see the docstring). float32
-  # matmuls run in full float32, as torch runs them by default: JAX's 'default'
-  # would round their inputs to TF32 on Ampere and Hopper GPUs (CPUs ignore it).
-  c.model.update(dtype='float32', matmul_precision='float32')
+  c.model = _paper_model()
 
   # How the model is trained beyond the optimizer: the TRM recipe's
   # ingredients (artrm/models/recipe.py, docs/recipes.md); all off = the paper.
   c.recipe = ml_collections.ConfigDict(dataclasses.asdict(Recipe()))
-
-  # torch.optim.AdamW with the paper's settings: constant lr, decay on every parameter.
-  # schedule='warmup_cosine' (warmup_steps, then a cosine to 0) and embed_lr_mult
-  # (the embeddings' step size alone) are switches for studies; off is the paper.
-  c.optimizer = ml_collections.ConfigDict(
-    dict(
-      learning_rate=3e-4,
-      b1=0.9,
-      b2=0.999,
-      eps=1e-8,
-      weight_decay=0.01,
-      grad_clip_norm=0.0,
-      schedule='constant',
-      warmup_steps=0,
-      embed_lr_mult=1.0,
-    )
-  )
+  c.optimizer = _paper_optimizer()
 
   c.eval = ml_collections.ConfigDict(
     dict(
@@ -121,6 +93,43 @@ def base_config() -> ml_collections.ConfigDict:
     dict(every_steps=50, progress_bar=True, tensorboard=False, wandb_project='')
   )
   return c
+
+
+def _paper_model() -> ml_collections.ConfigDict:
+  """The model section of `base_config`: the paper's sizes and dropout."""
+  model = ml_collections.ConfigDict(dataclasses.asdict(ModelConfig()))
+  model.update(
+    name='gpt', n_embd=384, n_head=6, dropout=0.1, block_size=180, ponder_cost_weight=0.0
+  )
+  # Recompute each block pass in the backward pass: same gradients, and on CPU
+  # faster than keeping the scans' stacked activations at the small setup, and
+  # no slower at paper scale (docs/performance.md, "Training step, CPU"). `none`
+  # keeps them all.
+  model.remat = 'full'
+  # float32 here, as the goldens; bfloat16 on GPUs (see the docstring). float32
+  # matmuls run in full float32, as torch runs them by default: JAX's 'default'
+  # would round their inputs to TF32 on Ampere and Hopper GPUs (CPUs ignore it).
+  model.update(dtype='float32', matmul_precision='float32')
+  return model
+
+
+def _paper_optimizer() -> ml_collections.ConfigDict:
+  """torch.optim.AdamW with the paper's settings: constant lr, decay on every parameter.
+  schedule='warmup_cosine' (warmup_steps, then a cosine to 0) and embed_lr_mult (the
+  embeddings' step size alone) are switches for studies; off is the paper."""
+  return ml_collections.ConfigDict(
+    dict(
+      learning_rate=3e-4,
+      b1=0.9,
+      b2=0.999,
+      eps=1e-8,
+      weight_decay=0.01,
+      grad_clip_norm=0.0,
+      schedule='constant',
+      warmup_steps=0,
+      embed_lr_mult=1.0,
+    )
+  )
 
 
 def make_runlocal(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -31,7 +31,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from artrm.models.rungs import KVCache
+from artrm.models.streams import KVCache
 
 DECODINGS = ('greedy', 'sample')
 

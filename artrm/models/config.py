@@ -1,5 +1,5 @@
-"""What a model is, as data: sizes (`ModelConfig`), the seven rungs (`Rung`
-recipes over one module) and the paper's compute-budget rule.
+"""What a model is, as data: sizes (`ModelConfig`), the seven rungs (`Rung` specs
+of one module) and the paper's compute-budget rule.
 
 No jax here: tooling that only names rungs or counts passes (results,
 reports, suites) imports this module alone.

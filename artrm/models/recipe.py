@@ -7,8 +7,8 @@ behaviour, so `Recipe()` trains the seven rungs exactly as the paper's code.
 
 An ingredient is one field here plus one small function where it acts:
   grad_reach, grad_last_k   `GRAD_REACH` below: where the carried (y, z) is cut
-  fixed_init                `RecursiveLM._stream_init`: std-1 constants as y0 / z0
-  carry_norm                `RecursiveLM._dual_step`: y and z RMS-normalised after each update
+  fixed_init                `streams.init_streams`: std-1 constants as y0 / z0
+  carry_norm                `streams.dual_step`: y and z RMS-normalised after each update
   input_norm                `RecursiveLM.embed`: the embedded input x at unit RMS
   input_scale               `RecursiveLM.embed`: x times a constant, not normalised
   embed_init_std            `RecursiveLM.setup`: the token / position embeddings' init std
@@ -103,16 +103,32 @@ class Recipe:
     """Refuses what `name`'s rung cannot do (in a forward of `forward_passes` block passes,
     where known), with the change to make; returns self."""
     rung = get_rung(name)
-    errors = []
-    choice = lambda field, options: (
-      errors.append(f'recipe.{field}={getattr(self, field)!r}: choose one of {list(options)}')
+    errors = [
+      *self._choice_errors(),
+      *self._reach_errors(name, rung, forward_passes),
+      *self._supervision_errors(name, rung),
+      *self._input_errors(name, rung),
+    ]
+    if errors:
+      raise ValueError('Recipe not valid for ' + name + ': ' + '; '.join(errors) + '.')
+    return self
+
+  def _choice_errors(self) -> list[str]:
+    """The fields that take one of a few names."""
+    return [
+      f'recipe.{field}={getattr(self, field)!r}: choose one of {list(options)}'
+      for field, options in (
+        ('grad_reach', GRAD_REACH),
+        ('sup_update', SUP_UPDATES),
+        ('halt_target', HALT_TARGETS),
+        ('mixer', MIXERS),
+      )
       if getattr(self, field) not in options
-      else None
-    )
-    choice('grad_reach', GRAD_REACH)
-    choice('sup_update', SUP_UPDATES)
-    choice('halt_target', HALT_TARGETS)
-    choice('mixer', MIXERS)
+    ]
+
+  def _reach_errors(self, name: str, rung: Rung, forward_passes: int | None) -> list[str]:
+    """Gradient reach: only the nested rungs detach, and one last_k cut must bound it."""
+    errors = []
     if self.grad_reach != 'paper' and not rung.nested:
       errors.append(
         f'recipe.grad_reach={self.grad_reach!r} applies to the nested rungs '
@@ -135,6 +151,11 @@ class Recipe:
         f'grad_reach=last_k: {name} reads every step through ACT, so one cut does '
         'not bound its gradient; use paper, last_step or all'
       )
+    return errors
+
+  def _supervision_errors(self, name: str, rung: Rung) -> list[str]:
+    """Deep supervision needs carried streams, a trained Q-head a Q-head."""
+    errors = []
     if self.n_sup < 1:
       errors.append(f'recipe.n_sup={self.n_sup}: use 1 (off) or more supervision passes')
     if self.n_sup > 1 and rung.stream != 'dual':
@@ -149,6 +170,11 @@ class Recipe:
       )
     if self.halt_loss_weight < 0 or not 0 <= self.ema_decay < 1:
       errors.append('recipe.halt_loss_weight must be >= 0 and recipe.ema_decay in [0, 1)')
+    return errors
+
+  def _input_errors(self, name: str, rung: Rung) -> list[str]:
+    """The input and stream switches: valid values, and a rung with what they change."""
+    errors = []
     if self.input_scale < 0 or self.embed_init_std <= 0:
       errors.append('recipe.input_scale must be >= 0 (0: off) and recipe.embed_init_std > 0')
     if self.input_scale and self.input_norm:
@@ -166,9 +192,7 @@ class Recipe:
         f'recipe.act_halt_bias: {name} has no ACT head; use ut, ut_level1 or '
         'ut_level2, or act_halt_bias=0'
       )
-    if errors:
-      raise ValueError('Recipe not valid for ' + name + ': ' + '; '.join(errors) + '.')
-    return self
+    return errors
 
 
 # -- compute accounting ---------------------------------------------------------
@@ -217,7 +241,7 @@ def backward_passes(rung: Rung, cfg: ModelConfig, recipe: Recipe, steps: int | N
   static cut. The scan over steps transposes every step, so a step whose output is cut
   off from the loss still runs them, on zero cotangents (`grad_passes` <= this), except
   for TRM's untrained Q-head with steps cut apart: only its last step is differentiated
-  (`RecursiveLM._q_trunk`)."""
+  (`trunks.q_trunk`)."""
   steps = steps or rung.default_steps(cfg)
   if not rung.nested:
     return rung.block_passes(cfg, steps)
