@@ -19,6 +19,7 @@ suite argument, so that it finds the same runs. docs/length.md has the switches.
 
 Arguments besides `runlocal`, `seeds=N`, `dtype=...`, `steps=N`:
   screen      one seed, the rows of gpt, ut and trm only: what learns at all
+  models=M    only these models' rows, joined by `+` (e.g. models=gpt+trm)
   only=T      those tasks' rows, joined by `+` (e.g. only=copy+addition_rev; addition too)
   addition    adds the paper's addition (most-significant digit first) to the tasks
   inject      adds `ut` with `model.input_injection` (x re-added at every step)
@@ -70,6 +71,7 @@ def parsed(arg):
     inject=False,
     length=0,
     offset=-1,
+    models='',
   )
   if a.runlocal:
     # The optimizer of the CPU form in which addition is learned (why_trm.py's addform):
@@ -91,7 +93,9 @@ def parsed(arg):
 
 def rows(a, L: int) -> list[dict]:
   """A row per (model, encoding), the encodings side by side for each model."""
-  names = list(SCREEN if a.screen else MODELS)
+  names = a.models.split('+') if a.models else list(SCREEN if a.screen else MODELS)
+  if set(names) - set(MODELS):
+    raise ValueError(f'models={a.models}: models are {"+".join(MODELS)}, e.g. models=gpt+trm.')
   models = {n: MODELS[n] for n in names}
   if a.inject:
     models['ut_injected'] = {'model.name': 'ut', 'model.input_injection': True}

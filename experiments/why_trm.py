@@ -140,20 +140,29 @@ def addform_rows(part: str, max_steps: int, lr: float, budget: int) -> list[dict
   if part == 'decon':
     # Scale up with the relative step kept (input_norm, input_scale); scale up with the
     # relative step 50x smaller (embed_init_std 1); the step alone 36x larger
-    # (embed_lr_mult), and every step larger (lr x3, x10). Ordered so that the rows
-    # that separate scale, step size and normalisation run first.
-    return refs + [
-      trm,
-      {**trm, 'recipe.input_norm': True},
-      {**trm, 'recipe.input_scale': 36.0},  # ~ 1 / 0.028: unit RMS at init
-      {**trm, 'optimizer.embed_lr_mult': 36.0},
-      {**trm, 'recipe.embed_init_std': 1.0},
-      fixed,
-      {**trm, 'optimizer.learning_rate': float(f'{3 * lr:g}')},
-      {**trm, 'optimizer.learning_rate': float(f'{10 * lr:g}')},
-      {**trm, 'recipe.input_scale': 8.0},  # sqrt(C), as TRM scales its embeddings
-      {**trm, 'recipe.grad_reach': 'all'},
+    # (embed_lr_mult), and every step larger (lr x3, x10); then the same split with the
+    # carry bounded (where the input alone does not suffice, which of scale or step size
+    # completes carry_norm). Ordered so that the rows that separate scale, step size and
+    # normalisation run first.
+    split = [
+      {'recipe.input_scale': 36.0},  # ~ 1 / 0.028: unit RMS at init
+      {'optimizer.embed_lr_mult': 36.0},
+      {'recipe.embed_init_std': 1.0},
     ]
+    carry = {**trm, 'recipe.carry_norm': True}
+    return (
+      refs
+      + [trm, {**trm, 'recipe.input_norm': True}]
+      + [{**trm, **x} for x in split]
+      + [fixed, carry]
+      + [{**carry, **x} for x in split]
+      + [
+        {**trm, 'optimizer.learning_rate': float(f'{3 * lr:g}')},
+        {**trm, 'recipe.grad_reach': 'all'},
+        {**trm, 'recipe.input_scale': 8.0},  # sqrt(C), as TRM scales its embeddings
+        {**trm, 'optimizer.learning_rate': float(f'{10 * lr:g}')},
+      ]
+    )
   if part == 'depth':
     return [{**row, 'budget': 24} for row in headline]
   if part == 'rank':

@@ -447,8 +447,9 @@ def test_full_disk_keeps_the_last_checkpoint_and_the_same_command_resumes_bitwis
     'checkpoint at step 4.'
   )
   assert not [r for r in caplog.records if r.levelname == 'ERROR'], 'no error but that one'
-  assert os.listdir(os.path.join(workdir, 'checkpoints')) == ['4'], subprocess.run(['find', workdir + '/checkpoints', '-ls'], capture_output=True, text=True).stdout
-  assert not glob.glob(f'{workdir}/**/*tmp*', recursive=True), 'no unfinished file is left'
+  assert workdir_lib.checkpoint_steps(workdir) == [4]
+  unfinished = glob.glob(f'{workdir}/**/*tmp*/**', recursive=True)
+  assert not [p for p in unfinished if os.path.isfile(p)], 'no file of the save is left'
   os.remove(filler[0])
   out = train.train_and_evaluate(tiny_config(), workdir)
   chex.assert_trees_all_equal(jax.device_get(out['state'].params), trained[1])
@@ -463,6 +464,7 @@ def test_full_disk_keeps_the_last_checkpoint_and_the_same_command_resumes_bitwis
     (8, 'train'),
     (8, 'eval'),
   ]
+  assert not glob.glob(f'{workdir}/**/*tmp*', recursive=True), 'the next run removed the rest'
 
 
 def test_neutral_loader_names_a_block_that_differs(tmp_path):

@@ -167,13 +167,25 @@ class RecursiveLM(nn.Module):
     """
     cfg = self.config
     sup_passes = self.recipe.n_sup if sup_passes is None else sup_passes
-    T = idx_BxT.shape[1]
+    steps = inference_steps or self.rung.default_steps(cfg)
+    self._check_call(idx_BxT.shape[1], steps, cache, sup_passes)
+    forward = functools.partial(
+      self._forward, idx_BxT, steps, deterministic, full_compute, cache, carry, sup_passes
+    )
+    if cfg.matmul_precision == 'default':  # whatever JAX is configured with
+      return forward()
+    with jax.default_matmul_precision(cfg.matmul_precision):
+      return forward()
+
+  def _check_call(self, T: int, steps: int, cache: KVCache | None, sup_passes: int):
+    """Refuses a call this module cannot run (T positions, `steps` steps, `cache`),
+    with the change to make."""
+    cfg = self.config
     if T > cfg.block_size:
       raise ValueError(
         f'Sequence length {T} exceeds block_size={cfg.block_size}: '
         'raise model.block_size or shorten the input.'
       )
-    steps = inference_steps or self.rung.default_steps(cfg)
     if not self.rung.tied and steps != cfg.n_layer:
       raise ValueError(
         f'{cfg.name} has {cfg.n_layer} distinct blocks; it cannot run '
@@ -193,13 +205,6 @@ class RecursiveLM(nn.Module):
           f'The KV cache is {cache.key_PxBxHxSxD.dtype} but model.dtype is '
           f'{cfg.dtype}: build it with decoding.init_cache(model, ...).'
         )
-    forward = functools.partial(
-      self._forward, idx_BxT, steps, deterministic, full_compute, cache, carry, sup_passes
-    )
-    if cfg.matmul_precision == 'default':  # whatever JAX is configured with
-      return forward()
-    with jax.default_matmul_precision(cfg.matmul_precision):
-      return forward()
 
   def embed(
     self,

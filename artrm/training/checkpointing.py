@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import sys
+import time
 from typing import Any, Callable
 
 from absl import logging
@@ -131,8 +132,9 @@ def _ignore_orphaned_reads():
 def _write_failure(e: BaseException | None) -> tuple[str | None, str] | None:
   """(the checkpoint's step directory or None, the cause) if `e` is a failed write (an
   OSError, or TensorStore's report of one as Orbax raises it), else None."""
-  if isinstance(e, OSError):
-    file, cause = e.filename, e.strerror or str(e)
+  if isinstance(e, OSError):  # its filename may be relative to a directory's descriptor
+    file = e.filename if os.path.isabs(os.fsdecode(e.filename or '')) else None
+    cause = e.strerror or str(e)
   elif code := re.search(r"os_error_code='(\d+)'", str(e)):
     file, cause = next(iter(re.findall(r'"(/[^"]+)"', str(e))), None), os.strerror(int(code[1]))
   else:
@@ -204,7 +206,10 @@ class RunCheckpoints:
     for logger in (logging.get_absl_logger(), std_logging.getLogger('asyncio')):
       if _drop_reported_errors not in logger.filters:
         logger.addFilter(_drop_reported_errors)
-    options = dict(create=self.create, enable_async_checkpointing=True)
+    # The trainer (who creates) removes saves a kill or a full disk left unfinished.
+    options = dict(
+      create=self.create, enable_async_checkpointing=True, cleanup_tmp_directories=self.create
+    )
     self.periodic = ocp.CheckpointManager(
       workdir_lib.path(os.path.abspath(self.workdir), workdir_lib.CHECKPOINTS),
       options=ocp.CheckpointManagerOptions(max_to_keep=self.max_to_keep or None, **options),
@@ -351,13 +356,26 @@ class RunCheckpoints:
 
   def _remove_unfinished(self):
     """Deletes the saves that did not finish (Orbax's `<step>.orbax-checkpoint-tmp`
-    directories), once none is in flight: they hold space and no checkpoint."""
-    for manager in (self.periodic, self.best):
+    directories): they hold space and no checkpoint. The writes of a failed save that were
+    still in flight may create its directories again for a moment: deleted until none has
+    come back for 0.2 s."""
+    managers = (self.periodic, self.best)
+    for manager in managers:
       with contextlib.suppress(Exception):  # its error is the one being reported
         manager.wait_until_finished()
-      if jax.process_index() == 0:
-        for unfinished in glob.glob(f'{manager.directory}/*.orbax-checkpoint-tmp*'):
-          shutil.rmtree(unfinished, ignore_errors=True)
+    if jax.process_index() != 0:
+      return
+    quiet = 0
+    for _ in range(50):
+      unfinished = [
+        d for m in managers for d in glob.glob(f'{m.directory}/*.orbax-checkpoint-tmp*')
+      ]
+      for d in unfinished:
+        shutil.rmtree(d, ignore_errors=True)
+      quiet = 0 if unfinished else quiet + 1
+      if quiet == 2:
+        return
+      time.sleep(0.1)
 
   def close(self):
     self.periodic.close()

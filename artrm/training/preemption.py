@@ -74,10 +74,8 @@ def stop_requests() -> Iterator[Callable[[bool], str]]:
     by_process = multihost_utils.process_allgather(np.int32(received[0] if received else 0))
     return ', '.join(f'{name(s)} to process {i}' for i, s in enumerate(by_process) if s)
 
-  caught = (signal.SIGTERM, signal.SIGINT)
-  if threading.current_thread() is not threading.main_thread():
-    caught = ()
-  before = {s: signal.signal(s, on_signal) for s in caught}
+  main = threading.current_thread() is threading.main_thread()
+  before = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT) if main}
   try:
     yield requested
   finally:
