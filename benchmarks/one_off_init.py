@@ -1,4 +1,4 @@
-"""Compile seconds of the fresh-state program (`train.init_seeds`: params, optimizer state,
+"""Compile seconds of the fresh-state program (`train_state.init_seeds`: params, optimizer state,
 3 seeds vmapped) at XLA:CPU's default optimisation level (3) and with `artrm.one_off`'s options,
 and whether the two give the same bits, per rung at the CPU studies' shape (copy, width
 64, budget 12) or another width.
@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 from artrm import one_off  # noqa: E402
 from artrm.models import RUNGS  # noqa: E402
 from artrm.tools import suites  # noqa: E402
-from artrm.training import train  # noqa: E402
+from artrm.training import builders, train_state  # noqa: E402
 
 SUITE = 'experiments/why_trm.py:runlocal,only=copy'
 RECIPES = {  # besides each rung plain: the full TRM recipe, the input and carry norms
@@ -50,10 +50,10 @@ def main():
       suites.load_suite_module(path).get_config(arg),
       {'task': 'copy', 'model.n_embd': args.width, **overrides},
     )
-    model = train.run_model(c)
-    optimizer = train.make_optimizer(c.optimizer, model.recipe)
-    seeds = jnp.asarray(train.seeds_of(c), jnp.int32)
-    lowered = jax.jit(train.stacked_states(model, optimizer)).lower(seeds)
+    model = builders.run_model(c)
+    optimizer = train_state.make_optimizer(c.optimizer, model.recipe)
+    seeds = jnp.asarray(train_state.seeds_of(c), jnp.int32)
+    lowered = jax.jit(train_state.stacked_states(model, optimizer)).lower(seeds)
     row, bits = {}, {}
     for name, options in (
       ('default', None),

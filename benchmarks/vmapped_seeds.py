@@ -17,7 +17,7 @@ sys.path.insert(0, os.getcwd())  # the checkout it is run from, not the installe
 
 from artrm import parallel  # noqa: E402
 from artrm.bench import setups, timing  # noqa: E402
-from artrm.training import train  # noqa: E402
+from artrm.training import builders  # noqa: E402
 
 
 def main():
@@ -32,7 +32,7 @@ def main():
     c = setups.run_config(setups.get_setup('small'), rung)
     c.update(num_seeds=args.seeds, task='copy', train_length=8)
     c.model.update(n_embd=64, n_head=4)
-    r, _ = timing.bench_train(c, train.run_model(c), args.steps, 3, parallel.data_mesh())
+    r, _ = timing.bench_train(c, builders.run_model(c), args.steps, 3, parallel.data_mesh())
     out[rung] = dict(step_ms=1000 * r['step_seconds'], compile_s=r['compile_seconds'])
     print(rung, {k: round(v, 1) for k, v in out[rung].items()}, flush=True)
   if args.out:

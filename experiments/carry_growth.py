@@ -24,7 +24,7 @@ from artrm import workdir as workdir_lib
 from artrm.data import python_batch
 from artrm.models import RUNGS
 from artrm.tables import markdown_table
-from artrm.training import eval_checkpoint, train
+from artrm.training import eval_checkpoint, train_state
 
 flags.DEFINE_string('root', None, 'Suite root holding the runs.', required=True)
 flags.DEFINE_string('out', None, 'Markdown file for the table (default: print only).')
@@ -55,7 +55,9 @@ def measure(workdir: str, steps: list[int], n: int) -> list[dict]:
       x = model.apply({'params': params}, inputs, method='embed')
       return (rms(x), *(rms(a) for a in aux['carry']), hit.sum() / answer.sum())
 
-    x_rms, y_rms, z_rms, acc = (float(v.mean()) for v in measure_seed(train.eval_params(state)))
+    x_rms, y_rms, z_rms, acc = (
+      float(v.mean()) for v in measure_seed(train_state.eval_params(state))
+    )
     rows.append(
       dict(
         steps=s,

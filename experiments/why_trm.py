@@ -140,7 +140,7 @@ def addform_rows(part: str, max_steps: int, lr: float, budget: int) -> list[dict
   if part == 'decon':
     # Scale up with the relative step kept (input_norm, input_scale); scale up with the
     # relative step 50x smaller (embed_init_std 1); the step alone 36x larger
-    # (embed_lr_mult), and every step larger (lr x3, x10); then the same split with the
+    # (embed_lr_mult), and every step larger (lr x3); then the same split with the
     # carry bounded (where the input alone does not suffice, which of scale or step size
     # completes carry_norm). Ordered so that the rows that separate scale, step size and
     # normalisation run first.
@@ -159,8 +159,8 @@ def addform_rows(part: str, max_steps: int, lr: float, budget: int) -> list[dict
       + [
         {**trm, 'optimizer.learning_rate': float(f'{3 * lr:g}')},
         {**trm, 'recipe.grad_reach': 'all'},
-        {**trm, 'recipe.input_scale': 8.0},  # sqrt(C), as TRM scales its embeddings
-        {**trm, 'optimizer.learning_rate': float(f'{10 * lr:g}')},
+        # The fixed trm at gpt's training compute (it back-propagates fewer passes).
+        matched_compute(fixed, max_steps, budget),
       ]
     )
   if part == 'depth':

@@ -8,7 +8,7 @@ import pytest
 
 from artrm.bench import flops, formatting, profiling, setups, timing
 from artrm.models import ModelConfig
-from artrm.training import train
+from artrm.training import builders
 
 MICRO = setups.Setup(
   'micro',
@@ -130,7 +130,7 @@ def test_errors():
   assert flops.peak_flops('NVIDIA H100 80GB HBM3', 'bf16') == 989e12
   assert flops.peak_flops('cpu') is None
   # MFU's basis is what the matmuls run at: the configs' float32 is full fp32, not TF32.
-  assert flops.peak_basis(train.model_config(setups.run_config(MICRO, 'trm'))) == 'fp32'
+  assert flops.peak_basis(builders.model_config(setups.run_config(MICRO, 'trm'))) == 'fp32'
   assert flops.peak_basis(ModelConfig(dtype='bfloat16')) == 'bf16'
   assert flops.peak_basis(ModelConfig()) == 'tf32'
   assert setups.run_config(MICRO.replace(dtype='bfloat16'), 'gpt').model.dtype == 'bfloat16'

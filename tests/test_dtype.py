@@ -17,7 +17,7 @@ from artrm.configs import length_gen
 from artrm.data import eval_set
 from artrm.evaluation import decoding
 from artrm.models import RUNGS, ModelConfig, build_model, init_params, normalize_budget
-from artrm.training import train
+from artrm.training import builders, train_state, train_step
 
 LOGIT_TOL = 0.04
 
@@ -109,10 +109,10 @@ def train_losses(dtype, steps=60):
   c.update(budget=4, train_length=3, batch_size=16)
   c.optimizer.learning_rate = 3e-3
   mesh = parallel.data_mesh()
-  model = build_model(train.model_config(c))
-  optimizer = train.make_optimizer(c.optimizer)
-  state = train.init_seeds(model, optimizer, train.seeds_of(c))
-  step_fn, task = train.make_step_fn(c, model, optimizer, mesh), train.task_index(c)
+  model = build_model(builders.model_config(c))
+  optimizer = train_state.make_optimizer(c.optimizer)
+  state = train_state.init_seeds(model, optimizer, train_state.seeds_of(c))
+  step_fn, task = train_step.make_step_fn(c, model, optimizer, mesh), train_step.task_index(c)
   losses = []
   for _ in range(steps):
     state, metrics = step_fn(state, task)

@@ -21,7 +21,7 @@ from artrm.models import (
 )
 from artrm.models import block as block_lib
 from artrm.models.streams import PassContext, Streams, dual_step
-from artrm.training.train import lm_loss
+from artrm.training.train_step import lm_loss
 
 GOLDEN_DIR = pathlib.Path(
   os.environ.get(

@@ -16,7 +16,7 @@ from artrm.data import sample_batch
 from artrm.evaluation import decoding
 from artrm.models import build_model, rungs, streams
 from artrm.models.recipe import Recipe, backward_passes, compute_record, grad_passes
-from artrm.training import train
+from artrm.training import train, train_state, train_step
 
 
 def small(name='trm', **kw):
@@ -88,7 +88,7 @@ def passes_with_gradient(monkeypatch, model, params, idx, targets):
     logits, aux = model.apply(
       {'params': p}, idx, deterministic=False, rngs={'dropout': jax.random.key(0)}, sup_passes=1
     )
-    return train.objective(model, logits, aux, targets)
+    return train_step.objective(model, logits, aux, targets)
 
   grads = jax.jit(jax.grad(loss))(params)
   jax.effects_barrier()
@@ -139,7 +139,7 @@ def test_trm_differentiates_only_its_last_step(monkeypatch):
     logits, aux = model.apply(
       {'params': p}, idx, deterministic=False, rngs={'dropout': jax.random.key(5)}
     )
-    return train.objective(model, logits, aux, jnp.roll(idx, -1, axis=1)), aux['steps_taken']
+    return train_step.objective(model, logits, aux, jnp.roll(idx, -1, axis=1)), aux['steps_taken']
 
   split = jax.jit(jax.value_and_grad(loss, has_aux=True))
   split_out = [split(p) for p in (params, halting)]
@@ -185,7 +185,7 @@ def one_batch(
       carry=carry,
       sup_passes=1,
     )
-    return train.objective(model, logits, aux, b['targets']), aux['carry']
+    return train_step.objective(model, logits, aux, b['targets']), aux['carry']
 
   # Jitted (one program with the carry, one without; one update) rather than op by op:
   # the same arithmetic, in a fraction of the time.
@@ -214,9 +214,9 @@ def test_deep_supervision_steps_and_carry(update):
   recipe = Recipe(n_sup=3, sup_update=update)
   model = build_model(cfg, recipe)
   optimizer = optax.adamw(1e-2)
-  state = train.init_state(model, optimizer, seed=0)
+  state = train_state.init_state(model, optimizer, seed=0)
   step = jax.jit(
-    lambda s: train.train_step(
+    lambda s: train_step.train_step(
       s, model=model, optimizer=optimizer, tasks=('copy',), task_index=0, length=3, batch_size=4
     )
   )
@@ -252,10 +252,10 @@ def test_deep_supervision_decodes_every_pass_with_the_cache():
 def train_steps(model, steps, seed=0, lr=3e-3, task='copy', length=3, batch=16):
   opt = length_gen.base_config().optimizer
   opt.learning_rate = lr
-  optimizer = train.make_optimizer(opt, model.recipe)
-  state = train.init_state(model, optimizer, seed)
+  optimizer = train_state.make_optimizer(opt, model.recipe)
+  state = train_state.init_state(model, optimizer, seed)
   step = jax.jit(
-    lambda s: train.train_step(
+    lambda s: train_step.train_step(
       s,
       model=model,
       optimizer=optimizer,
@@ -281,7 +281,7 @@ def test_q_head_learns_when_to_halt():
   @jax.jit
   def halt_bce(params):
     _, aux = model.apply({'params': params}, batch['inputs'])
-    return train.halt_loss(aux['halt'], batch['targets'], 'token')
+    return train_step.halt_loss(aux['halt'], batch['targets'], 'token')
 
   trained, _ = train_steps(model, 60)
   paper, _ = train_steps(build_model(small('trm')), 60)
@@ -311,8 +311,8 @@ def test_ema_arithmetic():
   state, _ = train_steps(model, 1)
   expected = jax.tree.map(lambda e, p: 0.9 * e + 0.1 * p, state0.params, state.params)
   chex.assert_trees_all_close(state.ema_params, expected, rtol=1e-6)
-  assert train.eval_params(state) is state.ema_params
-  assert train.eval_params(state0.replace(ema_params=None)) is state0.params
+  assert train_state.eval_params(state) is state.ema_params
+  assert train_state.eval_params(state0.replace(ema_params=None)) is state0.params
 
 
 def test_fixed_inits_never_change():

@@ -239,6 +239,24 @@ def test_divergence_advice_resumes_with_the_new_optimizer(trained, tmp_path):
     train.train_and_evaluate(other, workdir)
 
 
+def test_a_field_the_saved_config_lacks_held_its_default(trained, tmp_path):
+  """A run saved before a config field existed resumes with that field at its default, and
+  is refused with it set otherwise: the saved run trained without it."""
+  workdir = copy_of(trained, tmp_path)
+  path = os.path.join(workdir, 'checkpoints', '8', 'config', 'metadata')
+  with open(path) as f:
+    saved = json.load(f)
+  del saved['optimizer']['embed_lr_mult']
+  with open(path, 'w') as f:
+    json.dump(saved, f)
+  changed = tiny_config(max_steps=12)
+  changed.optimizer.embed_lr_mult = 2.0
+  with pytest.raises(checkpointing.ConfigMismatchError, match=r'embed_lr_mult: 1.0 -> 2.0'):
+    train.train_and_evaluate(changed, workdir)
+  out = train.train_and_evaluate(tiny_config(max_steps=12), workdir)
+  assert int(out['state'].step[0]) == 12
+
+
 def test_overflowing_update_is_never_checkpointed(tmp_path):
   c = tiny_config()
   c.optimizer.learning_rate = 1e39

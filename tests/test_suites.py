@@ -159,7 +159,7 @@ def test_suite_files_load():
 
 def test_why_trm_rows_are_valid_recipes():
   """Every row of the study builds its model (its recipe fits its rung)."""
-  from artrm.training import train
+  from artrm.training import builders
 
   spec = os.path.join(os.path.dirname(__file__), '..', 'experiments', 'why_trm.py:runlocal')
   runs = suites.suite_runs(spec, '/tmp/unused')
@@ -171,7 +171,7 @@ def test_why_trm_rows_are_valid_recipes():
   last = suites.suite_runs(spec + ',core,only=copy,rows=-8', '/tmp/unused')
   assert [r.name for r in last] == [r.name for r in core[-8:]]
   for r in runs:
-    model = train.run_model(suites.run_config(spec, r))
+    model = builders.run_model(suites.run_config(spec, r))
     assert model.rung.block_passes(model.config) == 12
 
 

@@ -15,8 +15,17 @@ from tiny import tiny_config
 from artrm import one_off, parallel
 from artrm import workdir as workdir_lib
 from artrm.configs import length_gen
+from artrm.models import build_model
 from artrm.tools import ladder
-from artrm.training import checkpointing, eval_checkpoint, train, writers
+from artrm.training import (
+  builders,
+  checkpointing,
+  eval_checkpoint,
+  train,
+  train_state,
+  train_step,
+  writers,
+)
 
 CONFIG_FILE = os.path.join(os.path.dirname(__file__), '..', 'artrm', 'configs', 'length_gen.py')
 
@@ -99,7 +108,7 @@ def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
   c = tiny_config(max_steps=8)
   train.train_and_evaluate(c, str(tmp_path))
   c.max_steps = 16
-  monkeypatch.setattr(train, 'lm_loss', lambda *args: jnp.float32(jnp.nan))
+  monkeypatch.setattr(train_step, 'lm_loss', lambda *args: jnp.float32(jnp.nan))
   with pytest.raises(FloatingPointError, match='Non-finite loss or gradient at step 9'):
     train.train_and_evaluate(c, str(tmp_path))
   ckpts = checkpointing.RunCheckpoints(str(tmp_path))
@@ -127,10 +136,10 @@ def test_sharded_step_matches_single_device():
   """The batch split over 2 (fake CPU) devices gives the loss of 1 device."""
   assert len(jax.devices()) >= 2, 'tests/conftest.py fakes 2 CPU devices'
   c = tiny_config('gpt_level2')
-  model = train.build_model(train.model_config(c))
-  optimizer = train.make_optimizer(c.optimizer)
+  model = build_model(builders.model_config(c))
+  optimizer = train_state.make_optimizer(c.optimizer)
   step = functools.partial(
-    train.train_step,
+    train_step.train_step,
     model=model,
     optimizer=optimizer,
     tasks=('copy',),
@@ -142,7 +151,7 @@ def test_sharded_step_matches_single_device():
   for devices in (jax.devices()[:1], jax.devices()[:2]):
     mesh = parallel.data_mesh(devices)
     rep = parallel.replicated(mesh)
-    state = jax.device_put(train.init_state(model, optimizer, 0), rep)
+    state = jax.device_put(train_state.init_state(model, optimizer, 0), rep)
     fn = jax.jit(
       functools.partial(step, batch_sharding=parallel.batch_sharding(mesh)),
       in_shardings=(rep,),
@@ -165,11 +174,11 @@ def test_train_step_compiled_and_eager_agree():
   """The step as one XLA program and op by op (jax.disable_jit: scans run as Python
   loops) give the same update: nothing in it depends on being traced."""
   c = tiny_config('gpt_level2')
-  model = train.build_model(train.model_config(c))
-  optimizer = train.make_optimizer(c.optimizer)
-  state = train.init_state(model, optimizer, 0)
+  model = build_model(builders.model_config(c))
+  optimizer = train_state.make_optimizer(c.optimizer)
+  state = train_state.init_state(model, optimizer, 0)
   step = functools.partial(
-    train.train_step,
+    train_step.train_step,
     model=model,
     optimizer=optimizer,
     tasks=('copy', 'reverse'),
@@ -192,8 +201,8 @@ def test_vmapped_seed_equals_seed_trained_alone(tmp_path):
   out_group = train.train_and_evaluate(group, str(tmp_path / 'group'))
   out_alone = train.train_and_evaluate(alone, str(tmp_path / 'alone'))
   chex.assert_trees_all_close(
-    train.seed_slice(params_of(out_group), 1),
-    train.seed_slice(params_of(out_alone), 0),
+    train_state.seed_slice(params_of(out_group), 1),
+    train_state.seed_slice(params_of(out_alone), 0),
     rtol=1e-5,
     atol=1e-6,
   )
@@ -206,11 +215,11 @@ def test_vmapped_seeds_keep_the_early_stop():
   """With seeds vmapped, ACT's skip stays a cond (decided over all seeds) instead of
   the select that vmap makes of a per-seed one, which runs every step."""
   c = tiny_config('ut', num_seeds=2)
-  model = train.run_model(c)
-  optimizer = train.make_optimizer(c.optimizer, model.recipe)
-  state = train.init_seeds(model, optimizer, train.seeds_of(c))
-  step = train.make_step_fn(c, model, optimizer, parallel.data_mesh())
-  assert 'cond[' in str(jax.make_jaxpr(step)(state, train.task_index(c)))
+  model = builders.run_model(c)
+  optimizer = train_state.make_optimizer(c.optimizer, model.recipe)
+  state = train_state.init_seeds(model, optimizer, train_state.seeds_of(c))
+  step = train_step.make_step_fn(c, model, optimizer, parallel.data_mesh())
+  assert 'cond[' in str(jax.make_jaxpr(step)(state, train_step.task_index(c)))
 
 
 def test_copy_and_reverse_runs_share_the_step_program():
@@ -219,18 +228,18 @@ def test_copy_and_reverse_runs_share_the_step_program():
   texts = {}
   for task in ('copy', 'reverse', 'addition'):
     c = tiny_config(task=task)
-    model = train.run_model(c)
-    optimizer = train.make_optimizer(c.optimizer, model.recipe)
-    state = train.init_seeds(model, optimizer, train.seeds_of(c))
-    step = train.make_step_fn(c, model, optimizer, parallel.data_mesh())
-    texts[task] = step.lower(state, train.task_index(c)).as_text()
+    model = builders.run_model(c)
+    optimizer = train_state.make_optimizer(c.optimizer, model.recipe)
+    state = train_state.init_seeds(model, optimizer, train_state.seeds_of(c))
+    step = train_step.make_step_fn(c, model, optimizer, parallel.data_mesh())
+    texts[task] = step.lower(state, train_step.task_index(c)).as_text()
   assert texts['copy'] == texts['reverse'] != texts['addition']
 
 
 def test_optimizer_is_torch_adamw():
   """One step from zero moments: p - lr * (g / (|g| + eps) + wd * p), as torch.optim.AdamW."""
   c = tiny_config()
-  opt = train.make_optimizer(c.optimizer)
+  opt = train_state.make_optimizer(c.optimizer)
   p = {'w': jnp.array([1.0, -2.0])}
   g = {'w': jnp.array([0.5, 0.25])}
   updates, _ = opt.update(g, opt.init(p), p)
@@ -244,15 +253,15 @@ def test_warmup_cosine_schedule_and_embedding_step_size():
   scales the embeddings' whole update and nothing else's."""
   c = tiny_config()
   c.optimizer.update(schedule='warmup_cosine', warmup_steps=10, learning_rate=1e-3)
-  lr = train.learning_rate(c.optimizer, 100)
+  lr = train_state.learning_rate(c.optimizer, 100)
   np.testing.assert_allclose([lr(0), lr(10), lr(100)], [0.0, 1e-3, 0.0], atol=1e-9)
   p = {'tok_emb': {'embedding': jnp.ones(2)}, 'pos_emb': jnp.ones(2), 'lm_head': jnp.ones(2)}
   g = jax.tree.map(lambda x: 0.5 * x, p)
   step = lambda opt: opt.update(g, opt.init(p), p)[0]
-  plain = step(train.make_optimizer(length_gen.base_config().optimizer))
+  plain = step(train_state.make_optimizer(length_gen.base_config().optimizer))
   c.optimizer = length_gen.base_config().optimizer
   c.optimizer.embed_lr_mult = 3.0
-  scaled = step(train.make_optimizer(c.optimizer))
+  scaled = step(train_state.make_optimizer(c.optimizer))
   np.testing.assert_allclose(scaled['tok_emb']['embedding'], 3 * plain['tok_emb']['embedding'])
   np.testing.assert_allclose(scaled['pos_emb'], 3 * plain['pos_emb'])
   np.testing.assert_array_equal(scaled['lm_head'], plain['lm_head'])
@@ -317,7 +326,7 @@ def test_main_job_table(tmp_path, capsys):
   # Two recursion steps at the main job's budget: trm's Q-head loop is not
   # ut_level2's ACT in disguise, as it is at one step.
   for name in ('ut_level2', 'trm'):
-    mc = train.model_config(ladder.ladder_config(name, 'copy'))
+    mc = builders.model_config(ladder.ladder_config(name, 'copy'))
     assert (mc.n_layer, mc.n_outer_loops, mc.n_inner_loops) == (2, 2, 2)
 
 
@@ -327,10 +336,10 @@ def test_one_off_init_keeps_its_bits(name, monkeypatch):
   default level 3. Level 0 (these tests' XLA_FLAGS) differs: the check can fail, and the
   per-program options do override the flags."""
   c = tiny_config(name, num_seeds=2)
-  model = train.run_model(c)
-  optimizer = train.make_optimizer(c.optimizer, model.recipe)
-  seeds = jnp.asarray(train.seeds_of(c), jnp.int32)
-  lowered = jax.jit(train.stacked_states(model, optimizer)).lower(seeds)
+  model = builders.run_model(c)
+  optimizer = train_state.make_optimizer(c.optimizer, model.recipe)
+  seeds = jnp.asarray(train_state.seeds_of(c), jnp.int32)
+  lowered = jax.jit(train_state.stacked_states(model, optimizer)).lower(seeds)
   bits = lambda options: [
     np.asarray(x) for x in jax.tree.leaves(lowered.compile(compiler_options=options)(seeds))
   ]

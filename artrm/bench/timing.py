@@ -1,6 +1,6 @@
 """Speed of the seven rungs: compile time, step time, tokens/s, FLOPs, MFU, memory, decoding.
 
-The timed step is the training loop's own (`train.make_step_fn`) for one seed
+The timed step is the training loop's own (`train_step.make_step_fn`) for one seed
 or for the setup's `num_seeds` vmapped as suites run them, on one device or data-parallel over
 `devices`, and decoding splits its batch the same way: the numbers are those
 `artrm train` runs at. On a CPU host, one device per core (`XLA_FLAGS=
@@ -32,7 +32,7 @@ from artrm.bench.setups import Setup, run_config
 from artrm.data import eval_set, get_task
 from artrm.evaluation import decoding
 from artrm.models import RUNGS, get_rung, init_params
-from artrm.training import train
+from artrm.training import builders, train_state, train_step
 
 PROFILED_CALLS = 3  # steps or decoding calls per profiler trace (--profile_dir)
 
@@ -79,13 +79,14 @@ def bench_train(
   """Compile and time the jitted training step, data-parallel over `mesh`; returns
   (numbers, params after training). With `profile_dir`, `PROFILED_CALLS` more steps
   are traced there and summarised (`profiling.summarize`)."""
-  optimizer = train.make_optimizer(config.optimizer, model.recipe)
+  optimizer = train_state.make_optimizer(config.optimizer, model.recipe)
   state = jax.device_put(
-    train.init_seeds(model, optimizer, train.seeds_of(config)), parallel.replicated(mesh)
+    train_state.init_seeds(model, optimizer, train_state.seeds_of(config)),
+    parallel.replicated(mesh),
   )
   start = time.perf_counter()
-  task = train.task_index(config)
-  step_fn = train.make_step_fn(config, model, optimizer, mesh).lower(state, task).compile()
+  task = train_step.task_index(config)
+  step_fn = train_step.make_step_fn(config, model, optimizer, mesh).lower(state, task).compile()
   compile_seconds = time.perf_counter() - start
   memory = step_fn.memory_analysis()
 
@@ -139,7 +140,7 @@ def bench_train(
       + memory.temp_size_in_bytes
       - memory.alias_size_in_bytes
     )
-  return out, train.seed_slice(state.params, 0)
+  return out, train_state.seed_slice(state.params, 0)
 
 
 def bench_decode(
@@ -263,7 +264,7 @@ def run_benchmark(
       setup.block_size, task.prompt_len(L), task.answer_len(L), what=f'{setup.task} at length {L}'
     )
   device = device_info()
-  matmul_type = peak_basis(train.model_config(run_config(setup, rungs[0])))  # same for all rungs
+  matmul_type = peak_basis(builders.model_config(run_config(setup, rungs[0])))  # same for all rungs
   basis = 'given' if peak else f'{matmul_type} dense'
   peak = peak or peak_flops(device['device_kind'], matmul_type)
   result = dict(
@@ -283,7 +284,7 @@ def run_benchmark(
   )
   for rung in rungs:
     config = run_config(setup, rung)
-    model = train.run_model(config)
+    model = builders.run_model(config)
     mc = model.config
     H, L = model.rung.cycles(model.config)  # (1, 1) unless nested
     row = dict(

@@ -14,9 +14,9 @@ An ingredient is one field here plus one small function where it acts:
   embed_init_std            `RecursiveLM.setup`: the token / position embeddings' init std
   mixer                     `block.Block`: causal attention or a causal MLP mixer
   act_halt_bias             `RecursiveLM.setup`: the ACT halting head's initial bias
-  halt_loss_weight, halt_target   `train.halt_loss`: the Q-head learns when to stop
-  n_sup, sup_update         `train.train_step`: deep supervision over one batch
-  ema_decay                 `train.ema_update`: the weights evaluation uses
+  halt_loss_weight, halt_target   `train_step.halt_loss`: the Q-head learns when to stop
+  n_sup, sup_update         `train_step.train_step`: deep supervision over one batch
+  ema_decay                 `train_state.ema_update`: the weights evaluation uses
 
 `Recipe.check` refuses combinations that mean nothing for a rung before any
 work is done. No jax here.
@@ -64,7 +64,7 @@ class Recipe:
   n_sup: int = 1  # supervision passes per batch (deep supervision)
   sup_update: str = 'each'  # optimizer step per pass, or one on the summed losses
   halt_loss_weight: float = 0.0  # > 0: the Q-head learns to halt, and decoding obeys it
-  halt_target: str = 'token'  # what "right" means for the Q-head (see train.halt_loss)
+  halt_target: str = 'token'  # what "right" means for the Q-head (see train_step.halt_loss)
   ema_decay: float = 0.0  # > 0: evaluate and keep the best of an EMA of the params
   fixed_init: bool = False  # y0 / z0 fixed std-1 vectors instead of learned ones
   # RMS-normalise each y / z update (TRM's post-norm blocks); without it the

@@ -198,7 +198,7 @@ def q_trained_trunk(mdl, x_BxTxC, stream, ctx, steps, deterministic, full_comput
   else at the last step. Streams keep evolving after a position halts, as in
   ACT, so a causal forward gives each position what it gets decoded alone,
   with or without the cache. aux['halt'] holds each step's q and logits for
-  the halting loss (`artrm.training.train.halt_loss`).
+  the halting loss (`artrm.training.train_step.halt_loss`).
   """
   B, T = x_BxTxC.shape[:2]
   min_steps_Bx1 = min_steps(mdl, B, steps, deterministic)[:, None]

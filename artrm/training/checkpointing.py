@@ -17,14 +17,11 @@ newest good one is used.
 
 import contextlib
 import dataclasses
-import functools
 import glob
 import hashlib
 import logging as std_logging
 import os
-import re
 import shutil
-import sys
 import time
 from typing import Any, Callable
 
@@ -34,6 +31,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from artrm import workdir as workdir_lib
+from artrm.training import save_faults
 
 # Config fields (sections or dotted keys) that may change between a run and its
 # resumption (or its evaluation): they decide how long, how fast and how it is
@@ -62,21 +60,27 @@ def _flatten(d: dict, prefix: str = '') -> dict[str, Any]:
   return out
 
 
-def changed_fields(saved: dict, current: dict, ignore=MUTABLE_FIELDS) -> dict[str, tuple]:
-  """{key: (saved, current)} for every field outside `ignore` that differs."""
+def changed_fields(
+  saved: dict, current: dict, ignore=MUTABLE_FIELDS, defaults: dict | None = None
+) -> dict[str, tuple]:
+  """{key: (saved, current)} for every field outside `ignore` that differs.
+
+  A field the saved config lacks (added to the configs after the run was saved) held its
+  value in `defaults` there, so a run resumed with it set otherwise is refused.
+  """
   keep = lambda k: k not in ignore and k.split('.')[0] not in ignore
-  # A field the saved config lacks (added to the configs after the run was saved) reads as
-  # the current config's value: the field did not exist, so it cannot have changed.
-  b = _flatten(current)
-  a = {**b, **_flatten(saved)}
+  a, b = {**_flatten(defaults or {}), **_flatten(saved)}, _flatten(current)
   return {
     k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if keep(k) and a.get(k) != b.get(k)
   }
 
 
-def config_differences(saved: dict, current: dict, ignore=MUTABLE_FIELDS) -> list[str]:
-  """'key: saved -> current' for every identity field that differs."""
-  return [f'{k}: {a!r} -> {b!r}' for k, (a, b) in changed_fields(saved, current, ignore).items()]
+def config_differences(
+  saved: dict, current: dict, ignore=MUTABLE_FIELDS, defaults: dict | None = None
+) -> list[str]:
+  """'key: saved -> current' for every identity field that differs (`changed_fields`)."""
+  changed = changed_fields(saved, current, ignore, defaults)
+  return [f'{k}: {a!r} -> {b!r}' for k, (a, b) in changed.items()]
 
 
 def fingerprint(tree) -> dict[str, str]:
@@ -92,98 +96,15 @@ def fingerprint(tree) -> dict[str, str]:
   return {jax.tree_util.keystr(k): digest(x) for k, x in jax.tree_util.tree_leaves_with_path(tree)}
 
 
-def _is_orphaned_read(exc: BaseException | None) -> bool:
-  """A TensorStore read or write that finished after a failed Orbax read or save had closed
-  its event loop."""
-  tb = exc and exc.__traceback__
-  while tb and tb.tb_next:
-    tb = tb.tb_next
-  return (
-    isinstance(exc, RuntimeError)
-    and str(exc) == 'Event loop is closed'
-    and tb is not None
-    and tb.tb_frame.f_code.co_filename.endswith(os.path.join('asyncio', 'base_events.py'))
-  )
-
-
-def _ignore_orphaned_reads():
-  """Keeps the terminal free of what a failed read of a damaged checkpoint, or a failed save,
-  leaves behind.
-
-  The reads (or writes) still in flight call back into Orbax's closed event loop, and
-  Python prints a traceback for each (from TensorStore's threads, or as an
-  ignored exception). Those alone are dropped; every other report stands.
-  """
-  if getattr(sys.excepthook, 'ignores_orphaned_reads', False):
-    return
-
-  def quiet(report, exc_of):
-    def hook(*args):
-      if not _is_orphaned_read(exc_of(*args)):
-        report(*args)
-
-    hook.ignores_orphaned_reads = True
-    return hook
-
-  sys.excepthook = quiet(sys.excepthook, lambda kind, value, tb: value)
-  sys.unraisablehook = quiet(sys.unraisablehook, lambda unraisable: unraisable.exc_value)
-
-
-def _write_failure(e: BaseException | None) -> tuple[str | None, str] | None:
-  """(the checkpoint's step directory or None, the cause) if `e` is a failed write (an
-  OSError, or TensorStore's report of one as Orbax raises it), else None."""
-  if isinstance(e, OSError):  # its filename may be relative to a directory's descriptor
-    file = e.filename if os.path.isabs(os.fsdecode(e.filename or '')) else None
-    cause = e.strerror or str(e)
-  elif code := re.search(r"os_error_code='(\d+)'", str(e)):
-    file, cause = next(iter(re.findall(r'"(/[^"]+)"', str(e))), None), os.strerror(int(code[1]))
-  else:
-    return None
-  step_dir = re.match(r'(.*/\d+)\.orbax-checkpoint-tmp', file or '')
-  return (step_dir[1] if step_dir else file), cause
-
-
-def _reports_write_failures(method):
-  """A RunCheckpoints method whose failed write (its own, or a save's in the background)
-  removes the unfinished saves and raises WriteError naming the file and the cause: the
-  newest finished checkpoint stays the latest."""
-
-  @functools.wraps(method)
-  def wrapped(self, *args, **kwargs):
-    try:
-      return method(self, *args, **kwargs)
-    except Exception as e:
-      failure = _write_failure(e)
-      if failure is None:
-        raise
-      self._remove_unfinished()
-      where, cause = failure
-      what = f'the checkpoint {where}' if where else f'a checkpoint in {self.workdir}'
-      raise workdir_lib.WriteError(f'Could not save {what}: {cause}.') from e
-
-  return wrapped
-
-
-_ORBAX_DIR = os.path.dirname(ocp.__file__)
-
-
-def _drop_reported_errors(record: std_logging.LogRecord) -> bool:
-  """Keeps the terminal to artrm's own one-line reports. Orbax logs an error (often with a
-  traceback) for what it then raises, which artrm reports, and for an unreadable
-  `_CHECKPOINT_METADATA`, its bookkeeping of a step, which a restore does not need: the
-  state is checked against its fingerprint. asyncio then logs each write of a failed save
-  that was still in flight."""
-  orbax = record.levelno >= std_logging.ERROR and record.pathname.startswith(_ORBAX_DIR)
-  return not (orbax or (record.exc_info and _write_failure(record.exc_info[1])))
-
-
 def _first_line(e: Exception) -> str:
   text = str(e).strip().splitlines()
   return f'{type(e).__name__}: {text[0][:160] if text else ""}'
 
 
-def check_compatible(saved: dict, current: dict, where: str, ignore=MUTABLE_FIELDS):
-  diffs = config_differences(saved, current, ignore)
+def check_compatible(
+  saved: dict, current: dict, where: str, ignore=MUTABLE_FIELDS, defaults: dict | None = None
+):
+  diffs = config_differences(saved, current, ignore, defaults)
   if diffs:
     raise ConfigMismatchError(
       f'The checkpoint in {where} was made with another config:\n  '
@@ -202,10 +123,10 @@ class RunCheckpoints:
   create: bool = True  # False: a reader, who makes no directory
 
   def __post_init__(self):
-    _ignore_orphaned_reads()
+    save_faults.ignore_orphaned_reads()
     for logger in (logging.get_absl_logger(), std_logging.getLogger('asyncio')):
-      if _drop_reported_errors not in logger.filters:
-        logger.addFilter(_drop_reported_errors)
+      if save_faults.drop_reported_errors not in logger.filters:
+        logger.addFilter(save_faults.drop_reported_errors)
     # The trainer (who creates) removes saves a kill or a full disk left unfinished.
     options = dict(
       create=self.create, enable_async_checkpointing=True, cleanup_tmp_directories=self.create
@@ -246,7 +167,7 @@ class RunCheckpoints:
       self._skip('best', step, _first_line(e), move_aside)
       return None
 
-  @_reports_write_failures
+  @save_faults.reports_write_failures
   def save(self, step: int, state, config: dict, *, best_metrics: dict | None = None):
     """A periodic checkpoint, or (with `best_metrics`) the new best."""
     items = dict(
@@ -273,12 +194,14 @@ class RunCheckpoints:
     config: dict | None,
     ignore=MUTABLE_FIELDS,
     move_aside: bool = False,
+    defaults: dict | None = None,
   ) -> tuple[int, Any, dict]:
     """(step, state, its saved config) of checkpoint `which`, after checking that config
     matches `config` (None: any). 'latest' falls back past damaged checkpoints to the newest
     good one; `move_aside` (the trainer, who holds the workdir) renames the damaged ones.
 
-    `abstract_for(saved config)` gives the abstract state to restore into.
+    `abstract_for(saved config)` gives the abstract state to restore into; `defaults` are the
+    values of fields a saved config lacks (`changed_fields`).
     """
     first = self.resolve_step(which)
     if first is None:
@@ -296,7 +219,7 @@ class RunCheckpoints:
         damaged.append((step, f'config unreadable ({_first_line(e)})'))
         continue
       if config is not None:
-        check_compatible(saved, config, self.workdir, ignore)
+        check_compatible(saved, config, self.workdir, ignore, defaults)
       why, state = self._read_state(which, step, abstract_for(saved))
       if why:
         damaged.append((step, why))
@@ -349,7 +272,7 @@ class RunCheckpoints:
       where = f'{where} (moved to {os.path.basename(target)})'
     logging.warning('Skipped damaged checkpoint %s: %s', where, why)
 
-  @_reports_write_failures
+  @save_faults.reports_write_failures
   def wait(self):
     self.periodic.wait_until_finished()
     self.best.wait_until_finished()

@@ -8,7 +8,7 @@ import ml_collections
 from artrm import parallel
 from artrm import workdir as workdir_lib
 from artrm.tables import markdown_table
-from artrm.training import checkpointing, train, validation
+from artrm.training import builders, checkpointing, train, train_state, validation
 
 
 def load_checkpoint(workdir: str, which: str | int = 'latest'):
@@ -23,7 +23,7 @@ def load_checkpoint(workdir: str, which: str | int = 'latest'):
     raise FileNotFoundError(
       f'No training run in {workdir}: train there first (artrm train --workdir=...).'
     )
-  model_of = lambda saved: train.run_model(ml_collections.ConfigDict(saved))
+  model_of = lambda saved: builders.run_model(ml_collections.ConfigDict(saved))
   replicated = parallel.replicated(parallel.data_mesh())
   ckpts = checkpointing.RunCheckpoints(workdir, create=False)
   try:
@@ -32,7 +32,7 @@ def load_checkpoint(workdir: str, which: str | int = 'latest'):
         f'No {which} checkpoint in {workdir}: train there first (artrm train --workdir=...).'
       )
     step, state, saved = ckpts.restore(
-      which, lambda saved: train.abstract_state(model_of(saved), saved, replicated), None
+      which, lambda saved: train_state.abstract_state(model_of(saved), saved, replicated), None
     )
   finally:
     ckpts.close()
@@ -43,10 +43,14 @@ def evaluate_loaded(
   config, model, state, step: int, workdir: str, name: str, overrides: dict[str, Any] | None = None
 ) -> dict[int, dict[int, dict]]:
   """{seed: {length: metrics}}; `overrides` change only how it is evaluated."""
-  evaluator = train.evaluator_for(config, **(overrides or {}))
+  evaluator = builders.evaluator_for(config, **(overrides or {}))
   evaluator.check_fits(model.config.block_size)
   results = train.evaluate_seeds(
-    evaluator, model, train.eval_params(state), train.seeds_of(config), parallel.data_mesh()
+    evaluator,
+    model,
+    train_state.eval_params(state),
+    train_state.seeds_of(config),
+    parallel.data_mesh(),
   )  # where load_checkpoint put the params
   for seed, by_length in results.items():
     evaluator.write(by_length, workdir, step, name=f'{name}_seed{seed}')

@@ -9,17 +9,19 @@ from typing import Any
 
 import ml_collections
 
+from artrm import parallel
 from artrm.data import get_task
 from artrm.evaluation.decoding import DECODINGS, check_fits
 from artrm.models.config import get_rung
 from artrm.models.recipe import Recipe
+from artrm.training import builders
 
 # Metrics the best checkpoint may be picked by: present at every length
 # (`artrm.evaluation.metrics.answer_metrics`).
 BEST_METRICS = ('seq_acc', 'char_acc', 'first_char_acc', 'last_char_acc')
 
 
-# optimizer.schedule: the paper's constant lr, or warmup then cosine (`train.learning_rate`).
+# optimizer.schedule: the paper's constant lr, or warmup then cosine (`train_state.learning_rate`).
 SCHEDULES = ('constant', 'warmup_cosine')
 
 
@@ -92,6 +94,18 @@ def _get(config: ml_collections.ConfigDict, key: str) -> Any:
   for name in key.split('.'):
     config = config[name]
   return config
+
+
+def validate(config: ml_collections.ConfigDict):
+  """Every part's checks, before any compile or write. Each part keeps its rule in its own
+  module: the fields and lengths (`check_config`), the recipe against its rung
+  (`Recipe.check`), the model's shapes (`ModelConfig`), the evaluated lengths against the
+  budgeted model's block_size (`LengthEvaluator.check_fits`), the batch against the devices
+  (`parallel.check_batch_divisible`)."""
+  check_config(config)
+  block_size = builders.model_config(config).block_size
+  builders.evaluator_for(config).check_fits(block_size)
+  parallel.check_batch_divisible(config.batch_size, parallel.data_mesh())
 
 
 def check_config(config: ml_collections.ConfigDict):
