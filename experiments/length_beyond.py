@@ -2,8 +2,9 @@
 
 Does a recursive rung generalise past its training length where `gpt` with the same
 position encoding does not, and does more test-time recursion help? Rows: `gpt` (the
-control: no recursion), `ut`, `ut_level1`, and `trm` and `ut_level2` with TRM's input and
-carry norms (`recipe.input_norm`, `recipe.carry_norm`), each with `model.pos_encoding`
+control: no recursion), `ut`, `ut_level1`, and `trm` and `ut_level2` with the input
+scaled to unit RMS at init and the carry bounded (`recipe.input_scale=36`,
+`recipe.carry_norm`: the fix under which trm learns addition), each with `model.pos_encoding`
 learned (the paper's), none, rope and abacus. Tasks copy, reverse and addition_rev (the
 sum least-significant digit first). Every row trains on lengths drawn per row from 1..L
 (`train_length_min=1`) and is evaluated at L, 1.5L, 2L and 3L; 3 seeds each (vmapped).
@@ -20,6 +21,7 @@ suite argument, so that it finds the same runs. docs/length.md has the switches.
 Arguments besides `runlocal`, `seeds=N`, `dtype=...`, `steps=N`:
   screen      one seed, the rows of gpt, ut and trm only: what learns at all
   models=M    only these models' rows, joined by `+` (e.g. models=gpt+trm)
+  encodings=E only these position encodings, joined by `+` (e.g. encodings=learned+abacus)
   only=T      those tasks' rows, joined by `+` (e.g. only=copy+addition_rev; addition too)
   addition    adds the paper's addition (most-significant digit first) to the tasks
   inject      adds `ut` with `model.input_injection` (x re-added at every step)
@@ -40,7 +42,9 @@ from artrm.data import get_task
 
 TASKS = ('copy', 'reverse', 'addition_rev')
 ENCODINGS = ('learned', 'none', 'rope', 'abacus')
-NORMS = {'recipe.input_norm': True, 'recipe.carry_norm': True}
+# The fix under which trm learns addition (why_trm.py addform, docs/science.md): x scaled to
+# unit RMS at init (1 / 0.028) and the carry bounded.
+NORMS = {'recipe.carry_norm': True, 'recipe.input_scale': 36.0}
 MODELS = {
   'gpt': {'model.name': 'gpt'},
   'ut': {'model.name': 'ut'},
@@ -72,6 +76,7 @@ def parsed(arg):
     length=0,
     offset=-1,
     models='',
+    encodings='',
   )
   if a.runlocal:
     # The optimizer of the CPU form in which addition is learned (why_trm.py's addform):
@@ -99,12 +104,15 @@ def rows(a, L: int) -> list[dict]:
   models = {n: MODELS[n] for n in names}
   if a.inject:
     models['ut_injected'] = {'model.name': 'ut', 'model.input_injection': True}
+  encodings = a.encodings.split('+') if a.encodings else ENCODINGS
+  if set(encodings) - set(ENCODINGS):
+    raise ValueError(f'encodings={a.encodings}: choose from {"+".join(ENCODINGS)}.')
   offset = 4 * L if a.offset < 0 else a.offset
   abacus = {'model.abacus_max_offset': offset}
   return [
     {**m, 'model.pos_encoding': e, **(abacus if e == 'abacus' else {})}
     for m in models.values()
-    for e in ENCODINGS
+    for e in encodings
   ]
 
 

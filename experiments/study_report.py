@@ -36,6 +36,20 @@ from artrm.training import eval_checkpoint  # noqa: E402
 
 flags.DEFINE_list('roots', None, 'Suite roots, one per part.', required=True)
 flags.DEFINE_string('out', None, 'Folder for README.md, results.csv and figures.', required=True)
+flags.DEFINE_multi_string(
+  'contrast',
+  [
+    'trm,carry_norm=True,input_scale=36.0 - trm,input_norm=True,carry_norm=True',
+    'trm,carry_norm=True,input_scale=36.0 - trm,carry_norm=True,embed_lr_mult=36.0',
+    'trm,carry_norm=True,input_scale=36.0 - trm,carry_norm=True,embed_init_std=1.0',
+    'trm,carry_norm=True,embed_lr_mult=36.0 - trm,carry_norm=True',
+    'trm,carry_norm=True,input_scale=36.0 - trm,carry_norm=True',
+    'trm,carry_norm=True,input_scale=36.0 - ut_level1',
+    'trm,carry_norm=True,input_scale=36.0 - ut_level1,carry_norm=True,input_scale=36.0',
+    'trm,carry_norm=True,input_scale=36.0 - gpt',
+  ],
+  "'row A - row B': a difference of char_acc at the training length reported with its CI.",
+)
 flags.DEFINE_list(
   'sampled',
   ['gpt', 'ut_level1', 'trm', 'trm,input_norm=True', 'trm,input_norm=True,carry_norm=True'],
@@ -125,12 +139,27 @@ def part_tables(df: pd.DataFrame, suite: str) -> list[str]:
     '',
     markdown_table(diffs),
     '',
+    *contrast_table(final, tasks),
     f'### When each row learns: first evaluation with mean char_acc >= {LEARNED}',
     '',
     learned_table(part, rows_order, tasks),
     '',
   ]
   return md
+
+
+def contrast_table(final: pd.DataFrame, tasks: list[str]) -> list[str]:
+  """The --contrast pairs present in `final`, each difference with its Welch 95% CI."""
+  rows = []
+  for task in tasks:
+    t = final[final['task'] == task]
+    for pair in FLAGS.contrast:
+      a, b = (t[t['row'] == r.strip()]['value'].to_numpy() for r in pair.split(' - '))
+      if len(a) and len(b):
+        rows.append({'task': task, 'A - B': pair, 'difference [95% CI]': welch(a, b)})
+  if not rows:
+    return []
+  return ['### Contrasts that answer the questions', '', markdown_table(rows), '']
 
 
 def learned_table(part: pd.DataFrame, rows_order: list[str], tasks: list[str]) -> str:

@@ -161,6 +161,9 @@ def addform_rows(part: str, max_steps: int, lr: float, budget: int) -> list[dict
         {**trm, 'recipe.grad_reach': 'all'},
         # The fixed trm at gpt's training compute (it back-propagates fewer passes).
         matched_compute(fixed, max_steps, budget),
+        # The dual UTs with the scale fix too, so that the ranking compares repaired models.
+        {'model.name': 'ut_level1', 'recipe.carry_norm': True, 'recipe.input_scale': 36.0},
+        {'model.name': 'ut_level2', 'recipe.carry_norm': True, 'recipe.input_scale': 36.0},
       ]
     )
   if part == 'depth':

@@ -61,7 +61,7 @@ class RecursiveLM(nn.Module):
   config: ModelConfig
   rung: Rung
   recipe: Recipe = Recipe()
-  # The vmap axis name over seeds, when the caller vmaps several (`train.over_seeds`).
+  # The vmap axis name over seeds, when the caller vmaps several (`train_state.over_seeds`).
   seed_axis: str | None = None
 
   def setup(self):
@@ -90,7 +90,7 @@ class RecursiveLM(nn.Module):
       )(cfg.n_head, cfg.dropout, cfg.remat, *block_args[2:])
     if rung.stream == 'dual':
       # TRM's fixed y0 / z0: std-1 draws that the optimizer never moves
-      # (`train.make_optimizer` masks them out) and no gradient reaches.
+      # (`train_state.make_optimizer` masks them out) and no gradient reaches.
       init = nn.initializers.normal(stddev=1.0) if recipe.fixed_init else INIT
       self.y_init = self.param('y_init', init, (cfg.n_embd,))
       self.z_init = self.param('z_init', init, (cfg.n_embd,))
