@@ -5,7 +5,6 @@ its run imports the library or tooling it needs only when it runs, so `artrm --h
 stays fast.
 """
 
-import json
 import os
 import sys
 from typing import Callable, NamedTuple, Sequence
@@ -256,24 +255,12 @@ def _bench_flags(fv, argv):
   flags.DEFINE_string(
     'out', None, 'JSON path (default: benchmarks/results/<device>_<setup>.json).', flag_values=fv
   )
-  flags.DEFINE_list(
-    'versus_paper',
-    None,
-    "Only print saved CPU results (JSON paths) against the paper's code.",
-    flag_values=fv,
-  )
 
 
 def _bench(f):
   from artrm.bench import formatting, setups, timing
   from artrm.models import RUNGS
 
-  if f.versus_paper:
-    for path in f.versus_paper:
-      with open(path) as file:
-        result = json.load(file)
-      print(f'{path}\n{formatting.markdown(result, formatting.versus_paper(result))}\n')
-    return
   setup = setups.get_setup(f.setup).replace(
     eval_lengths=f.eval_lengths and tuple(int(L) for L in f.eval_lengths),
     eval_batch=f.eval_batch,

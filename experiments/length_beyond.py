@@ -37,6 +37,8 @@ form's optimizer (lr 3e-3, 100 warmup steps, cosine to 0; why_trm.py `addform`):
 every length up to L share the steps, so L itself is seen less than at a fixed length.
 """
 
+import statistics
+
 from artrm.configs import length_gen
 from artrm.data import get_task
 
@@ -125,3 +127,37 @@ def get_sweep(arg=None):
   every = rows(a, c.train_length)
   picked = every[a.rows :] if a.rows < 0 else every[: a.rows or None]
   return [{'task': task, **row} for task in tasks for row in picked]
+
+
+def length_table(roots: list[str], metric: str = 'seq_acc') -> str:
+  """`metric` at every evaluation length of each finished run under `roots` (mean ± sem
+  over seeds, n), a row per run: the screen's and the suite's answer in one table."""
+  from artrm.tables import markdown_table
+  from artrm.tools import results  # tooling: only this report reads it
+
+  rows = [
+    r
+    for root in roots
+    for r in results.gather(root)
+    if r['kind'] == 'final' and r['metric'] == metric
+  ]
+  table = {}
+  for r in rows:
+    line = table.setdefault(r['run'], {'run': r['run'], 'train L': r['train_length']})
+    line.setdefault(r['eval_length'], []).append(r['value'])
+  cell = lambda v: (
+    f'{sum(v) / len(v):.3f}'
+    + (f' ± {statistics.stdev(v) / len(v) ** 0.5:.3f}' if len(v) > 1 else '')
+    + f' (n={len(v)})'
+  )
+  out = [
+    {k: (cell(v) if isinstance(v, list) else v) for k, v in line.items()} for line in table.values()
+  ]
+  return markdown_table(out)
+
+
+if __name__ == '__main__':
+  import sys
+
+  for m in ('char_acc', 'seq_acc'):
+    print(f'\n{m} by evaluation length\n\n' + length_table(sys.argv[1:], m))

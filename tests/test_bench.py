@@ -1,8 +1,10 @@
 """The benchmark harness: a micro run end to end, and the FLOP count by hand."""
 
+import importlib.util
 import json
 import math
 import os
+import sys
 
 import pytest
 
@@ -136,29 +138,42 @@ def test_errors():
   assert setups.run_config(MICRO.replace(dtype='bfloat16'), 'gpt').model.dtype == 'bfloat16'
 
 
-def test_versus_paper_rows():
-  """Speedups divide the paper code's ms by ours; JSON's string length keys work."""
-  result = dict(
-    setup=dict(
-      name='small',
-      n_embd=128,
-      n_head=4,
-      budget=12,
-      batch_size=32,
-      task='addition',
-      train_length=10,
-      block_size=34,
-    ),
-    device=dict(device_kind='cpu', platform='cpu', jax='x'),
-    rungs={
+def _side_by_side():
+  path = os.path.join(os.path.dirname(__file__), '..', 'benchmarks', 'side_by_side.py')
+  spec = importlib.util.spec_from_file_location('side_by_side', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_side_by_side_ratios():
+  """Ratios divide the paper code's ms by artrm's, per rung and measure, for the timings
+  of one run; decoding matches JSON's string length keys."""
+  paper = {'train_ms': {'trm': 177.0}, 'eval_ms': {'10': {'trm': 124.0}}}
+  ours = {
+    'rungs': {
       'trm': dict(
-        train=dict(step_seconds=0.0885, fwd_passes=12, bwd_passes=6),
-        eval={'10': dict(generate_cached=dict(sequences_per_sec=1000.0, matches_generate=True))},
+        train=dict(step_seconds=0.0885),
+        eval={'10': dict(generate_cached=dict(sequences_per_sec=1000.0))},
       )
-    },
-  )
-  [row] = formatting.versus_paper(result)
-  assert row['paper ms/step'] == '177' and row['speedup'] == '2.00x'
-  assert row['generate_cached ms/seq L=10'] == '1.000'
-  assert row['generate_cached speedup L=10'] == '124x' and row['cached = full L=10'] == 'True'
-  assert '| trm ' in formatting.markdown(result, [row])
+    }
+  }
+  train, decode = _side_by_side().ratio_rows(paper, ours)
+  assert train == {
+    'rung': 'trm', 'measure': 'train ms/step', 'paper ms': 177.0, 'artrm ms': 88.5, 'ratio': 2.0
+  }  # fmt: skip
+  assert decode['measure'] == 'decode ms/seq L=10, generate_cached' and decode['ratio'] == 124.0
+
+
+def test_side_by_side_machine_and_missing_paths(tmp_path):
+  """The machine is named; a missing checkout or python stops it in one line, before timing."""
+  module = _side_by_side()
+  m = module.machine()
+  assert m['cpu'] and m['cores'] >= 1
+  with pytest.raises(SystemExit, match='no paper checkout at'):
+    module.main([f'--paper_checkout={tmp_path}', f'--paper_python={sys.executable}'])
+  (tmp_path / 'models').mkdir()
+  (tmp_path / 'models' / '__init__.py').touch()
+  with pytest.raises(SystemExit, match='no python at') as e:
+    module.check_paths(str(tmp_path), str(tmp_path / 'missing' / 'python'))
+  assert '\n' not in str(e.value)

@@ -124,9 +124,9 @@ def test_every_folder_with_python_files_is_packaged():
 def test_every_data_file_in_the_package_ships():
   """A file the package reads at run time that setup.cfg's [options.package_data] does not
   name would be missing from a wheel install."""
-  patterns = {
-    package: value.split() for package, value in _setup_cfg()['options.package_data'].items()
-  }
+  cfg = _setup_cfg()
+  section = cfg['options.package_data'] if cfg.has_section('options.package_data') else {}
+  patterns = {package: value.split() for package, value in section.items()}
   root = pathlib.Path(ROOT).resolve()
   unshipped = [
     str(p.relative_to(root))
@@ -175,7 +175,6 @@ def test_the_wheel_installs_and_trains(tmp_path):
   with zipfile.ZipFile(wheel) as z:
     names = set(z.namelist())
   assert {os.path.dirname(n).replace('/', '.') for n in names if n.endswith('.py')} == _packaged()
-  assert 'artrm/bench/paper_cpu_ms.json' in names
 
   venv = tmp_path / 'venv'
   run(sys.executable, '-m', 'venv', '--without-pip', str(venv))

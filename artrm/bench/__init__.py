@@ -4,5 +4,5 @@ setups.py      the benchmark settings (sizes, batch, lengths) and each rung's co
 flops.py       model FLOPs of a training step by hand; device peaks for MFU
 timing.py      compile, time and measure the training step and decoding (`run_benchmark`)
 profiling.py   a profiler trace of a few calls, summarised by model region and op kind
-formatting.py  markdown tables, the comparison with the paper's code, the JSON files
+formatting.py  markdown tables and the JSON files
 """

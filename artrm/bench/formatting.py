@@ -1,24 +1,14 @@
-"""The benchmark's output: markdown tables, the comparison with the paper's code, JSON files.
+"""The benchmark's output: markdown tables and JSON files.
 
-The paper's code's CPU timings are package data, `artrm/bench/paper_cpu_ms.json`.
+Ratios against the paper's code are measured side by side on one machine
+(`benchmarks/side_by_side.py`), never against timings stored from another.
 """
 
-import functools
 import json
 import os
 import re
 
 from artrm.tables import markdown_table
-
-PAPER_CPU_MS_FILE = os.path.join(os.path.dirname(__file__), 'paper_cpu_ms.json')
-
-
-@functools.cache
-def paper_cpu_ms() -> dict:
-  """The paper's code on a 2-core CPU: `train_ms_per_step[setup][rung]` and
-  `eval_ms_per_sequence[str(length)][rung]` (what they measure: its `about`)."""
-  with open(PAPER_CPU_MS_FILE) as f:
-    return json.load(f)
 
 
 def profiles(row: dict) -> list[tuple[str, dict]]:
@@ -65,37 +55,6 @@ def markdown(result: dict, rows: list[dict] | None = None) -> str:
   )
   rows = rows or [summary_row(rung, row) for rung, row in result['rungs'].items()]
   return header + '\n\n' + markdown_table(rows)
-
-
-def versus_paper(result: dict) -> list[dict[str, str]]:
-  """Rows of ms (ours, the paper's code's) and speedup, per rung, for a CPU result."""
-  paper = paper_cpu_ms()
-  name, rows = result['setup']['name'], []
-  for rung, row in result['rungs'].items():
-    cells = {'rung': rung}
-    if 'train' in row and name in ('small', 'paper'):
-      ours, theirs = 1e3 * row['train']['step_seconds'], paper['train_ms_per_step'][name][rung]
-      cells.update(
-        {
-          'passes fwd/bwd': f'{row["train"]["fwd_passes"]:g}/{row["train"]["bwd_passes"]:g}',
-          'ms/step': f'{ours:,.1f}',
-          'paper ms/step': f'{theirs:,}',
-          'speedup': f'{theirs / ours:.2f}x',
-        }
-      )
-    for L, by_fn in row['eval'].items():
-      theirs = paper['eval_ms_per_sequence'].get(str(L), {}).get(rung)
-      for fn in [fn for fn in ('generate', 'generate_cached') if fn in by_fn]:
-        ours = 1e3 / by_fn[fn]['sequences_per_sec']
-        cells[f'{fn} ms/seq L={L}'] = f'{ours:.3f}'
-        if theirs:
-          cells[f'{fn} speedup L={L}'] = f'{theirs / ours:,.0f}x'
-      if theirs:
-        cells[f'paper ms/seq L={L}'] = f'{theirs:,}'
-      if 'generate_cached' in by_fn:
-        cells[f'cached = full L={L}'] = str(by_fn['generate_cached']['matches_generate'])
-    rows.append(cells)
-  return rows
 
 
 def default_path(result: dict) -> str:
