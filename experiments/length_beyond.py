@@ -144,7 +144,7 @@ def length_table(roots: list[str], metric: str = 'seq_acc') -> str:
   table = {}
   for r in rows:
     line = table.setdefault(r['run'], {'run': r['run'], 'train L': r['train_length']})
-    line.setdefault(r['eval_length'], []).append(r['value'])
+    line.setdefault(f'L={r["eval_length"]}', []).append(r['value'])
   cell = lambda v: (
     f'{sum(v) / len(v):.3f}'
     + (f' ± {statistics.stdev(v) / len(v) ** 0.5:.3f}' if len(v) > 1 else '')
