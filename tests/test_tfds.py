@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from artrm.data import eval_digits, eval_set, format_example, python_rows
+from artrm.data.tasks import TASKS
 
 pytest.importorskip('tensorflow_datasets', reason='the TFDS extra: pip install -e ".[tfds]"')
 from artrm.data.tfds_builder import LENGTHS, SPLIT_SEEDS, ArtrmAlgorithmic, load_split  # noqa: E402
@@ -50,4 +51,4 @@ def test_load_split_reuses_prepared_data_and_validates(tiny_splits, tmp_path):
 
 def test_configs_cover_every_task_and_length():
   names = {config.name for config in ArtrmAlgorithmic.BUILDER_CONFIGS}
-  assert names == {f'{task}_L{L}' for task in ('copy', 'reverse', 'addition') for L in LENGTHS}
+  assert names == {f'{task}_L{L}' for task in TASKS for L in LENGTHS}
