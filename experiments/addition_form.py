@@ -29,6 +29,7 @@ import numpy as np
 from artrm import workdir as workdir_lib
 from artrm.configs import length_gen
 from artrm.tables import markdown_table
+from artrm.tools import report_tables
 
 # (train length, width, steps, batch, lr, schedule): the settings, cheapest first.
 SETTINGS = (
@@ -81,7 +82,7 @@ def get_sweep(arg=None):
 def _cell(records: list[dict], key: str) -> str:
   """mean ± sem (n) of `key` over the records (one per seed)."""
   v = np.array([r[key] for r in records])
-  return f'{v.mean():.3f} ± {v.std(ddof=1) / np.sqrt(len(v)):.3f} (n={len(v)})'
+  return report_tables.sem_cell(v.mean(), v.std(ddof=1) / np.sqrt(len(v)), len(v))
 
 
 def search_table(roots: list[str]) -> str:

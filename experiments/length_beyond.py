@@ -37,8 +37,6 @@ form's optimizer (lr 3e-3, 100 warmup steps, cosine to 0; why_trm.py `addform`):
 every length up to L share the steps, so L itself is seen less than at a fixed length.
 """
 
-import statistics
-
 from artrm.configs import length_gen
 from artrm.data import get_task
 
@@ -132,28 +130,15 @@ def get_sweep(arg=None):
 def length_table(roots: list[str], metric: str = 'seq_acc') -> str:
   """`metric` at every evaluation length of each finished run under `roots` (mean ± sem
   over seeds, n), a row per run: the screen's and the suite's answer in one table."""
-  from artrm.tables import markdown_table
-  from artrm.tools import results  # tooling: only this report reads it
+  import pandas as pd
 
-  rows = [
-    r
-    for root in roots
-    for r in results.gather(root)
-    if r['kind'] == 'final' and r['metric'] == metric
-  ]
-  table = {}
-  for r in rows:
-    line = table.setdefault(r['run'], {'run': r['run'], 'train L': r['train_length']})
-    line.setdefault(f'L={r["eval_length"]}', []).append(r['value'])
-  cell = lambda v: (
-    f'{sum(v) / len(v):.3f}'
-    + (f' ± {statistics.stdev(v) / len(v) ** 0.5:.3f}' if len(v) > 1 else '')
-    + f' (n={len(v)})'
-  )
-  out = [
-    {k: (cell(v) if isinstance(v, list) else v) for k, v in line.items()} for line in table.values()
-  ]
-  return markdown_table(out)
+  from artrm.tools import report_tables, results  # tooling: only this report reads it
+
+  df = pd.DataFrame([r for root in roots for r in results.gather(root)])
+  final = df[(df['kind'] == 'final') & (df['metric'] == metric)]
+  stats = report_tables.seed_stats(final, ['run', 'train_length', 'eval_length'])
+  lengths = sorted(final['eval_length'].unique())
+  return report_tables.stats_table(stats, ['run', 'train_length'], 'eval_length', lengths)
 
 
 if __name__ == '__main__':

@@ -18,7 +18,6 @@ A row is named by its run's overrides less the task (the suite's run name).
 import glob
 import os
 import re
-import warnings
 
 from absl import app, flags
 import matplotlib
@@ -27,11 +26,10 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from scipy import stats as scipy_stats  # noqa: E402
 
 from artrm import workdir as workdir_lib  # noqa: E402
 from artrm.tables import markdown_table  # noqa: E402
-from artrm.tools import results  # noqa: E402
+from artrm.tools import report_tables, results  # noqa: E402
 from artrm.training import eval_checkpoint  # noqa: E402
 
 flags.DEFINE_list('roots', None, 'Suite roots, one per part.', required=True)
@@ -96,30 +94,8 @@ def frame(roots: list[str]) -> pd.DataFrame:
 
 
 def at_train(df: pd.DataFrame, kind: str, metric: str) -> pd.DataFrame:
-  return df[
-    (df['kind'] == kind) & (df['eval_length'] == df['train_length']) & (df['metric'] == metric)
-  ]
-
-
-def stats(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-  out = df.groupby(keys, sort=False)['value'].agg(['mean', 'std', 'count']).reset_index()
-  out['sem'] = out['std'] / np.sqrt(out['count'])
-  return out.rename(columns={'count': 'n'})
-
-
-def cell(mean, sem, n) -> str:
-  return f'{mean:.3f} ± {sem:.3f} (n={int(n)})' if n > 1 else f'{mean:.3f} (n=1)'
-
-
-def welch(x: np.ndarray, ref: np.ndarray) -> str:
-  if len(x) < 2 or len(ref) < 2:
-    return '–'
-  d = x.mean() - ref.mean()
-  with warnings.catch_warnings():
-    warnings.simplefilter('ignore', RuntimeWarning)
-    ci = scipy_stats.ttest_ind(x, ref, equal_var=False).confidence_interval(0.95)
-  low, high = (d, d) if not np.isfinite(ci.low) else (ci.low, ci.high)
-  return f'{d:+.3f} [{low:+.3f}, {high:+.3f}]'
+  at_length = report_tables.at_train_length(df, kind)
+  return at_length[at_length['metric'] == metric]
 
 
 def part_tables(df: pd.DataFrame, suite: str) -> list[str]:
@@ -129,7 +105,7 @@ def part_tables(df: pd.DataFrame, suite: str) -> list[str]:
   md = []
   for metric in ('char_acc', 'seq_acc'):
     final = at_train(part, 'final', metric)
-    s = stats(final, ['row', 'task'])
+    s = report_tables.seed_stats(final, ['row', 'task'])
     table = []
     for row in rows_order:
       r = part[part['row'] == row].iloc[0]
@@ -142,7 +118,7 @@ def part_tables(df: pd.DataFrame, suite: str) -> list[str]:
       }
       for task in tasks:
         hit = s[(s['row'] == row) & (s['task'] == task)]
-        line[task] = cell(*hit[['mean', 'sem', 'n']].iloc[0]) if len(hit) else '–'
+        line[task] = report_tables.sem_cell(*hit[['mean', 'sem', 'n']].iloc[0]) if len(hit) else '–'
       table.append(line)
     md += [f'### {metric} at the training length', '', markdown_table(table), '']
   final = at_train(part, 'final', 'char_acc')
@@ -154,7 +130,11 @@ def part_tables(df: pd.DataFrame, suite: str) -> list[str]:
       x = t[t['row'] == row]['value'].to_numpy()
       if len(x):
         diffs.append(
-          {'task': task, 'row': row, **{f'vs {m}': welch(x, refs[m]) for m in REFERENCES}}
+          {
+            'task': task,
+            'row': row,
+            **{f'vs {m}': report_tables.welch_difference(x, refs[m]) for m in REFERENCES},
+          }
         )
   md += [
     '### char_acc differences, 95% CI (Welch)',
@@ -178,14 +158,18 @@ def contrast_table(final: pd.DataFrame, tasks: list[str]) -> list[str]:
     for pair in FLAGS.contrast:
       a, b = (t[t['row'] == r.strip()]['value'].to_numpy() for r in pair.split(' - '))
       if len(a) and len(b):
-        rows.append({'task': task, 'A - B': pair, 'difference [95% CI]': welch(a, b)})
+        rows.append(
+          {'task': task, 'A - B': pair, 'difference [95% CI]': report_tables.welch_difference(a, b)}
+        )
   if not rows:
     return []
   return ['### Contrasts that answer the questions', '', markdown_table(rows), '']
 
 
 def learned_table(part: pd.DataFrame, rows_order: list[str], tasks: list[str]) -> str:
-  s = stats(at_train(part, 'curve', 'char_acc'), ['row', 'task', 'step', 'train_passes'])
+  s = report_tables.seed_stats(
+    at_train(part, 'curve', 'char_acc'), ['row', 'task', 'step', 'train_passes']
+  )
   table = []
   for row in rows_order:
     line = {'row': row}
@@ -232,7 +216,9 @@ def decoding_table(df: pd.DataFrame, sampled: pd.DataFrame) -> str:
         ('sampled', g[g['metric'] == metric]),
       ):
         v = frame_['value'].to_numpy(float)
-        line[f'{metric} {name}'] = cell(v.mean(), v.std(ddof=1) / np.sqrt(len(v)), len(v))
+        line[f'{metric} {name}'] = report_tables.sem_cell(
+          v.mean(), v.std(ddof=1) / np.sqrt(len(v)), len(v)
+        )
     table.append(line)
   return markdown_table(table)
 
@@ -253,7 +239,7 @@ def fig_ranked(df: pd.DataFrame, suites: list[str], path: str):
     squeeze=False,
   )
   for ax, task in zip(axes[0], tasks):
-    s = stats(final[final['task'] == task], ['row']).sort_values('mean')
+    s = report_tables.seed_stats(final[final['task'] == task], ['row']).sort_values('mean')
     y = np.arange(len(s))
     ax.errorbar(s['mean'], y, xerr=s['sem'].fillna(0), fmt='o', ms=4, capsize=2)
     ax.set_yticks(y, s['row'], fontsize=7)
@@ -266,7 +252,7 @@ def fig_ranked(df: pd.DataFrame, suites: list[str], path: str):
 def fig_compute(df: pd.DataFrame, path: str):
   """(b): addition char_acc against training passes, a line per row, mean ± sem band."""
   curves = at_train(df[df['task'] == 'addition'], 'curve', 'char_acc')
-  s = stats(curves, ['row', 'train_passes'])
+  s = report_tables.seed_stats(curves, ['row', 'train_passes'])
   fig, ax = plt.subplots(figsize=(7.5, 4.5))
   for row in dict.fromkeys(curves['row']):
     r = s[s['row'] == row].sort_values('train_passes')

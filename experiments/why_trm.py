@@ -39,6 +39,7 @@ ACT), train L 5, eval 5 and 10, 400 steps.
 from artrm.configs import length_gen
 from artrm.models.config import ModelConfig, get_rung, normalize_budget
 from artrm.models.recipe import Recipe, compute_record
+from artrm.tools import suites
 
 TASKS = ('copy', 'reverse', 'addition')
 
@@ -200,9 +201,7 @@ def parsed(arg):
     c.budget = 12
     c.train_length = 5
   if a.addform:
-    for key, value in ADDFORM.items():
-      *parents, leaf = key.split('.')
-      (c[parents[0]] if parents else c)[leaf] = value
+    suites.apply_overrides(c, ADDFORM)
     c.max_steps = a.steps or c.max_steps
   c.eval.lengths = (c.train_length, 2 * c.train_length)
   c.eval.every_steps = c.max_steps // 10  # learning curves of 10 points

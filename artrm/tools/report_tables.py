@@ -131,6 +131,18 @@ def compute_table(df: pd.DataFrame, cols: list[str]) -> str:
 REFERENCES = (('trm', "the paper's trm"), ('ut_level1', 'ut_level1'))
 
 
+def welch_difference(x: np.ndarray, ref: np.ndarray) -> str:
+  """mean(x) - mean(ref) [95% CI from Welch's t] over seeds; '–' with fewer than 2 each."""
+  if len(x) < 2 or len(ref) < 2:
+    return '–'
+  with warnings.catch_warnings():  # seeds that agree exactly: no spread to estimate
+    warnings.simplefilter('ignore', RuntimeWarning)
+    ci = scipy_stats.ttest_ind(x, ref, equal_var=False).confidence_interval(0.95)
+  d = x.mean() - ref.mean()
+  low, high = (ci.low, ci.high) if np.isfinite(ci.low) else (d, d)  # no spread: exact
+  return f'{d:+.3f} [{low:+.3f}, {high:+.3f}]'
+
+
 def effects_table(final: pd.DataFrame, cols: list[str], tasks: list[str]) -> str:
   """Per task and row, char_acc at the training length minus each reference's
   (recipe 'paper', fewest max_steps), with a Welch t 95% CI over seeds."""
@@ -155,13 +167,7 @@ def effects_table(final: pd.DataFrame, cols: list[str], tasks: list[str]) -> str
         if len(ref) < 2 or len(x) < 2 or (model == m and np.array_equal(np.sort(x), np.sort(ref))):
           row[f'vs {label}'] = '–'
           continue
-        with warnings.catch_warnings():  # seeds that agree exactly: no spread to estimate
-          warnings.simplefilter('ignore', RuntimeWarning)
-          ci = scipy_stats.ttest_ind(x, ref, equal_var=False).confidence_interval(0.95)
-        d = x.mean() - ref.mean()
-        if not np.isfinite(ci.low):  # both without spread: the difference is exact
-          ci = type(ci)(d, d)
-        row[f'vs {label}'] = f'{d:+.3f} [{ci.low:+.3f}, {ci.high:+.3f}]'
+        row[f'vs {label}'] = welch_difference(x, ref)
       rows.append(row)
   return markdown_table(rows) + (
     "\n\nDifference of means over seeds, [95% CI] from Welch's t; an interval that "
