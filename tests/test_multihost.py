@@ -31,18 +31,20 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.multiprocess
 KILL_AT = 3  # both processes die right after logging this step (checkpoint 2 saved)
 
-SUITE = textwrap.dedent("""
+# A tiny gpt run as a config file: {max_steps} steps, evaluated every {eval_every}.
+CONFIG = textwrap.dedent("""
     from artrm.configs import length_gen
 
     def get_config(arg=None):
       c = length_gen.get_config('model=gpt,task=copy,runlocal')
       c.model.update(n_embd=16, n_head=2, block_size=24)
-      c.update(budget=2, train_length=3, batch_size=8, max_steps=4)
-      c.eval.update(lengths=(3,), every_steps=2, n_samples=6, batch_size=6)
+      c.update(budget=2, train_length=3, batch_size=8, max_steps={max_steps})
+      c.eval.update(lengths=(3,), every_steps={eval_every}, n_samples=6, batch_size=6)
       c.log.update(every_steps=1, progress_bar=False)
       c.checkpoint.every_steps = 2
       return c
-
+    """)
+SUITE = CONFIG.format(max_steps=4, eval_every=2) + textwrap.dedent("""
     def get_sweep(arg=None):
       return [{'model.name': 'gpt'}]
     """)
@@ -292,18 +294,7 @@ def test_distributed_args_from_the_environment():
   assert parallel.lost_peer(ValueError('Connection closed by peer')) is None  # one process
 
 
-PEER_CONFIG = textwrap.dedent("""
-    from artrm.configs import length_gen
-
-    def get_config():
-      c = length_gen.get_config('model=gpt,task=copy,runlocal')
-      c.model.update(n_embd=16, n_head=2, block_size=24)
-      c.update(budget=2, train_length=3, batch_size=8, max_steps=8)
-      c.eval.update(lengths=(3,), every_steps=4, n_samples=6, batch_size=6)
-      c.log.update(every_steps=1, progress_bar=False)
-      c.checkpoint.every_steps = 2
-      return c
-    """)
+PEER_CONFIG = CONFIG.format(max_steps=8, eval_every=4)
 
 
 def test_a_lost_process_stops_the_other_and_a_preempted_run_stops_together(tmp_path):

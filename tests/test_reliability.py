@@ -307,14 +307,19 @@ def test_bad_eval_input_is_refused_and_writes_nothing(trained, tmp_path):
 GOLDEN_DIR = os.environ.get('ARTRM_GOLDEN_DIR', os.path.join(REPO, '..', 'shared', 'golden'))
 
 
-def test_neutral_loader_names_what_does_not_fit(tmp_path):
-  from artrm.models import load_neutral
-
-  golden = os.path.join(GOLDEN_DIR, 'trm.npz')
+def golden_arrays(name: str) -> dict:
+  """The golden vectors of rung `name` (skips where the golden files are absent)."""
+  golden = os.path.join(GOLDEN_DIR, f'{name}.npz')
   if not os.path.exists(golden):
     pytest.skip(f'no golden files in {GOLDEN_DIR}')
   with np.load(golden) as f:
-    arrays = dict(f)
+    return dict(f)
+
+
+def test_neutral_loader_names_what_does_not_fit(tmp_path):
+  from artrm.models import load_neutral
+
+  arrays = golden_arrays('trm')
   params = sorted(k for k in arrays if k.startswith('param/block/'))
   broken = {k: v for k, v in arrays.items() if k != params[0]}
   broken[params[1]] = broken[params[1]][..., :-1]
@@ -488,11 +493,7 @@ def test_full_disk_keeps_the_last_checkpoint_and_the_same_command_resumes_bitwis
 def test_neutral_loader_names_a_block_that_differs(tmp_path):
   from artrm.models import load_neutral
 
-  golden = os.path.join(GOLDEN_DIR, 'gpt.npz')
-  if not os.path.exists(golden):
-    pytest.skip(f'no golden files in {GOLDEN_DIR}')
-  with np.load(golden) as f:
-    arrays = dict(f)
+  arrays = golden_arrays('gpt')
   np.savez(
     tmp_path / 'missing.npz', **{k: v for k, v in arrays.items() if k != 'param/blocks/1/ln1/scale'}
   )
