@@ -134,10 +134,14 @@ def matched_compute(row: dict, max_steps: int, budget: int) -> dict:
 def addform_rows(part: str, max_steps: int, lr: float, budget: int) -> list[dict]:
   """The row sets of the addition form; `part` names one (PARTS)."""
   trm = {'model.name': 'trm'}
-  fixed = {**trm, 'recipe.input_norm': True, 'recipe.carry_norm': True}
+  # The fix the decon part found best: the carry bounded, the input at unit RMS by a
+  # constant scale (~ 1 / 0.028); `norms` is the first fix (both norms).
+  scale = {'recipe.carry_norm': True, 'recipe.input_scale': 36.0}
+  norms = {**trm, 'recipe.input_norm': True, 'recipe.carry_norm': True}
+  fixed = {**trm, **scale}
   refs = [{'model.name': 'gpt'}, {'model.name': 'ut_level1'}]
-  headline = refs + [trm, {**trm, 'recipe.input_norm': True}, fixed]
-  headline += [{**trm, 'recipe.grad_reach': 'all'}]
+  headline = [trm, fixed, norms, {**trm, 'recipe.input_norm': True}, {**trm, 'recipe.grad_reach': 'all'}]
+  headline += refs
   if part == 'decon':
     # Scale up with the relative step kept (input_norm, input_scale); scale up with the
     # relative step 50x smaller (embed_init_std 1); the step alone 36x larger
@@ -155,16 +159,16 @@ def addform_rows(part: str, max_steps: int, lr: float, budget: int) -> list[dict
       refs
       + [trm, {**trm, 'recipe.input_norm': True}]
       + [{**trm, **x} for x in split]
-      + [fixed, carry]
+      + [norms, carry]
       + [{**carry, **x} for x in split]
       + [
         {**trm, 'optimizer.learning_rate': float(f'{3 * lr:g}')},
         {**trm, 'recipe.grad_reach': 'all'},
         # The fixed trm at gpt's training compute (it back-propagates fewer passes).
-        matched_compute(fixed, max_steps, budget),
+        matched_compute(norms, max_steps, budget),
         # The dual UTs with the scale fix too, so that the ranking compares repaired models.
-        {'model.name': 'ut_level1', 'recipe.carry_norm': True, 'recipe.input_scale': 36.0},
-        {'model.name': 'ut_level2', 'recipe.carry_norm': True, 'recipe.input_scale': 36.0},
+        {'model.name': 'ut_level1', **scale},
+        {'model.name': 'ut_level2', **scale},
       ]
     )
   if part == 'depth':
@@ -172,9 +176,9 @@ def addform_rows(part: str, max_steps: int, lr: float, budget: int) -> list[dict
   if part == 'rank':
     # The same steps for all, then matched training compute: steps x training passes
     # per token equal to gpt's (the detaching rows back-propagate fewer passes).
-    ut2 = {'model.name': 'ut_level2', 'recipe.input_norm': True, 'recipe.carry_norm': True}
-    ut1 = {'model.name': 'ut_level1', 'recipe.input_norm': True, 'recipe.carry_norm': True}
-    same = refs + [ut1, fixed, {**trm, 'recipe.grad_reach': 'all'}, ut2]
+    ut2 = {'model.name': 'ut_level2', **scale}
+    ut1 = {'model.name': 'ut_level1', **scale}
+    same = [fixed, ut1, ut2, {**trm, 'recipe.grad_reach': 'all'}] + refs
     return same + [matched_compute(row, max_steps, budget) for row in (fixed, ut2)]
   if part == 'recipe':
     sup = lambda n, update: {**fixed, 'recipe.n_sup': n, 'recipe.sup_update': update}

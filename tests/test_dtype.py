@@ -112,7 +112,7 @@ def train_losses(dtype, steps=60):
   model = build_model(builders.model_config(c))
   optimizer = train_state.make_optimizer(c.optimizer)
   state = train_state.init_seeds(model, optimizer, train_state.seeds_of(c))
-  step_fn, task = train_step.make_step_fn(c, model, optimizer, mesh), train_step.task_index(c)
+  step_fn, task = train_step.make_step_fn(c, model, optimizer, mesh), train_step.task_indices(c)
   losses = []
   for _ in range(steps):
     state, metrics = step_fn(state, task)

@@ -19,7 +19,7 @@ import pytest
 import tiny
 
 from artrm import workdir as workdir_lib
-from artrm.training import checkpointing, eval_checkpoint, preemption, train, validation
+from artrm.training import checkpointing, eval_checkpoint, preemption, train, validation, writers
 
 REPO = os.path.join(os.path.dirname(__file__), '..')
 
@@ -360,7 +360,7 @@ def test_sigterm_stops_at_a_checkpoint_and_the_same_command_resumes_bitwise(
 ):
   workdir = str(tmp_path / 'run')
   target = {
-    'step': (train._Window, 'add'),
+    'step': (writers.MetricWindow, 'add'),
     'save': (checkpointing.RunCheckpoints, 'save'),
     'evaluate': (train, 'evaluate_seeds'),
   }[where]
@@ -398,7 +398,9 @@ def test_a_second_signal_stops_at_once(tmp_path, monkeypatch):
     raise Killed(signal.Signals(signum).name)
 
   monkeypatch.setattr(preemption, '_exit_now', killed)
-  monkeypatch.setattr(train._Window, 'add', signalling(train._Window.add, {1}, signal.SIGINT))
+  monkeypatch.setattr(
+    writers.MetricWindow, 'add', signalling(writers.MetricWindow.add, {1}, signal.SIGINT)
+  )
   save = checkpointing.RunCheckpoints.save
   monkeypatch.setattr(checkpointing.RunCheckpoints, 'save', signalling(save, {1}, signal.SIGINT))
   with pytest.raises(Killed, match='SIGINT'):

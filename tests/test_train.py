@@ -219,7 +219,7 @@ def test_vmapped_seeds_keep_the_early_stop():
   optimizer = train_state.make_optimizer(c.optimizer, model.recipe)
   state = train_state.init_seeds(model, optimizer, train_state.seeds_of(c))
   step = train_step.make_step_fn(c, model, optimizer, parallel.data_mesh())
-  assert 'cond[' in str(jax.make_jaxpr(step)(state, train_step.task_index(c)))
+  assert 'cond[' in str(jax.make_jaxpr(step)(state, train_step.task_indices(c)))
 
 
 def test_copy_and_reverse_runs_share_the_step_program():
@@ -232,7 +232,7 @@ def test_copy_and_reverse_runs_share_the_step_program():
     optimizer = train_state.make_optimizer(c.optimizer, model.recipe)
     state = train_state.init_seeds(model, optimizer, train_state.seeds_of(c))
     step = train_step.make_step_fn(c, model, optimizer, parallel.data_mesh())
-    texts[task] = step.lower(state, train_step.task_index(c)).as_text()
+    texts[task] = step.lower(state, train_step.task_indices(c)).as_text()
   assert texts['copy'] == texts['reverse'] != texts['addition']
 
 

@@ -85,7 +85,7 @@ def bench_train(
     parallel.replicated(mesh),
   )
   start = time.perf_counter()
-  task = train_step.task_index(config)
+  task = train_step.task_indices(config)
   step_fn = train_step.make_step_fn(config, model, optimizer, mesh).lower(state, task).compile()
   compile_seconds = time.perf_counter() - start
   memory = step_fn.memory_analysis()

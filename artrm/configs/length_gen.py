@@ -55,6 +55,10 @@ def base_config() -> ml_collections.ConfigDict:
   # > 0: each training row's length is drawn uniformly from train_length_min..train_length
   # (shorter rows padded after their closing newline, the padding out of the loss).
   c.train_length_min = 0
+  # > 0: training rows padded (with newline, out of the loss) to this many positions, as
+  # the paper pads to block_size; runs on tasks of different row lengths then share one
+  # stacked program (`training.stacking`). 0: each task's shortest row.
+  c.train_seq_len = 0
   c.batch_size = 64
   c.max_steps = 5000
   # Block passes to equalise across rungs (paper-spec "Compute normalisation");

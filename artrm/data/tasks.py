@@ -255,11 +255,15 @@ def sample_batch_of(
   L: int,
   batch_size: int,
   min_length: int = 0,
+  seq_len: Optional[int] = None,
 ) -> dict[str, jax.Array]:
-  """`sample_batch` of `tasks[task_index]`, tasks of one layout (`same_layout`), the task
-  picked at run time: a program that samples this way serves all of them."""
+  """`sample_batch` of `tasks[task_index]`, the task picked at run time: a program that
+  samples this way serves all of them. Tasks of one layout (`same_layout`) have rows of one
+  length; others need `seq_len`, a length that fits them all."""
   branches = [
-    functools.partial(sample_batch, task_name=t, L=L, batch_size=batch_size, min_length=min_length)
+    functools.partial(
+      sample_batch, task_name=t, L=L, batch_size=batch_size, seq_len=seq_len, min_length=min_length
+    )
     for t in tasks
   ]
   return jax.lax.switch(task_index, branches, key)

@@ -131,16 +131,16 @@ SEED_AXIS = 'seeds'
 
 
 def over_seeds(fn, num_seeds: int):
-  """`fn` on a state stacked over seeds.
+  """`fn` on arguments stacked over seeds (or the members of a stack of runs).
 
-  Several seeds are vmapped over `SEED_AXIS`; a model built with that
-  `seed_axis` then skips the steps of ACT / TRM once every seed has halted.
-  One seed is squeezed and run unbatched.
+  Several are vmapped over `SEED_AXIS`; a model built with that `seed_axis`
+  then skips the steps of ACT / TRM once every member has halted. One is
+  squeezed and run unbatched.
   """
   if num_seeds > 1:
     return jax.vmap(fn, axis_name=SEED_AXIS)
   expand = lambda tree: jax.tree.map(lambda x: x[None], tree)
-  return lambda state: expand(fn(seed_slice(state, 0)))
+  return lambda *args: expand(fn(*seed_slice(args, 0)))
 
 
 @functools.partial(jax.jit, static_argnums=1)

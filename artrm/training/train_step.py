@@ -80,13 +80,14 @@ def train_step(
   length: int,
   batch_size: int,
   min_length: int = 0,
+  seq_len: int | None = None,
   batch_sharding=None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One batch of `tasks[task_index]` (`data.sample_batch_of`): `recipe.n_sup` supervision
   passes over it (`supervision_passes`), then step + 1."""
   step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
   data_key, dropout_key = jax.random.split(step_key)
-  batch = sample_batch_of(data_key, tasks, task_index, length, batch_size, min_length)
+  batch = sample_batch_of(data_key, tasks, task_index, length, batch_size, min_length, seq_len)
   if batch_sharding is not None:
     batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
   state, metrics = supervision_passes(state, batch, dropout_key, model, optimizer)
@@ -194,28 +195,35 @@ def make_step_fn(
   model,
   optimizer: optax.GradientTransformation,
   mesh: jax.sharding.Mesh,
+  members: int = 0,
+  tasks: tuple[str, ...] = (),
 ):
-  """The run's jitted step on a state stacked over its seeds (the loop's and the benchmark's),
-  called as `step(state, task_index(config))`.
+  """The jitted step on a state stacked over `members` (default: the run's seeds) runs of
+  `config`'s settings, each on its task: `step(state, task_indices)`, the indices into
+  `tasks` (default: the tasks of `config.task`'s layout; `task_indices(config)`).
 
-  The task is an argument, not a constant of the program: runs on tasks of one layout
-  (copy and reverse) then share it, compiled once through a suite's compilation cache. The
-  batch is sharded over `mesh`, the state replicated and donated.
+  The tasks are an argument, not constants of the program: runs on tasks of one layout
+  (copy and reverse) share it, compiled once through a suite's compilation cache, and a
+  stack of runs (`training.stacking`) trains them in one program. The batch is sharded
+  over `mesh`, the state replicated and donated.
   """
   replicated = parallel.replicated(mesh)
-  one_seed = functools.partial(
+  members = members or config.num_seeds
+  one_run = functools.partial(
     train_step,
-    model=model.clone(seed_axis=SEED_AXIS) if config.num_seeds > 1 else model,
+    model=model.clone(seed_axis=SEED_AXIS) if members > 1 else model,
     optimizer=optimizer,
-    tasks=same_layout(config.task),
+    tasks=tasks or same_layout(config.task),
     length=config.train_length,
     batch_size=config.batch_size,
     min_length=config.get('train_length_min', 0),  # absent from configs saved before it
+    seq_len=config.get('train_seq_len', 0) or None,
     batch_sharding=parallel.batch_sharding(mesh),
   )
 
-  def step(state, task_index):
-    return over_seeds(functools.partial(one_seed, task_index=task_index), config.num_seeds)(state)
+  def step(state, task_index_S):
+    run = lambda state, task: one_run(state, task_index=task)
+    return over_seeds(run, members)(state, task_index_S)
 
   return jax.jit(
     step,
@@ -225,6 +233,8 @@ def make_step_fn(
   )
 
 
-def task_index(config: ml_collections.ConfigDict) -> jax.Array:
-  """`config.task`'s index among the tasks of its layout: the step's second argument."""
-  return jnp.int32(same_layout(config.task).index(config.task))
+def task_indices(config: ml_collections.ConfigDict, tasks: tuple[str, ...] = ()) -> jax.Array:
+  """`config.task`'s index among `tasks` (default: its layout's), once per seed: the step's
+  second argument."""
+  index = (tasks or same_layout(config.task)).index(config.task)
+  return jnp.full((config.num_seeds,), index, jnp.int32)

@@ -65,6 +65,7 @@ _CHECKS = {
   'num_seeds': _at_least(1),
   'train_length': _at_least(1),
   'train_length_min': _at_least(0),
+  'train_seq_len': _at_least(0),
   'batch_size': _at_least(1),
   'max_steps': _at_least(1),
   'budget': _at_least(0),
@@ -138,6 +139,12 @@ def check_lengths(config: ml_collections.ConfigDict):
     raise ConfigError(
       f'{config.task} at train_length={L} needs {task.seq_len(L)} positions but '
       f'model.block_size={block_size}: raise model.block_size to {task.seq_len(L)}.'
+    )
+  padded = config.get('train_seq_len', 0)  # absent from configs saved before it
+  if padded and not task.seq_len(L) <= padded <= block_size:
+    raise ConfigError(
+      f'config.train_seq_len={padded}: {config.task} at train_length={L} needs '
+      f'{task.seq_len(L)} to {block_size} (model.block_size) positions, or 0 (its shortest row).'
     )
   for length in config.eval.lengths:
     check_fits(

@@ -6,7 +6,11 @@ The JSONL file is the record the results store reads; the others are views.
 import json
 import math
 import os
+import time
 from typing import Any, Mapping
+
+import jax
+import numpy as np
 
 from artrm import workdir as workdir_lib
 
@@ -88,3 +92,42 @@ class MetricWriter:
       self._tb.close()
     if self._wandb is not None:
       self._wandb.finish()
+
+
+class MetricWindow:
+  """Step metrics kept on device until a flush; one host sync per log period."""
+
+  def __init__(self, tokens_per_step: int):
+    self.tokens_per_step = tokens_per_step
+    self.pending: list[dict] = []
+    self.start = time.perf_counter()
+
+  def add(self, metrics: dict):
+    self.pending.append(metrics)
+
+  def flush(self, step: int) -> list[dict[str, float]]:
+    """Per seed, the window's mean metrics and throughput (all seeds' tokens)."""
+    if not self.pending:
+      return []
+    host = jax.device_get(self.pending)  # metrics [S] per step
+    n, seconds = len(host), time.perf_counter() - self.start
+    self.pending, self.start = [], time.perf_counter()
+    bad = [i for i, m in enumerate(host) if not np.all(m['finite'])]
+    if bad:
+      m = host[bad[0]]
+      what = (
+        'loss or gradient'
+        if not np.all(np.isfinite(m['loss']) & np.isfinite(m['grad_norm']))
+        else 'params or optimizer state after the update'
+      )
+      raise FloatingPointError(
+        f'Non-finite {what} at step {step - n + 1 + bad[0]} '
+        f'(loss={m["loss"].tolist()}); the update of the non-finite supervision pass was not '
+        'kept.'
+      )
+    means = {k: np.mean([m[k] for m in host], axis=0) for k in host[0] if k != 'finite'}
+    n_seeds = len(means['loss'])
+    speed = dict(
+      steps_per_sec=n / seconds, tokens_per_sec=n * n_seeds * self.tokens_per_step / seconds
+    )
+    return [{**{k: float(v[i]) for k, v in means.items()}, **speed} for i in range(n_seeds)]
