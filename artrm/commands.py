@@ -56,21 +56,58 @@ def _train_flags(fv, argv):
 
 
 def _train(f):
+  from artrm.training import train
+
+  _training('train', lambda: train.train_and_evaluate(f.config, f.workdir))
+
+
+def _training(command: str, fn: Callable[[], object]):
+  """Runs `fn` (training) as a command: a stop request exits with `preemption.EXIT_CODE`, a
+  lost peer with one line."""
   from artrm import parallel
-  from artrm.training import preemption, train
+  from artrm.training import preemption
 
   parallel.maybe_initialize_distributed()
   try:
-    train.train_and_evaluate(f.config, f.workdir)
+    fn()
   except preemption.Preempted as e:
-    print(f'artrm train: {e}', file=sys.stderr)
+    print(f'artrm {command}: {e}', file=sys.stderr)
     sys.exit(preemption.EXIT_CODE)
   except Exception as e:
     if (lost := parallel.lost_peer(e)) is None or os.environ.get('ARTRM_TRACEBACK'):
       raise
-    print(f'artrm train: {lost}', file=sys.stderr, flush=True)
+    print(f'artrm {command}: {lost}', file=sys.stderr, flush=True)
     sys.stdout.flush()
     os._exit(1)  # now: JAX's orderly exit would wait for the lost process, then abort
+
+
+def _stack_flags(fv, argv):
+  del argv
+  flags.DEFINE_string('suite', None, 'experiments/<file>.py[:arg].', flag_values=fv)
+  flags.DEFINE_string(
+    'root', None, "Directory of the suite's runs, one workdir each.", flag_values=fv
+  )
+  flags.DEFINE_list(
+    'runs', None, "The stack's runs: their indices in the suite's sweep.", flag_values=fv
+  )
+  flags.DEFINE_bool(
+    'pad', False, "Pad every row to the longest task's (train_seq_len).", flag_values=fv
+  )
+
+
+def _stack(f):
+  from artrm.tools import suites
+  from artrm.training import stacking, train
+
+  runs = suites.suite_runs(f.suite, f.root)
+  try:
+    picked = [runs[int(i)] for i in f.runs]
+  except (ValueError, IndexError):
+    sys.exit(f'artrm stack: --runs={",".join(f.runs)}: indices 0..{len(runs) - 1} of the suite.')
+  configs = [suites.run_config(f.suite, run) for run in picked]
+  if f.pad:
+    stacking.pad_rows(configs)
+  _training('stack', lambda: train.train_stack(configs, [run.workdir for run in picked]))
 
 
 def _eval_flags(fv, argv):
@@ -150,6 +187,16 @@ def _suite_flags(fv, argv):
     flag_values=fv,
   )
   flags.DEFINE_integer('hosts', 1, 'slurm: nodes per run, one process each.', flag_values=fv)
+  flags.DEFINE_enum(
+    'stack',
+    None,
+    ['off', 'layout', 'all'],
+    'Runs that differ only in task and seeds trained as one program: layout (tasks of one '
+    'row layout, each run as alone), all (rows padded to the longest), off. Default: layout '
+    'with --gpus and on slurm, off on CPU (one run per core is faster there).',
+    flag_values=fv,
+  )
+  flags.DEFINE_integer('max_stack', 0, 'Runs per stack at most (0: any).', flag_values=fv)
 
 
 def _suite(f):
@@ -158,7 +205,15 @@ def _suite(f):
   if f.inference_sweep:
     launch.inference_sweep(f.suite, f.root, f.inference_sweep)  # checked per run
   elif f.launcher == 'local':
-    codes = launch.run_local(f.suite, f.root, slots=f.slots, gpus=f.gpus, dry_run=f.dry_run)
+    codes = launch.run_local(
+      f.suite,
+      f.root,
+      slots=f.slots,
+      gpus=f.gpus,
+      dry_run=f.dry_run,
+      stack=f.stack or ('layout' if f.gpus else 'off'),
+      max_stack=f.max_stack,
+    )
     if any(codes):
       sys.exit(f'{sum(c != 0 for c in codes)} run(s) failed; re-run the command to retry them.')
   elif f.launcher == 'slurm':
@@ -169,6 +224,8 @@ def _suite(f):
       time_limit=f.slurm_time,
       hosts=f.hosts,
       signal_secs=f.slurm_signal_secs,
+      stack=f.stack or 'layout',  # a GPU per array task
+      max_stack=f.max_stack,
     )
   else:
     if not (f.tpu_name and f.zone):
@@ -298,6 +355,14 @@ COMMANDS = {
     _train_flags,
     _train,
     ('config', 'workdir'),
+  ),
+  'stack': Command(
+    "train some of a suite's runs as one program (artrm suite --stack launches these)",
+    'artrm stack --suite=experiments/length_gen.py:runlocal --root=workdirs/length_gen_cpu '
+    '--runs=0,1,2',
+    _stack_flags,
+    _stack,
+    ('suite', 'root', 'runs'),
   ),
   'eval': Command(
     "evaluate a run's checkpoint, at its own or new settings",

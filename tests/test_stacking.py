@@ -2,6 +2,8 @@
 trained alone and kept in its own workdir."""
 
 import os
+import shutil
+import textwrap
 
 import chex
 import jax
@@ -11,6 +13,7 @@ from tiny import tiny_config
 
 from artrm import workdir as workdir_lib
 from artrm.data import get_task
+from artrm.tools import launch, suites
 from artrm.training import stacking, train, validation
 
 # Copy and reverse share a layout; addition's rows are longer: the stack pads every row to it.
@@ -93,3 +96,45 @@ def test_member_slices_follow_each_runs_seeds():
   configs = stack_configs('gpt')
   assert stacking.member_slices(configs) == [slice(0, 2), slice(2, 3), slice(3, 4)]
   assert stacking.stack_tasks(configs) == ('copy', 'reverse', 'addition', 'addition_rev')
+
+
+TASK_SUITE = textwrap.dedent("""
+    from artrm.configs import length_gen
+
+    def get_config(arg=None):
+      c = length_gen.get_config('model=gpt,task=copy,runlocal')
+      c.model.update(n_embd=32, n_head=2, block_size=24)
+      c.update(budget=2, train_length=3, batch_size=16, max_steps=4)
+      c.eval.update(lengths=(3,), every_steps=2, n_samples=8, batch_size=8)
+      c.log.every_steps = 2
+      return c
+
+    def get_sweep(arg=None):
+      return [{'task': t} for t in ('copy', 'reverse', 'addition')]
+    """)
+
+
+def test_the_suite_launcher_stacks_compatible_runs(tmp_path):
+  """`layout` stacks copy with reverse and leaves addition alone; `all` stacks the three;
+  `off` none; runs at different checkpoint steps go apart. The stacked suite trains and
+  every run is finished in its own workdir."""
+  spec = str(tmp_path / 'suite.py')
+  open(spec, 'w').write(TASK_SUITE)
+  root = str(tmp_path / 'root')
+  runs = suites.suite_runs(spec, root)
+  names = lambda groups: [[r.name.split('=')[1] for r in g] for g in groups]
+  assert names(suites.stacks(spec, runs, 'layout')) == [['copy', 'reverse'], ['addition']]
+  assert names(suites.stacks(spec, runs, 'all')) == [['copy', 'reverse', 'addition']]
+  assert names(suites.stacks(spec, runs, 'all', max_size=2)) == [['copy', 'reverse'], ['addition']]
+  assert names(suites.stacks(spec, runs, 'off')) == [['copy'], ['reverse'], ['addition']]
+  lines = []
+  launch.run_local(spec, root, stack='layout', dry_run=True, log=lines.append)
+  assert lines[1] == '3 runs in 2 stacks (--stack=layout)'
+  assert ' stack ' in lines[3] and '--runs=0,1' in lines[3] and ' train ' in lines[4]
+  assert launch.run_local(spec, root, stack='layout', slots=1, log=lines.append) == [0, 0]
+  todo, done = launch.pending_runs(spec, root)
+  assert not todo and len(done) == 3
+  stacked = workdir_lib.read_metrics(os.path.join(root, 'task=reverse'), 'setup')
+  assert stacked[-1]['stacked_runs'] == 2
+  shutil.rmtree(os.path.join(root, 'task=copy', 'checkpoints', '4'))  # copy: an earlier step
+  assert names(suites.stacks(spec, runs, 'all')) == [['copy'], ['reverse', 'addition']]

@@ -41,6 +41,8 @@ def run_local(
   slots: int | None = None,
   gpus: list[str] | None = None,
   dry_run: bool = False,
+  stack: str = 'off',
+  max_stack: int = 0,
   log=print,
 ) -> list[int]:
   """Runs the suite's pending runs as a queue of subprocesses; returns exit codes.
@@ -48,10 +50,14 @@ def run_local(
   `gpus` (e.g. ['0', '1']): each run sees one GPU (CUDA_VISIBLE_DEVICES) and
   `slots` (default 1) runs share a GPU. Without GPUs, `slots` runs go side by
   side, each pinned to its share of the cores (`cpu_slots`; default one run
-  per core, single-threaded).
+  per core, single-threaded). `stack` (`suites.STACK_MODES`): runs that differ
+  only in task and seeds train as one program of at most `max_stack` runs.
   """
   todo, done = pending_runs(spec, root)
   log(f'{len(done)} finished, {len(todo)} to run ({len(suites.suite_runs(spec, root))} in suite)')
+  jobs = suites.stacks(spec, todo, stack, max_stack)
+  if len(jobs) < len(todo):
+    log(f'{len(todo)} runs in {len(jobs)} stacks (--stack={stack})')
   if gpus:
     places = [
       ({'CUDA_VISIBLE_DEVICES': g}, None, f' on GPU {g}') for g in gpus for _ in range(slots or 1)
@@ -76,20 +82,19 @@ def run_local(
         else ''
       )
     )
+  command = lambda job: suites.stack_command(spec, root, job, stack)
   if dry_run:
-    for i, run in enumerate(todo):
+    for i, job in enumerate(jobs):
       env = places[i % len(places)][0]
-      log(
-        ''.join(f'{k}={v} ' for k, v in env.items())
-        + suites.shell_line(suites.train_command(spec, run))
-      )
+      log(''.join(f'{k}={v} ' for k, v in env.items()) + suites.shell_line(command(job)))
     return []
   os.makedirs(root, exist_ok=True)
   free, running, codes = list(places), {}, []
-  queue = list(todo)
+  queue = list(jobs)
   while queue or running:
     while queue and free:
-      run, place = queue.pop(0), free.pop(0)
+      job, place = queue.pop(0), free.pop(0)
+      run = job[0]  # a stack's output goes to its first run's log
       extra_env, cores, where = place
       env = {**os.environ, **extra_env}
       # Runs that differ only in data (a suite's tasks of one shape) compile once.
@@ -97,14 +102,15 @@ def run_local(
       os.makedirs(run.workdir, exist_ok=True)
       out = open(workdir_lib.path(run.workdir, workdir_lib.STDOUT), 'a')
       proc = subprocess.Popen(
-        suites.train_command(spec, run),
+        command(job),
         env=env,
         stdout=out,
         stderr=subprocess.STDOUT,
         preexec_fn=None if cores is None else (lambda c=cores: os.sched_setaffinity(0, c)),
       )
       running[proc] = (run, place, out, time.perf_counter())
-      log(f'start {run.name}{where}')
+      more = f' (+{len(job) - 1} stacked with it)' if len(job) > 1 else ''
+      log(f'start {run.name}{more}{where}')
     time.sleep(0.5)
     for proc in [p for p in running if p.poll() is not None]:
       run, place, out, start = running.pop(proc)
@@ -182,8 +188,11 @@ def slurm_submission(
   hosts: int = 1,
   python: str = 'python',
   signal_secs: int = 180,
+  stack: str = 'off',
+  max_stack: int = 0,
 ) -> tuple[str, str]:
-  """(sbatch script, runs file) for the suite's pending runs; each run on `hosts` nodes.
+  """(sbatch script, runs file) for the suite's pending runs; each run (or stack of runs,
+  `run_local`) on `hosts` nodes.
 
   `signal_secs` before the time limit the run is asked to stop (SIGTERM), which leaves it
   time to finish its step and save; it is then requeued (`preemption.EXIT_CODE`)."""
@@ -193,7 +202,10 @@ def slurm_submission(
   if not todo:
     raise ValueError(f'Every run of {spec} in {root} is finished: nothing to submit.')
   runs_file = os.path.join(root, SLURM_RUNS)
-  lines = '\n'.join(suites.shell_line(suites.train_command(spec, r, python=python)) for r in todo)
+  todo = suites.stacks(spec, todo, stack, max_stack)
+  lines = '\n'.join(
+    suites.shell_line(suites.stack_command(spec, root, job, stack, python=python)) for job in todo
+  )
   hosts_lines = f'#SBATCH --nodes={hosts}\n#SBATCH --ntasks-per-node=1\n' if hosts > 1 else ''
   script = SLURM_TEMPLATE.format(
     job_name=job_name,

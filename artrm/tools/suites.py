@@ -10,6 +10,7 @@ finished runs and resumes the others.
 
 import dataclasses
 import importlib.util
+import json
 import os
 import shlex
 import sys
@@ -18,6 +19,8 @@ from typing import Any
 import ml_collections
 
 from artrm import workdir as workdir_lib
+from artrm.data import same_layout
+from artrm.training import stacking
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,3 +107,45 @@ def _flag_value(value) -> str:
 
 def shell_line(cmd: list[str]) -> str:
   return ' '.join(shlex.quote(c) for c in cmd)
+
+
+# How a launcher groups a suite's runs into stacks (`training.stacking`): `off`, one run per
+# program; `layout`, runs of one rung and settings on tasks of one row layout (copy and
+# reverse; addition), trained as they would be alone; `all`, every task, rows padded to the
+# longest (`train_seq_len`: such runs resume only as stacks).
+STACK_MODES = ('off', 'layout', 'all')
+
+
+def stacks(spec: str, runs: list[Run], mode: str, max_size: int = 0) -> list[list[Run]]:
+  """`runs` grouped into stacks of at most `max_size` (0: any size) runs that share every
+  setting but task and seeds, and start from one checkpoint step."""
+  if mode not in STACK_MODES:
+    raise ValueError(f'stack={mode!r}: choose one of {list(STACK_MODES)}.')
+  groups: dict[str, list[Run]] = {}
+  for run in runs:
+    config = run_config(spec, run).to_dict()
+    layout = same_layout(config['task']) if mode == 'layout' else ()
+    for field in stacking.PER_RUN:
+      config.pop(field)
+    steps = workdir_lib.checkpoint_steps(run.workdir) if os.path.isdir(run.workdir) else []
+    key = json.dumps([config, layout, max(steps, default=0)], sort_keys=True, default=str)
+    groups.setdefault(key if mode != 'off' else run.name, []).append(run)
+  size = max_size or len(runs)
+  return [g[i : i + size] for g in groups.values() for i in range(0, len(g), size)]
+
+
+def stack_command(spec: str, root: str, stack: list[Run], mode: str, python: str | None = None):
+  """The command line of one stack: `artrm train` for a stack of one, else `artrm stack`."""
+  if len(stack) == 1:
+    return train_command(spec, stack[0], python)
+  names = [r.name for r in suite_runs(spec, root)]
+  return [
+    python or sys.executable,
+    '-m',
+    'artrm',
+    'stack',
+    f'--suite={spec}',
+    f'--root={root}',
+    f'--runs={",".join(str(names.index(r.name)) for r in stack)}',
+    f'--{"" if mode == "all" else "no"}pad',
+  ]

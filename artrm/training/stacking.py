@@ -46,6 +46,14 @@ def check_stackable(configs: list[ml_collections.ConfigDict], workdirs: list[str
     )
 
 
+def pad_rows(configs: list[ml_collections.ConfigDict]):
+  """Sets every run's `train_seq_len` to the stack's longest row, where their rows differ."""
+  lengths = {get_task(c.task).seq_len(c.train_length) for c in configs}
+  if len(lengths) > 1:
+    for c in configs:
+      c.train_seq_len = max(lengths)
+
+
 def stack_tasks(configs: list[ml_collections.ConfigDict]) -> tuple[str, ...]:
   """The tasks the stack's step samples from, in `TASKS` order: the layouts of its runs'
   tasks (for one run, the tasks its program shares with others of its layout)."""
