@@ -45,6 +45,19 @@ flags.DEFINE_multi_string(
     'trm,carry_norm=True,input_scale=36.0 - ut_level1',
     'trm,carry_norm=True,input_scale=36.0 - ut_level1,carry_norm=True,input_scale=36.0',
     'trm,carry_norm=True,input_scale=36.0 - gpt',
+    'trm,carry_norm=True,input_scale=36.0 - ut_level2,carry_norm=True,input_scale=36.0',
+    'trm,carry_norm=True,input_scale=36.0 - trm,grad_reach=all',
+    # at matched training compute (steps x training passes per token equal to gpt's)
+    'trm,carry_norm=True,input_scale=36.0,max_steps=3200,every_steps=320 - ut_level1,carry_norm=True,input_scale=36.0',
+    'trm,carry_norm=True,input_scale=36.0,max_steps=3200,every_steps=320 - ut_level1',
+    'trm,carry_norm=True,input_scale=36.0,max_steps=3200,every_steps=320 - gpt',
+    'trm,carry_norm=True,input_scale=36.0,max_steps=3200,every_steps=320 - ut_level2,carry_norm=True,input_scale=36.0,max_steps=2666,every_steps=266',
+    # depth: budget 24, trm runs 4 recursion steps
+    'trm,carry_norm=True,input_scale=36.0,budget=24 - trm,budget=24',
+    'trm,input_norm=True,carry_norm=True,budget=24 - trm,budget=24',
+    'trm,input_norm=True,budget=24 - trm,budget=24',
+    'trm,grad_reach=all,budget=24 - trm,budget=24',
+    'trm,carry_norm=True,input_scale=36.0,budget=24 - ut_level1,budget=24',
   ],
   "'row A - row B': a difference of char_acc at the training length reported with its CI.",
 )
@@ -60,6 +73,9 @@ flags.DEFINE_multi_string(
     'trm,input_norm=True,carry_norm=True',
     'trm,input_norm=True,carry_norm=True,max_steps=3200,every_steps=320',
     'trm,grad_reach=all',
+    'ut_level2,carry_norm=True,input_scale=36.0',
+    'trm,carry_norm=True,input_scale=36.0,max_steps=3200,every_steps=320',
+    'ut_level2,carry_norm=True,input_scale=36.0,max_steps=2666,every_steps=266',
   ],
   'Rows drawn in figure (b), accuracy against training compute. Repeat the flag per row.',
 )
@@ -125,7 +141,11 @@ def part_tables(df: pd.DataFrame, suite: str) -> list[str]:
   diffs = []
   for task in tasks:
     t = final[final['task'] == task]
-    refs = {m: t[t['row'] == m]['value'].to_numpy() for m in REFERENCES}
+    # The references of a part at another budget carry it in their name ('trm,budget=24').
+    refs = {
+      m: t[t['row'].str.fullmatch(re.escape(m) + r'(,budget=\d+)?')]['value'].to_numpy()
+      for m in REFERENCES
+    }
     for row in rows_order:
       x = t[t['row'] == row]['value'].to_numpy()
       if len(x):
@@ -289,7 +309,9 @@ def main(_):
   if ranked:
     fig_ranked(df, ranked, os.path.join(FLAGS.out, 'fig_a_rows.png'))
     md += ['## (a) What makes the AR-TRM learn', '', '![rows](fig_a_rows.png)', '']
-  ranking = df[df['row'].isin(FLAGS.rank_rows)]
+  # The rank part's own runs where it ran (its 5 seeds), else the rows wherever they are.
+  rank = [s for s in suites if s.endswith('rank')]
+  ranking = df[df['row'].isin(FLAGS.rank_rows) & (df['suite'].isin(rank) if rank else True)]
   if not ranking.empty:
     fig_compute(ranking, os.path.join(FLAGS.out, 'fig_b_compute.png'))
     md += ['## (b) Addition against training compute', '', '![compute](fig_b_compute.png)', '']

@@ -29,6 +29,11 @@ ranking on addition at matched training compute, `seeds=5`), `recipe`
 
   python -m artrm suite --suite=experiments/why_trm.py:runlocal,addform,part=decon --root=workdirs/why_trm_add --slots=2
 
+`fix` (without `addform`) selects the fix's rows at the form's scale (`fix_rows`); at the
+paper's scale on one GPU, stacked (3 tasks x 3 seeds per program):
+
+  SUITE=experiments/why_trm.py:fix,dtype=bfloat16 OUT=/results/why_trm BENCH_RUNGS= F32_RUNGS= LEVERS= launch/gpu_paper_table.sh
+
 The paper form is the length-generalisation setting (budget 24: trm runs 4
 steps of 2 x (2 + 1) passes; 5000 steps, train L 10, eval 10 and 20). The CPU
 form uses `runlocal` (64 wide, batch 32) at budget 12 (trm: 2 steps of
@@ -140,7 +145,13 @@ def addform_rows(part: str, max_steps: int, lr: float, budget: int) -> list[dict
   norms = {**trm, 'recipe.input_norm': True, 'recipe.carry_norm': True}
   fixed = {**trm, **scale}
   refs = [{'model.name': 'gpt'}, {'model.name': 'ut_level1'}]
-  headline = [trm, fixed, norms, {**trm, 'recipe.input_norm': True}, {**trm, 'recipe.grad_reach': 'all'}]
+  headline = [
+    trm,
+    fixed,
+    norms,
+    {**trm, 'recipe.input_norm': True},
+    {**trm, 'recipe.grad_reach': 'all'},
+  ]
   headline += refs
   if part == 'decon':
     # Scale up with the relative step kept (input_norm, input_scale); scale up with the
@@ -194,13 +205,31 @@ def addform_rows(part: str, max_steps: int, lr: float, budget: int) -> list[dict
   raise ValueError(f'part={part!r}: choose one of {list(PARTS)}.')
 
 
+def fix_rows() -> list[dict]:
+  """The fix at any scale: the references, the paper's trm, trm fixed by the norms, by the
+  input scale and by gradient everywhere, and the dual nested UT with the scale fix."""
+  trm = {'model.name': 'trm'}
+  scale = {'recipe.carry_norm': True, 'recipe.input_scale': 36.0}
+  return [
+    {'model.name': 'gpt'},
+    {'model.name': 'ut_level1'},
+    trm,
+    {**trm, 'recipe.input_norm': True, 'recipe.carry_norm': True},
+    {**trm, **scale},
+    {**trm, 'recipe.grad_reach': 'all'},
+    {'model.name': 'ut_level2', **scale},
+  ]
+
+
 def get_config(arg=None):
   c, _ = parsed(arg)
   return c
 
 
 def parsed(arg):
-  c, a = length_gen.suite_config(arg, only='', core=False, rows=0, addform=False, part='decon')
+  c, a = length_gen.suite_config(
+    arg, only='', core=False, rows=0, addform=False, part='decon', fix=False
+  )
   if a.runlocal:
     c.budget = 12
     c.train_length = 5
@@ -218,6 +247,8 @@ def get_sweep(arg=None):
   if a.addform:
     picked = addform_rows(a.part, c.max_steps, c.optimizer.learning_rate, c.budget)
     return [{'task': task, **row} for task in tasks for row in picked]
+  if a.fix:
+    return [{'task': task, **row} for task in tasks for row in fix_rows()]
   every = rows(c.max_steps, c.budget, a.core)
   picked = every[a.rows :] if a.rows < 0 else every[: a.rows or None]
   return [{'task': task, **row} for task in tasks for row in picked]

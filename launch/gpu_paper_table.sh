@@ -12,14 +12,16 @@
 #   3. bench     `artrm bench --setup=paper` one rung at a time (BENCH_S in all): bf16 for
 #                BENCH_RUNGS (all seven), float32 for F32_RUNGS (gpt trm) -> bench/*.json
 #                (compile seconds, step ms, tokens/s, MFU against the GPU's bf16 / fp32 peak);
-#                then LEVERS, `rung:flag` pairs benched in bf16 with that flag added
-#                (gpt_level1 with --remat=none, with --seeds=3) -> bench/lever_<rung>_<flag>.json
-#   4. grid      SUITE (experiments/length_gen.py in bf16, one seed as the paper ran) with
-#                SLOTS runs in flight on the GPU, 1/SLOTS of its memory each; the queue goes
-#                task by task (addition first), so a deadline that cuts it keeps whole tasks'
-#                rungs first -> grid/<run>/. grid_plan.json estimates each task's time from
-#                the bench (serial, artrm/tools/time_box.py) and, when
-#                not all tasks fit, the suite runs only the tasks that do (`only=`).
+#                then LEVERS, `rung:flag[,flag]` benched in bf16 with those flags added (the
+#                stack sizes as --seeds=N, --remat=none) and with XLA command buffers
+#                -> bench/lever_<rung>_<flags>.json
+#   4. grid      SUITE (experiments/length_gen.py in bf16, 3 seeds) stacked (STACK=all: one
+#                program per rung trains its 3 tasks x 3 seeds, rows padded to addition's),
+#                SLOTS programs in flight on the GPU, 1/SLOTS of its memory each -> grid/<run>/.
+#                grid_plan.json estimates each task's time from the bench (serial, unstacked:
+#                an upper bound, artrm/tools/time_box.py) and, when not all tasks fit, the
+#                suite runs only the tasks that do (`only=`). A cut run resumes from its
+#                checkpoint when the script runs again with the same OUT.
 #   5. report    artrm gather + artrm report on the finished runs -> grid/results.csv, report/
 #   summary.json: every step's exit code and wall seconds, the runs finished; dmon.txt: the
 #   GPU's load every 5 s. PACK_TO=DIR: OUT (less checkpoints) also as DIR/results.tgz, one
@@ -34,21 +36,24 @@ OUT="${OUT:-workdirs/gpu_paper_table}"
 PY="${PYTHON:-python3}"
 SMOKE="${SMOKE:-0}"
 REPORT_S="${REPORT_S:-45}"                # kept back for step 5
+STACK="${STACK:-all}"                     # artrm suite --stack: a rung's 3 tasks x seeds at once
 if [[ "$SMOKE" == 1 ]]; then
   BENCH=(--setup=small --steps=1 --warmup=0 --eval_repeats=1)
   BENCH_RUNGS="${BENCH_RUNGS-gpt}" F32_RUNGS="${F32_RUNGS-gpt}" BENCH_S="${BENCH_S:-60}"
   LEVERS="${LEVERS:-}"
-  SUITE="${SUITE:-experiments/length_gen.py:runlocal,seeds=1,steps=2,dtype=bfloat16}"
+  SUITE="${SUITE:-experiments/length_gen.py:runlocal,seeds=2,steps=2,dtype=bfloat16}"
   SLOTS="${SLOTS:-1}" GPUS=()
 else
   BENCH=(--setup=paper --steps=10 --warmup=2 --eval_repeats=1)
   BENCH_RUNGS="${BENCH_RUNGS-gpt gpt_level1 gpt_level2 ut ut_level1 ut_level2 trm}"
   F32_RUNGS="${F32_RUNGS-gpt trm}" BENCH_S="${BENCH_S:-150}"
-  LEVERS="${LEVERS-gpt_level1:--remat=none gpt_level1:--seeds=3}"
-  SUITE="${SUITE:-experiments/length_gen.py:seeds=1,dtype=bfloat16}"
-  # 2, not 7: seven runs on one H200 each ran about 5x slower than alone, and a
-  # deadline that cut them finished none (docs/performance.md, "On a GPU").
-  SLOTS="${SLOTS:-2}" GPUS=(--gpus=0)
+  # The stack sizes (a stack of N runs is one program over N members, as --seeds=N times
+  # it), recomputation off, and XLA's command buffers (CUDA graphs) over the scan bodies.
+  LEVERS="${LEVERS-gpt:--seeds=3 gpt:--seeds=9 gpt:--seeds=21 trm:--seeds=9 gpt:--remat=none gpt:--seeds=9,--remat=none}"
+  SUITE="${SUITE:-experiments/length_gen.py:seeds=3,dtype=bfloat16}"
+  # One stack per rung (3 tasks x 3 seeds, rows padded to addition's) at a time: runs side
+  # by side on one GPU overlapped little (docs/performance.md, "On a GPU").
+  SLOTS="${SLOTS:-1}" GPUS=(--gpus=0)
 fi
 mkdir -p "$OUT/bench"
 OUT="$(cd "$OUT" && pwd)"
@@ -95,16 +100,16 @@ import json, math, sys, time
 import jax
 from artrm import parallel
 from artrm.configs import length_gen
-from artrm.models import build_model
-from artrm.training import train
+from artrm.training import builders, train_state, train_step
 t0 = time.perf_counter()
 c = length_gen.get_config('model=trm,task=addition,runlocal')
 c.model.update(n_embd=32, n_head=2, dtype='bfloat16')
 c.update(budget=4, batch_size=8)
-model = build_model(train.model_config(c))
-optimizer = train.make_optimizer(c.optimizer)
-state = train.init_seeds(model, optimizer, train.seeds_of(c))
-state, metrics = train.make_step_fn(c, model, optimizer, parallel.data_mesh())(state)
+model = builders.run_model(c)
+optimizer = train_state.make_optimizer(c.optimizer, model.recipe, c.max_steps)
+state = train_state.init_seeds(model, optimizer, train_state.seeds_of(c))
+step = train_step.make_step_fn(c, model, optimizer, parallel.data_mesh())
+state, metrics = step(state, train_step.task_indices(c))
 loss = float(metrics['loss'][0])
 out = dict(devices=[str(d) for d in jax.devices()], device_kind=jax.devices()[0].device_kind,
            jax=jax.__version__, bf16_step_loss=loss, seconds=time.perf_counter() - t0)
@@ -123,12 +128,19 @@ for spec in $(for r in $BENCH_RUNGS; do echo "bfloat16:$r"; done; for r in $F32_
     --rungs="$rung" --out="$OUT/bench/paper_${dtype}_$rung.json"
 done
 for lever in $LEVERS; do   # not named *bfloat16*: the grid's plan reads only the plain rows
-  rung="${lever%%:*}" flag="${lever#*:}" name="${lever#*:--}"
+  rung="${lever%%:*}" flags="${lever#*:}" name="${lever#*:--}" name="${name//,--/_}"
   limit=$((BENCH_END - $(date +%s)))
   ((limit > $(left))) && limit=$(left)
   step "lever_${rung}_${name//=/_}" "$limit" "$PY" -m artrm bench "${BENCH[@]}" \
-    --dtype=bfloat16 --rungs="$rung" "$flag" --out="$OUT/bench/lever_${rung}_${name//=/_}.json"
+    --dtype=bfloat16 --rungs="$rung" ${flags//,/ } --out="$OUT/bench/lever_${rung}_${name//=/_}.json"
 done
+if [[ "$SMOKE" != 1 && -n "$LEVERS" ]]; then  # the 9-run stack with command buffers over scans
+  limit=$((BENCH_END - $(date +%s)))
+  ((limit > $(left))) && limit=$(left)
+  XLA_FLAGS="--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,WHILE,CONDITIONAL" \
+    step lever_gpt_seeds_9_cmdbuf "$limit" "$PY" -m artrm bench "${BENCH[@]}" --dtype=bfloat16 \
+    --rungs=gpt --seeds=9 --out="$OUT/bench/lever_gpt_seeds_9_cmdbuf.json"
+fi
 
 # 4. grid: the estimate from the bench's step times, then the suite until the deadline
 (($(left) - REPORT_S > 5)) && "$PY" -m artrm.tools.time_box "$OUT/bench" "$SUITE" "$SLOTS" \
@@ -138,7 +150,7 @@ ONLY="$("$PY" -c "import json; print(json.load(open('$OUT/grid_plan.json'))['onl
 export XLA_PYTHON_CLIENT_MEM_FRACTION
 XLA_PYTHON_CLIENT_MEM_FRACTION="$("$PY" -c "print(round(0.9 / $SLOTS, 3))")"
 step grid $(($(left) - REPORT_S)) "$PY" -m artrm suite --suite="$SUITE" --root="$OUT/grid" \
-  --slots="$SLOTS" "${GPUS[@]}"
+  --slots="$SLOTS" --stack="$STACK" "${GPUS[@]}"
 unset XLA_PYTHON_CLIENT_MEM_FRACTION
 
 # 5. report on the finished runs
