@@ -87,12 +87,8 @@ def _stack_flags(fv, argv):
   flags.DEFINE_string(
     'root', None, "Directory of the suite's runs, one workdir each.", flag_values=fv
   )
-  flags.DEFINE_list(
-    'runs', None, "The stack's runs: their indices in the suite's sweep.", flag_values=fv
-  )
-  flags.DEFINE_bool(
-    'pad', False, "Pad every row to the longest task's (train_seq_len).", flag_values=fv
-  )
+  flags.DEFINE_list('runs', None, "The runs: indices in the suite's sweep.", flag_values=fv)
+  flags.DEFINE_bool('pad', False, "Pad rows to the longest task's (train_seq_len).", flag_values=fv)
 
 
 def _stack(f):

@@ -34,60 +34,30 @@ def cpu_slots(slots: int | None) -> list[list[int]]:
   return [cores[i::n] for i in range(n)]
 
 
-def run_local(
-  spec: str,
-  root: str,
-  *,
-  slots: int | None = None,
-  gpus: list[str] | None = None,
-  dry_run: bool = False,
-  stack: str = 'off',
-  max_stack: int = 0,
-  log=print,
-) -> list[int]:
-  """Runs the suite's pending runs as a queue of subprocesses; returns exit codes.
-
-  `gpus` (e.g. ['0', '1']): each run sees one GPU (CUDA_VISIBLE_DEVICES) and
-  `slots` (default 1) runs share a GPU. Without GPUs, `slots` runs go side by
-  side, each pinned to its share of the cores (`cpu_slots`; default one run
-  per core, single-threaded). `stack` (`suites.STACK_MODES`): runs that differ
-  only in task and seeds train as one program of at most `max_stack` runs.
-  """
-  todo, done = pending_runs(spec, root)
-  log(f'{len(done)} finished, {len(todo)} to run ({len(suites.suite_runs(spec, root))} in suite)')
-  jobs = suites.stacks(spec, todo, stack, max_stack)
-  if len(jobs) < len(todo):
-    log(f'{len(todo)} runs in {len(jobs)} stacks (--stack={stack})')
+def _places(slots: int | None, gpus: list[str] | None, log) -> list[tuple[dict, list | None, str]]:
+  """Where runs go: (extra env, cores to pin or None, where in words) per slot."""
   if gpus:
-    places = [
+    return [
       ({'CUDA_VISIBLE_DEVICES': g}, None, f' on GPU {g}') for g in gpus for _ in range(slots or 1)
     ]
-  else:
-    places = [
-      (
-        # One core: XLA:CPU's own thread pools would only contend with the other runs.
-        {'XLA_FLAGS': '--xla_cpu_multi_thread_eigen=false'}
-        if len(cores) == 1 and 'XLA_FLAGS' not in os.environ
-        else {},
-        cores,
-        f' on core{"s" * (len(cores) > 1)} {",".join(map(str, cores))}',
-      )
-      for cores in cpu_slots(slots)
-    ]
-    log(
-      f'{len(places)} run(s) at a time, each pinned to its cores'
-      + (
-        ' (one per core: the faster arrangement on CPU; --slots=1 for one run on all)'
-        if slots is None
-        else ''
-      )
+  places = [
+    (
+      # One core: XLA:CPU's own thread pools would only contend with the other runs.
+      {'XLA_FLAGS': '--xla_cpu_multi_thread_eigen=false'}
+      if len(cores) == 1 and 'XLA_FLAGS' not in os.environ
+      else {},
+      cores,
+      f' on core{"s" * (len(cores) > 1)} {",".join(map(str, cores))}',
     )
-  command = lambda job: suites.stack_command(spec, root, job, stack)
-  if dry_run:
-    for i, job in enumerate(jobs):
-      env = places[i % len(places)][0]
-      log(''.join(f'{k}={v} ' for k, v in env.items()) + suites.shell_line(command(job)))
-    return []
+    for cores in cpu_slots(slots)
+  ]
+  default = ' (one per core: the faster arrangement on CPU; --slots=1 for one run on all)'
+  log(f'{len(places)} run(s) at a time, each pinned to its cores' + (default * (slots is None)))
+  return places
+
+
+def _run_queue(jobs: list[list[suites.Run]], places, command, root: str, log) -> list[int]:
+  """Each job (a stack of runs) as a subprocess in the first free place; their exit codes."""
   os.makedirs(root, exist_ok=True)
   free, running, codes = list(places), {}, []
   queue = list(jobs)
@@ -126,6 +96,40 @@ def run_local(
       )
       log(f'{status}: {run.name} in {time.perf_counter() - start:.0f}s')
   return codes
+
+
+def run_local(
+  spec: str,
+  root: str,
+  *,
+  slots: int | None = None,
+  gpus: list[str] | None = None,
+  dry_run: bool = False,
+  stack: str = 'off',
+  max_stack: int = 0,
+  log=print,
+) -> list[int]:
+  """Runs the suite's pending runs as a queue of subprocesses; returns exit codes.
+
+  `gpus` (e.g. ['0', '1']): each run sees one GPU (CUDA_VISIBLE_DEVICES) and
+  `slots` (default 1) runs share a GPU. Without GPUs, `slots` runs go side by
+  side, each pinned to its share of the cores (`cpu_slots`; default one run
+  per core, single-threaded). `stack` (`suites.STACK_MODES`): runs that differ
+  only in task and seeds train as one program of at most `max_stack` runs.
+  """
+  todo, done = pending_runs(spec, root)
+  log(f'{len(done)} finished, {len(todo)} to run ({len(suites.suite_runs(spec, root))} in suite)')
+  jobs = suites.stacks(spec, todo, stack, max_stack)
+  if len(jobs) < len(todo):
+    log(f'{len(todo)} runs in {len(jobs)} stacks (--stack={stack})')
+  places = _places(slots, gpus, log)
+  command = lambda job: suites.stack_command(spec, root, job, stack)
+  if dry_run:
+    for i, job in enumerate(jobs):
+      env = places[i % len(places)][0]
+      log(''.join(f'{k}={v} ' for k, v in env.items()) + suites.shell_line(command(job)))
+    return []
+  return _run_queue(jobs, places, command, root, log)
 
 
 # The suite root's list of `artrm train` lines, one per array task (launch/slurm.sh reads it).

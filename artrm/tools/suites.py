@@ -19,8 +19,6 @@ from typing import Any
 import ml_collections
 
 from artrm import workdir as workdir_lib
-from artrm.data import same_layout
-from artrm.training import stacking
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,6 +119,10 @@ def stacks(spec: str, runs: list[Run], mode: str, max_size: int = 0) -> list[lis
   setting but task and seeds, and start from one checkpoint step."""
   if mode not in STACK_MODES:
     raise ValueError(f'stack={mode!r}: choose one of {list(STACK_MODES)}.')
+  # Here, not at the top: the results store reads suites without importing jax.
+  from artrm.data import same_layout
+  from artrm.training import stacking
+
   groups: dict[str, list[Run]] = {}
   for run in runs:
     config = run_config(spec, run).to_dict()
