@@ -39,7 +39,7 @@ REPORT_S="${REPORT_S:-45}"                # kept back for step 5
 STACK="${STACK:-all}"                     # artrm suite --stack: a rung's 3 tasks x seeds at once
 if [[ "$SMOKE" == 1 ]]; then
   BENCH=(--setup=small --steps=1 --warmup=0 --eval_repeats=1)
-  BENCH_RUNGS="${BENCH_RUNGS-gpt}" F32_RUNGS="${F32_RUNGS-gpt}" BENCH_S="${BENCH_S:-60}"
+  BENCH_RUNGS="${BENCH_RUNGS-gpt}" F32_RUNGS="${F32_RUNGS-gpt}" BENCH_S="${BENCH_S:-150}"
   LEVERS="${LEVERS:-}"
   SUITE="${SUITE:-experiments/length_gen.py:runlocal,seeds=2,steps=2,dtype=bfloat16}"
   SLOTS="${SLOTS:-1}" GPUS=()
