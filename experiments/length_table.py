@@ -1,0 +1,85 @@
+"""The length suite's answer as tables: seq_acc (char_acc) by evaluation length per rung and
+position encoding, the recursive rungs against `gpt` on the same encoding at 2L, and the
+test-time depth (inference steps) at 2L.
+
+  python experiments/length_table.py workdirs/length_beyond_cpu workdirs/length_beyond_cpu_learned > docs/results/length_beyond_cpu.md
+"""
+
+import sys
+
+import pandas as pd
+
+from artrm.tables import markdown_table
+from artrm.tools import report_tables, results
+
+USAGE = __doc__.strip().splitlines()[-1].strip()
+
+
+def cell(values: pd.Series) -> str:
+  v = values.to_numpy()
+  sem = v.std(ddof=1) / len(v) ** 0.5 if len(v) > 1 else float('nan')
+  return report_tables.sem_cell(v.mean(), sem, len(v))
+
+
+def main(roots: list[str]):
+  df = pd.DataFrame([r for root in roots for r in results.gather(root)], columns=results.COLUMNS)
+  final = df[(df['kind'] == 'final') & df['metric'].isin(['seq_acc', 'char_acc'])]
+  L = int(final['train_length'].iloc[0])
+  keys = ['task', 'model', 'pos_encoding']
+  by_length = []
+  for key, g in final.groupby(keys, sort=False):
+    row = dict(zip(keys, key))
+    for length, h in g.groupby('eval_length'):
+      seq, char = (h[h['metric'] == m]['value'] for m in ('seq_acc', 'char_acc'))
+      row[f'L={length}'] = f'{cell(seq)} ({char.mean():.3f})'
+    by_length.append(row)
+  at_2L = final[(final['eval_length'] == 2 * L) & (final['metric'] == 'seq_acc')]
+  versus = []
+  for (task, enc), g in at_2L.groupby(['task', 'pos_encoding']):
+    gpt = g[g['model'] == 'gpt']['value'].to_numpy()
+    for model, h in g[g['model'] != 'gpt'].groupby('model'):
+      if len(gpt):
+        x = h['value'].to_numpy()
+        diff = report_tables.welch_difference(x, gpt)
+        versus.append(dict(task=task, pos_encoding=enc, row=model, **{'seq_acc - gpt': diff}))
+  inference = df[
+    (df['kind'] == 'inference') & (df['metric'] == 'seq_acc') & (df['eval_length'] == 2 * L)
+  ]
+  depth = []
+  for key, g in inference.groupby(keys, sort=False):
+    row = dict(zip(keys, key))
+    trained = g['inference_steps'].min()
+    for steps, h in g.groupby('inference_steps'):
+      row[f'{steps / trained:g}x'] = f'{cell(h["value"])} at {int(steps)}'
+    depth.append(row)
+  print(
+    '\n'.join(
+      [
+        '# Beyond the training length, CPU form: 3 seeds',
+        '',
+        '    ' + USAGE,
+        '',
+        f'Trained on lengths 1..{L}; seq_acc mean ± sem over seeds (n), char_acc mean in brackets;',
+        'greedy decoding on 64 fixed prompts per length.',
+        '',
+        '## By evaluation length',
+        '',
+        markdown_table(by_length),
+        '',
+        f'## At 2L = {2 * L}: each rung against `gpt` on the same encoding (Welch 95% CI)',
+        '',
+        markdown_table(versus),
+        '',
+        f'## Test-time depth at 2L = {2 * L}: seq_acc by inference steps',
+        '',
+        'Multiples of the trained steps, each cell with its steps; for ACT rungs the raised maximum.',
+        '',
+        markdown_table(depth),
+        '',
+      ]
+    )
+  )
+
+
+if __name__ == '__main__':
+  main(sys.argv[1:])
