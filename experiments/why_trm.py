@@ -198,9 +198,13 @@ def addform_rows(part: str, max_steps: int, lr: float, budget: int) -> list[dict
       'max_steps': n * max_steps,
       'eval.every_steps': n * max_steps // 10,
     }
-    return [fixed, sup(2, 'each'), sup(2, 'accumulate'), control(2), sup(4, 'each'), control(4)] + [
+    # The cheaper rows first: 4 supervision passes and their control cost 4x a row.
+    return [fixed, sup(2, 'each'), control(2)] + [
       {**fixed, 'recipe.halt_loss_weight': 0.5},
       {**fixed, 'recipe.ema_decay': 0.999},
+      sup(2, 'accumulate'),
+      sup(4, 'each'),
+      control(4),
     ]
   raise ValueError(f'part={part!r}: choose one of {list(PARTS)}.')
 
