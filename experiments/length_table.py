@@ -3,6 +3,7 @@ position encoding, the recursive rungs against `gpt` on the same encoding at 2L,
 test-time depth (inference steps) at 2L.
 
   python experiments/length_table.py workdirs/length_beyond_cpu workdirs/length_beyond_cpu_learned > docs/results/length_beyond_cpu.md
+  python experiments/length_table.py workdirs/length_beyond_cpu_add3 > docs/results/length_beyond_cpu_add3.md
 """
 
 import sys
@@ -11,8 +12,6 @@ import pandas as pd
 
 from artrm.tables import markdown_table
 from artrm.tools import report_tables, results
-
-USAGE = __doc__.strip().splitlines()[-1].strip()
 
 
 def cell(values: pd.Series) -> str:
@@ -57,7 +56,7 @@ def main(roots: list[str]):
       [
         '# Beyond the training length, CPU form: 3 seeds',
         '',
-        '    ' + USAGE,
+        f'    python experiments/length_table.py {" ".join(roots)}',
         '',
         f'Trained on lengths 1..{L}; seq_acc mean ± sem over seeds (n), char_acc mean in brackets;',
         'greedy decoding on 64 fixed prompts per length.',
