@@ -221,26 +221,8 @@ def bench_eval(
   return out
 
 
-def run_benchmark(
-  setup: Setup,
-  rungs: Sequence[str] = tuple(RUNGS),
-  steps: int = 20,
-  warmup: int = 3,
-  eval_repeats: int = 5,
-  full_compute: bool = False,
-  peak: float | None = None,
-  devices: int = 1,
-  profile_dir: str | None = None,
-  verbose: bool = False,
-) -> dict:
-  """Measures each rung under `setup`; returns a JSON-ready dict (`formatting.write_results` saves it).
-
-  `peak` (FLOP/s per device) overrides the table of known devices; without either, MFU
-  is omitted. Training steps and decoding run data-parallel over the first `devices`
-  local devices (MFU against all of their peaks). `profile_dir` adds a profiler trace
-  per rung of training (`<profile_dir>/<rung>/train`) and cached decoding, summarised
-  under `profile` in the JSON.
-  """
+def _checked_mesh(setup: Setup, rungs, steps: int, warmup: int, eval_repeats: int, devices: int):
+  """The data mesh of the first `devices` local devices, once every input is checked."""
   if steps < 1 or warmup < 0 or eval_repeats < 1:
     raise ValueError(
       f'Need steps >= 1, warmup >= 0 and eval_repeats >= 1; got {steps}, {warmup}, {eval_repeats}.'
@@ -263,6 +245,69 @@ def run_benchmark(
     decoding.check_fits(
       setup.block_size, task.prompt_len(L), task.answer_len(L), what=f'{setup.task} at length {L}'
     )
+  return mesh
+
+
+def _bench_rung(
+  setup: Setup, rung: str, steps, warmup, eval_repeats, full_compute, peak, mesh, profile_dir
+) -> dict:
+  """One rung's row: its shape, training step (with MFU against `peak`), decoding, memory."""
+  config = run_config(setup, rung)
+  model = builders.run_model(config)
+  mc = model.config
+  H, L = model.rung.cycles(model.config)  # (1, 1) unless nested
+  row = dict(
+    title=get_rung(rung).title,
+    n_layer=mc.n_layer,
+    n_outer_loops=H,
+    n_inner_loops=L,
+    remat=mc.remat,
+    dtype=mc.dtype,
+    matmul_precision=mc.matmul_precision,
+  )
+  if setup.train:
+    row['train'], params = bench_train(
+      config, model, steps, warmup, mesh, profile_dir and os.path.join(profile_dir, rung, 'train')
+    )
+    if peak:
+      row['train']['mfu'] = row['train']['flops_per_sec'] / (mesh.devices.size * peak)
+  else:
+    params = init_params(model, jax.random.key(config.seed))
+  row['n_params'] = sum(x.size for x in jax.tree.leaves(params))
+  row['eval'] = bench_eval(
+    setup,
+    model,
+    jax.device_put(params, parallel.replicated(mesh)),
+    eval_repeats,
+    full_compute,
+    mesh,
+    profile_dir and os.path.join(profile_dir, rung, 'decode'),
+  )
+  row.update(peak_memory())
+  return row
+
+
+def run_benchmark(
+  setup: Setup,
+  rungs: Sequence[str] = tuple(RUNGS),
+  steps: int = 20,
+  warmup: int = 3,
+  eval_repeats: int = 5,
+  full_compute: bool = False,
+  peak: float | None = None,
+  devices: int = 1,
+  profile_dir: str | None = None,
+  verbose: bool = False,
+) -> dict:
+  """Measures each rung under `setup`; returns a JSON-ready dict (`formatting.write_results` saves it).
+
+  `peak` (FLOP/s per device) overrides the table of known devices; without either, MFU
+  is omitted. Training steps and decoding run data-parallel over the first `devices`
+  local devices (MFU against all of their peaks). `profile_dir` adds a profiler trace
+  per rung of training (`<profile_dir>/<rung>/train`) and cached decoding, summarised
+  under `profile` in the JSON.
+  """
+  mesh = _checked_mesh(setup, rungs, steps, warmup, eval_repeats, devices)
   device = device_info()
   matmul_type = peak_basis(builders.model_config(run_config(setup, rungs[0])))  # same for all rungs
   basis = 'given' if peak else f'{matmul_type} dense'
@@ -283,38 +328,9 @@ def run_benchmark(
     rungs={},
   )
   for rung in rungs:
-    config = run_config(setup, rung)
-    model = builders.run_model(config)
-    mc = model.config
-    H, L = model.rung.cycles(model.config)  # (1, 1) unless nested
-    row = dict(
-      title=get_rung(rung).title,
-      n_layer=mc.n_layer,
-      n_outer_loops=H,
-      n_inner_loops=L,
-      remat=mc.remat,
-      dtype=mc.dtype,
-      matmul_precision=mc.matmul_precision,
+    row = _bench_rung(
+      setup, rung, steps, warmup, eval_repeats, full_compute, peak, mesh, profile_dir
     )
-    if setup.train:
-      row['train'], params = bench_train(
-        config, model, steps, warmup, mesh, profile_dir and os.path.join(profile_dir, rung, 'train')
-      )
-      if peak:
-        row['train']['mfu'] = row['train']['flops_per_sec'] / (devices * peak)
-    else:
-      params = init_params(model, jax.random.key(config.seed))
-    row['n_params'] = sum(x.size for x in jax.tree.leaves(params))
-    row['eval'] = bench_eval(
-      setup,
-      model,
-      jax.device_put(params, parallel.replicated(mesh)),
-      eval_repeats,
-      full_compute,
-      mesh,
-      profile_dir and os.path.join(profile_dir, rung, 'decode'),
-    )
-    row.update(peak_memory())
     result['rungs'][rung] = row
     if verbose:
       print(', '.join(f'{k} {v}' for k, v in formatting.summary_row(rung, row).items()), flush=True)
