@@ -52,6 +52,13 @@ flags.DEFINE_multi_string(
     'trm,carry_norm=True,input_scale=36.0,max_steps=3200,every_steps=320 - ut_level1',
     'trm,carry_norm=True,input_scale=36.0,max_steps=3200,every_steps=320 - gpt',
     'trm,carry_norm=True,input_scale=36.0,max_steps=3200,every_steps=320 - ut_level2,carry_norm=True,input_scale=36.0,max_steps=2666,every_steps=266',
+    # TRM's recipe on the fix: each ingredient against the fix, deep supervision against
+    # the fix trained for as many forward passes
+    'trm,carry_norm=True,input_scale=36.0,n_sup=2,sup_update=each - trm,carry_norm=True,input_scale=36.0,max_steps=4000,every_steps=400',
+    'trm,carry_norm=True,input_scale=36.0,n_sup=2,sup_update=accumulate - trm,carry_norm=True,input_scale=36.0',
+    'trm,carry_norm=True,input_scale=36.0,n_sup=4,sup_update=each - trm,carry_norm=True,input_scale=36.0,max_steps=8000,every_steps=800',
+    'trm,carry_norm=True,input_scale=36.0,halt_loss_weight=0.5 - trm,carry_norm=True,input_scale=36.0',
+    'trm,carry_norm=True,input_scale=36.0,ema_decay=0.999 - trm,carry_norm=True,input_scale=36.0',
     # depth: budget 24, trm runs 4 recursion steps
     'trm,carry_norm=True,input_scale=36.0,budget=24 - trm,budget=24',
     'trm,input_norm=True,carry_norm=True,budget=24 - trm,budget=24',

@@ -16,6 +16,7 @@ from artrm import one_off, parallel
 from artrm import workdir as workdir_lib
 from artrm.configs import length_gen
 from artrm.models import build_model
+from artrm.models.recipe import Recipe
 from artrm.tools import ladder
 from artrm.training import (
   builders,
@@ -265,6 +266,27 @@ def test_warmup_cosine_schedule_and_embedding_step_size():
   np.testing.assert_allclose(scaled['tok_emb']['embedding'], 3 * plain['tok_emb']['embedding'])
   np.testing.assert_allclose(scaled['pos_emb'], 3 * plain['pos_emb'])
   np.testing.assert_array_equal(scaled['lm_head'], plain['lm_head'])
+
+
+def test_the_schedule_spans_every_supervision_update():
+  """With an optimizer update per supervision pass, a run of 10 steps and 2 passes makes
+  20 updates: the cosine reaches 0 at the 20th, not the 10th."""
+  opt = length_gen.base_config().optimizer
+  opt.update(schedule='warmup_cosine', warmup_steps=2, learning_rate=1e-2)
+  p = {'w': jnp.ones(2)}
+  g = {'w': jnp.full(2, 0.5)}
+
+  def update_at(recipe, n):
+    tx = train_state.make_optimizer(opt, recipe, total_steps=10)
+    state = tx.init(p)
+    for _ in range(n):
+      updates, state = tx.update(g, state, p)
+    return updates['w']
+
+  each = Recipe(n_sup=2, sup_update='each')
+  assert np.all(update_at(Recipe(), 15) == 0)  # past its 10 updates: lr 0
+  assert np.all(update_at(each, 15) != 0)
+  assert np.all(update_at(Recipe(n_sup=2, sup_update='accumulate'), 15) == 0)
 
 
 def test_config_file_and_overrides():

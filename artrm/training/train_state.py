@@ -53,10 +53,14 @@ def make_optimizer(
   opt: ml_collections.ConfigDict, recipe: Recipe | None = None, total_steps: int = 0
 ) -> optax.GradientTransformation:
   """AdamW as torch.optim.AdamW: decoupled decay lr * wd * param on every parameter
-  (but fixed y0 / z0, which `recipe.fixed_init` keeps out of the optimizer).
+  (but fixed y0 / z0, which `recipe.fixed_init` keeps out of the optimizer). A schedule
+  spans the run's optimizer updates: `total_steps` training steps, times `recipe.n_sup`
+  where each supervision pass makes one.
 
   `opt.embed_lr_mult` scales the embeddings' whole update (Adam step and decay):
   the step size of the input alone, everything else as it was."""
+  if recipe is not None and recipe.sup_update == 'each':
+    total_steps *= recipe.n_sup  # an optimizer update per supervision pass: the schedule's steps
   tx = optax.adamw(
     learning_rate(opt, total_steps),
     b1=opt.b1,
