@@ -15,9 +15,9 @@ from artrm.tools import report_tables, results
 
 
 def cell(values: pd.Series) -> str:
-  v = values.to_numpy()
-  sem = v.std(ddof=1) / len(v) ** 0.5 if len(v) > 1 else float('nan')
-  return report_tables.sem_cell(v.mean(), sem, len(v))
+  """mean ± sem (n) of one group's seeds, as the report writes it."""
+  stats = report_tables.seed_stats(values.to_frame('value').assign(group=0), ['group'])
+  return report_tables.sem_cell(*stats[['mean', 'sem', 'n']].iloc[0])
 
 
 def main(roots: list[str]):

@@ -37,7 +37,7 @@ def check_stackable(configs: list[ml_collections.ConfigDict], workdirs: list[str
         f'Runs of a stack may differ only in {", ".join(PER_RUN)}, but these differ: '
         f'{", ".join(differ)}. Train them apart (artrm suite --stack=off).'
       )
-  lengths = {c.task: get_task(c.task).seq_len(c.train_length) for c in configs}
+  lengths = row_lengths(configs)
   if len(set(lengths.values())) > 1 and not configs[0].get('train_seq_len', 0):
     raise ConfigError(
       f"The stack's tasks have rows of different lengths ({lengths}): set "
@@ -48,10 +48,20 @@ def check_stackable(configs: list[ml_collections.ConfigDict], workdirs: list[str
 
 def pad_rows(configs: list[ml_collections.ConfigDict]):
   """Sets every run's `train_seq_len` to the stack's longest row, where their rows differ."""
-  lengths = {get_task(c.task).seq_len(c.train_length) for c in configs}
+  lengths = set(row_lengths(configs).values())
   if len(lengths) > 1:
     for c in configs:
       c.train_seq_len = max(lengths)
+
+
+def row_lengths(configs: list[ml_collections.ConfigDict]) -> dict[str, int]:
+  """{task: its shortest training row} of the stack's runs."""
+  return {c.task: get_task(c.task).seq_len(c.train_length) for c in configs}
+
+
+def seq_len(configs: list[ml_collections.ConfigDict]) -> int:
+  """The length of the stack's training rows: `train_seq_len`, else its longest task's."""
+  return configs[0].get('train_seq_len', 0) or max(row_lengths(configs).values())
 
 
 def stack_tasks(configs: list[ml_collections.ConfigDict]) -> tuple[str, ...]:

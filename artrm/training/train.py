@@ -24,7 +24,6 @@ import tqdm
 
 from artrm import parallel
 from artrm import workdir as workdir_lib
-from artrm.data import get_task
 from artrm.evaluation.evaluators import LengthEvaluator
 from artrm.models.recipe import compute_record
 from artrm.training import advice, checkpointing, preemption, resume, stacking, validation
@@ -178,8 +177,7 @@ def _setup(configs: list[ml_collections.ConfigDict], workdirs: list[str]) -> _St
     optimizer=make_optimizer(config.optimizer, model.recipe, config.max_steps),
     mesh=parallel.data_mesh(),
     tasks=stacking.stack_tasks(configs),
-    seq_len=config.get('train_seq_len', 0)
-    or max(get_task(c.task).seq_len(c.train_length) for c in configs),
+    seq_len=stacking.seq_len(configs),
     is_main=is_main,
   )
 
