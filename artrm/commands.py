@@ -384,7 +384,7 @@ COMMANDS = {
   ),
   'report': Command(
     "draw a suite's figures and tables",
-    'artrm report --root=workdirs/length_gen_cpu --out=docs/results/length_gen_cpu',
+    'artrm report --root=workdirs/length_gen_cpu --out=results/studies/length_gen_cpu',
     _root_and_out_flags('Output directory: figures, tables, README.md.'),
     _report,
     ('root', 'out'),

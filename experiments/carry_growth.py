@@ -10,7 +10,7 @@ training-length prompts (teacher-forced, every step run) with 1..S steps: the
 RMS of x, and of y and z at the end, and next-token accuracy on the answer.
 
   python experiments/carry_growth.py --root=workdirs/why_trm_cpu --task=copy \
-      --out=docs/results/why_trm_cpu/carry_growth.md
+      --out=results/studies/why_trm_cpu/carry_growth.md
 """
 
 import os

@@ -12,7 +12,7 @@ sum least-significant digit first). Every row trains on lengths drawn per row fr
   screen:      artrm suite --suite=experiments/length_beyond.py:runlocal,screen --root=workdirs/length_beyond_screen_cpu
   CPU form:    artrm suite --suite=experiments/length_beyond.py:runlocal --root=workdirs/length_beyond_cpu
   depth:       artrm suite --suite=experiments/length_beyond.py:runlocal --root=workdirs/length_beyond_cpu --inference_sweep=1x,2x,4x
-  report:      artrm report --root=workdirs/length_beyond_cpu --out=docs/results/length_beyond_cpu
+  report:      artrm report --root=workdirs/length_beyond_cpu --out=results/studies/length_beyond_cpu
   paper scale: artrm suite --suite=experiments/length_beyond.py --root=workdirs/length_beyond
 The depth command re-evaluates the finished recursive runs of the same suite at 1x, 2x and
 4x their trained steps (for ACT rungs, the raised maximum); use the training command's

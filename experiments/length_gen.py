@@ -3,7 +3,7 @@
 Train at L = 10, evaluate at 10..50; 3 seeds per run (vmapped, one program).
   paper scale: artrm suite --suite=experiments/length_gen.py --root=workdirs/length_gen
   CPU form:    artrm suite --suite=experiments/length_gen.py:runlocal --root=workdirs/length_gen_cpu
-  report:      artrm report --root=workdirs/length_gen_cpu --out=docs/results/length_gen_cpu
+  report:      artrm report --root=workdirs/length_gen_cpu --out=results/studies/length_gen_cpu
 Arguments besides `runlocal`, `seeds=N`, `dtype=...`, `steps=N`: `only=addition` or
 `only=addition+copy` (those tasks' rows of the table, in the suite's order).
 The CPU form trains a 64-wide, 4-head model at budget 6 for 400 steps (batch 32) on

@@ -2,8 +2,8 @@
 position encoding, the recursive rungs against `gpt` on the same encoding at 2L, and the
 test-time depth (inference steps) at 2L.
 
-  python experiments/length_table.py workdirs/length_beyond_cpu workdirs/length_beyond_cpu_learned > docs/results/length_beyond_cpu.md
-  python experiments/length_table.py workdirs/length_beyond_cpu_add3 > docs/results/length_beyond_cpu_add3.md
+  python experiments/length_table.py workdirs/length_beyond_cpu workdirs/length_beyond_cpu_learned > results/studies/length_beyond_cpu.md
+  python experiments/length_table.py workdirs/length_beyond_cpu_add3 > results/studies/length_beyond_cpu_add3.md
 """
 
 import sys

@@ -12,7 +12,7 @@ answer each question with Welch 95% CIs, and one figure per question:
 
 A row is named by its run's overrides less the task (the suite's run name).
 
-  python experiments/study_report.py --roots=workdirs/why_trm_add,workdirs/why_trm_add_depth,workdirs/why_trm_add_rank --out=docs/results/why_trm_add
+  python experiments/study_report.py --roots=workdirs/why_trm_add,workdirs/why_trm_add_depth,workdirs/why_trm_add_rank --out=results/studies/why_trm_add
 """
 
 import glob

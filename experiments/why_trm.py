@@ -11,9 +11,9 @@ token; docs/compute.md).
 
   paper scale: artrm suite --suite=experiments/why_trm.py --root=workdirs/why_trm
   CPU form:    artrm suite --suite=experiments/why_trm.py:runlocal --root=workdirs/why_trm_cpu
-  report:      artrm report --root=workdirs/why_trm_cpu --out=docs/results/why_trm_cpu
+  report:      artrm report --root=workdirs/why_trm_cpu --out=results/studies/why_trm_cpu
   the carry:   python experiments/carry_growth.py --root=workdirs/why_trm_cpu --task=copy
-The answer, with the commands that made docs/results/why_trm_cpu: docs/science.md.
+The answer, with the commands that made results/studies/why_trm_cpu: docs/science.md.
 Arguments besides `runlocal`, `seeds=N`, `steps=N`: `only=copy` (one task),
 `core` (the 22 rows that answer the question first, of 29) and `rows=N` (the
 first N rows: references first, then gradient reach; `rows=-8`: the last 8,
@@ -25,9 +25,11 @@ lr 3e-3 for every row; eval at 3 and 6) and `part=` one of its row sets:
 `decon` (the input fix taken apart: scale, step size, normalisation),
 `depth` (the headline rows at budget 24: trm runs 4 steps), `rank` (the
 ranking on addition at matched training compute, `seeds=5`), `recipe`
-(TRM's recipe on top of the fix, with compute controls):
+(TRM's recipe on top of the fix, with compute controls); `rows=N` keeps a part's
+first N rows (decon's first 15 take the input apart; the last 3 are the ranking's):
 
   python -m artrm suite --suite=experiments/why_trm.py:runlocal,addform,part=decon --root=workdirs/why_trm_add --slots=2
+  python -m artrm suite --suite=experiments/why_trm.py:runlocal,addform,part=decon,rows=15,only=copy --root=workdirs/why_trm_add --slots=2
 
 `fix` (without `addform`) selects the fix's rows at the form's scale (`fix_rows`); at the
 paper's scale on one GPU, stacked (3 tasks x 3 seeds per program):
@@ -173,7 +175,7 @@ def addform_rows(part: str, max_steps: int, lr: float, budget: int) -> list[dict
       + [norms, carry]
       + [{**carry, **x} for x in split]
       + [
-        {**trm, 'optimizer.learning_rate': float(f'{3 * lr:g}')},
+        *[{**trm, 'optimizer.learning_rate': float(f'{k * lr:g}')} for k in (3, 10)],
         {**trm, 'recipe.grad_reach': 'all'},
         # The fixed trm at gpt's training compute (it back-propagates fewer passes).
         matched_compute(norms, max_steps, budget),
@@ -250,6 +252,7 @@ def get_sweep(arg=None):
   tasks = (a.only,) if a.only else TASKS
   if a.addform:
     picked = addform_rows(a.part, c.max_steps, c.optimizer.learning_rate, c.budget)
+    picked = picked[: a.rows or None]
     return [{'task': task, **row} for task in tasks for row in picked]
   if a.fix:
     return [{'task': task, **row} for task in tasks for row in fix_rows()]
