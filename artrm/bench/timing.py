@@ -107,19 +107,30 @@ def bench_train(
   start = time.perf_counter()
   jax.block_until_ready([jax.block_until_ready(step()) if wait else step() for _ in range(steps)])
   pipelined = (time.perf_counter() - start) / steps
-  mc = model.config
+  out = _train_numbers(config, model.config, times, metrics)
+  out.update(compile_seconds=compile_seconds, pipelined_step_seconds=pipelined, **profiled)
+  if memory is not None:
+    out['step_program_bytes'] = int(
+      memory.argument_size_in_bytes
+      + memory.output_size_in_bytes
+      + memory.temp_size_in_bytes
+      - memory.alias_size_in_bytes
+    )
+  return out, train_state.seed_slice(state.params, 0)
+
+
+def _train_numbers(config, mc, times: list[float], metrics: list[dict]) -> dict:
+  """Rates and FLOPs of the timed steps: tokens as trained (the task's rows) and as
+  padded to block_size, per step over every seed."""
   seq_len = get_task(config.task).seq_len(config.train_length)
   fwd = float(np.mean([m['block_passes'] for m in metrics]))
   seconds = statistics.median(times)
-  flops = step_flops(mc, config.batch_size, seq_len, fwd)
-  flops *= config.num_seeds
+  flops = step_flops(mc, config.batch_size, seq_len, fwd) * config.num_seeds
   tokens = config.batch_size * seq_len * config.num_seeds
   padded = config.batch_size * mc.block_size * config.num_seeds
-  out = dict(
-    compile_seconds=compile_seconds,
+  return dict(
     step_seconds=seconds,
     step_seconds_all=times,
-    pipelined_step_seconds=pipelined,
     seq_len=seq_len,
     tokens_per_step=tokens,
     padded_tokens_per_step=padded,
@@ -131,16 +142,7 @@ def bench_train(
     flops_per_step=flops,
     flops_per_sec=flops / seconds,
     loss=float(metrics[-1]['loss'][0]),
-    **profiled,
   )
-  if memory is not None:
-    out['step_program_bytes'] = int(
-      memory.argument_size_in_bytes
-      + memory.output_size_in_bytes
-      + memory.temp_size_in_bytes
-      - memory.alias_size_in_bytes
-    )
-  return out, train_state.seed_slice(state.params, 0)
 
 
 def bench_decode(
