@@ -138,93 +138,93 @@ def matched_compute(row: dict, max_steps: int, budget: int) -> dict:
   return {**row, 'max_steps': steps, 'eval.every_steps': steps // 10}
 
 
+TRM = {'model.name': 'trm'}
+# The fix the decon part found best: the carry bounded, the input at unit RMS by a
+# constant scale (~ 1 / 0.028); `NORMS` is the first fix (both norms).
+SCALE = {'recipe.carry_norm': True, 'recipe.input_scale': 36.0}
+NORMS = {**TRM, 'recipe.input_norm': True, 'recipe.carry_norm': True}
+FIXED = {**TRM, **SCALE}
+REFS = [{'model.name': 'gpt'}, {'model.name': 'ut_level1'}]
+
+
+def decon_rows(max_steps: int, lr: float, budget: int) -> list[dict]:
+  """The input fix taken apart. Scale up with the relative step kept (input_norm,
+  input_scale); scale up with the relative step 50x smaller (embed_init_std 1); the
+  step alone 36x larger (embed_lr_mult), and every step larger (lr x3, x10); then the
+  same split with the carry bounded (where the input alone does not suffice, which of
+  scale or step size completes carry_norm). The last 3 rows are the ranking's."""
+  split = [
+    {'recipe.input_scale': 36.0},  # ~ 1 / 0.028: unit RMS at init
+    {'optimizer.embed_lr_mult': 36.0},
+    {'recipe.embed_init_std': 1.0},
+  ]
+  carry = {**TRM, 'recipe.carry_norm': True}
+  return (
+    REFS
+    + [TRM, {**TRM, 'recipe.input_norm': True}]
+    + [{**TRM, **x} for x in split]
+    + [NORMS, carry]
+    + [{**carry, **x} for x in split]
+    + [{**TRM, 'optimizer.learning_rate': float(f'{k * lr:g}')} for k in (3, 10)]
+    + [
+      {**TRM, 'recipe.grad_reach': 'all'},
+      # The fixed trm at gpt's training compute (it back-propagates fewer passes).
+      matched_compute(NORMS, max_steps, budget),
+      # The dual UTs with the scale fix too, so that the ranking compares repaired models.
+      {'model.name': 'ut_level1', **SCALE},
+      {'model.name': 'ut_level2', **SCALE},
+    ]
+  )
+
+
+def depth_rows() -> list[dict]:
+  """The headline rows at budget 24 (trm: 4 recursion steps)."""
+  headline = [TRM, FIXED, NORMS, {**TRM, 'recipe.input_norm': True}]
+  headline += [{**TRM, 'recipe.grad_reach': 'all'}] + REFS
+  return [{**row, 'budget': 24} for row in headline]
+
+
+def rank_rows(max_steps: int, budget: int) -> list[dict]:
+  """The same steps for all, then matched training compute: steps x training passes
+  per token equal to gpt's (the detaching rows back-propagate fewer passes)."""
+  ut2 = {'model.name': 'ut_level2', **SCALE}
+  ut1 = {'model.name': 'ut_level1', **SCALE}
+  same = [FIXED, ut1, ut2, {**TRM, 'recipe.grad_reach': 'all'}] + REFS
+  return same + [matched_compute(row, max_steps, budget) for row in (FIXED, ut2)]
+
+
+def recipe_rows(max_steps: int) -> list[dict]:
+  """TRM's recipe on the fixed trm; deep supervision with its forward-pass control.
+  The cheaper rows first: 4 supervision passes and their control cost 4x a row."""
+  sup = lambda n, update: {**FIXED, 'recipe.n_sup': n, 'recipe.sup_update': update}
+  control = lambda n: {**FIXED, 'max_steps': n * max_steps, 'eval.every_steps': n * max_steps // 10}
+  return [FIXED, sup(2, 'each'), control(2)] + [
+    {**FIXED, 'recipe.halt_loss_weight': 0.5},
+    {**FIXED, 'recipe.ema_decay': 0.999},
+    sup(2, 'accumulate'),
+    sup(4, 'each'),
+    control(4),
+  ]
+
+
 def addform_rows(part: str, max_steps: int, lr: float, budget: int) -> list[dict]:
   """The row sets of the addition form; `part` names one (PARTS)."""
-  trm = {'model.name': 'trm'}
-  # The fix the decon part found best: the carry bounded, the input at unit RMS by a
-  # constant scale (~ 1 / 0.028); `norms` is the first fix (both norms).
-  scale = {'recipe.carry_norm': True, 'recipe.input_scale': 36.0}
-  norms = {**trm, 'recipe.input_norm': True, 'recipe.carry_norm': True}
-  fixed = {**trm, **scale}
-  refs = [{'model.name': 'gpt'}, {'model.name': 'ut_level1'}]
-  headline = [
-    trm,
-    fixed,
-    norms,
-    {**trm, 'recipe.input_norm': True},
-    {**trm, 'recipe.grad_reach': 'all'},
-  ]
-  headline += refs
-  if part == 'decon':
-    # Scale up with the relative step kept (input_norm, input_scale); scale up with the
-    # relative step 50x smaller (embed_init_std 1); the step alone 36x larger
-    # (embed_lr_mult), and every step larger (lr x3); then the same split with the
-    # carry bounded (where the input alone does not suffice, which of scale or step size
-    # completes carry_norm). Ordered so that the rows that separate scale, step size and
-    # normalisation run first.
-    split = [
-      {'recipe.input_scale': 36.0},  # ~ 1 / 0.028: unit RMS at init
-      {'optimizer.embed_lr_mult': 36.0},
-      {'recipe.embed_init_std': 1.0},
-    ]
-    carry = {**trm, 'recipe.carry_norm': True}
-    return (
-      refs
-      + [trm, {**trm, 'recipe.input_norm': True}]
-      + [{**trm, **x} for x in split]
-      + [norms, carry]
-      + [{**carry, **x} for x in split]
-      + [
-        *[{**trm, 'optimizer.learning_rate': float(f'{k * lr:g}')} for k in (3, 10)],
-        {**trm, 'recipe.grad_reach': 'all'},
-        # The fixed trm at gpt's training compute (it back-propagates fewer passes).
-        matched_compute(norms, max_steps, budget),
-        # The dual UTs with the scale fix too, so that the ranking compares repaired models.
-        {'model.name': 'ut_level1', **scale},
-        {'model.name': 'ut_level2', **scale},
-      ]
-    )
-  if part == 'depth':
-    return [{**row, 'budget': 24} for row in headline]
-  if part == 'rank':
-    # The same steps for all, then matched training compute: steps x training passes
-    # per token equal to gpt's (the detaching rows back-propagate fewer passes).
-    ut2 = {'model.name': 'ut_level2', **scale}
-    ut1 = {'model.name': 'ut_level1', **scale}
-    same = [fixed, ut1, ut2, {**trm, 'recipe.grad_reach': 'all'}] + refs
-    return same + [matched_compute(row, max_steps, budget) for row in (fixed, ut2)]
-  if part == 'recipe':
-    sup = lambda n, update: {**fixed, 'recipe.n_sup': n, 'recipe.sup_update': update}
-    control = lambda n: {
-      **fixed,
-      'max_steps': n * max_steps,
-      'eval.every_steps': n * max_steps // 10,
-    }
-    # The cheaper rows first: 4 supervision passes and their control cost 4x a row.
-    return [fixed, sup(2, 'each'), control(2)] + [
-      {**fixed, 'recipe.halt_loss_weight': 0.5},
-      {**fixed, 'recipe.ema_decay': 0.999},
-      sup(2, 'accumulate'),
-      sup(4, 'each'),
-      control(4),
-    ]
-  raise ValueError(f'part={part!r}: choose one of {list(PARTS)}.')
+  parts = {
+    'decon': lambda: decon_rows(max_steps, lr, budget),
+    'depth': depth_rows,
+    'rank': lambda: rank_rows(max_steps, budget),
+    'recipe': lambda: recipe_rows(max_steps),
+  }
+  if part not in parts:
+    raise ValueError(f'part={part!r}: choose one of {list(PARTS)}.')
+  return parts[part]()
 
 
 def fix_rows() -> list[dict]:
   """The fix at any scale: the references, the paper's trm, trm fixed by the norms, by the
   input scale and by gradient everywhere, and the dual nested UT with the scale fix."""
-  trm = {'model.name': 'trm'}
-  scale = {'recipe.carry_norm': True, 'recipe.input_scale': 36.0}
-  return [
-    {'model.name': 'gpt'},
-    {'model.name': 'ut_level1'},
-    trm,
-    {**trm, 'recipe.input_norm': True, 'recipe.carry_norm': True},
-    {**trm, **scale},
-    {**trm, 'recipe.grad_reach': 'all'},
-    {'model.name': 'ut_level2', **scale},
-  ]
+  rows = REFS + [TRM, NORMS, FIXED, {**TRM, 'recipe.grad_reach': 'all'}]
+  return rows + [{'model.name': 'ut_level2', **SCALE}]
 
 
 def get_config(arg=None):
