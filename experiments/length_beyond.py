@@ -27,6 +27,7 @@ Arguments besides `runlocal`, `seeds=N`, `dtype=...`, `steps=N`:
   inject      adds `ut` with `model.input_injection` (x re-added at every step)
   rows=N      the first N rows of each task (`rows=-N`: the last N)
   length=N    the training length L (default 10, CPU form 5)
+  fixed       every training row at L (not 1..L), as the addition form trains
   offset=N    model.abacus_max_offset of the abacus rows (default 4L: training reaches
               digit index 5L + 1, evaluation at 3L reads up to 3L + 1)
 
@@ -75,6 +76,7 @@ def parsed(arg):
     inject=False,
     length=0,
     offset=-1,
+    fixed=False,
     models='',
     encodings='',
   )
@@ -87,7 +89,7 @@ def parsed(arg):
   if a.screen:
     c.num_seeds = 1
   c.train_length = L = a.length or (5 if a.runlocal else 10)
-  c.train_length_min = 1
+  c.train_length_min = 0 if a.fixed else 1  # 0: every row at L
   c.eval.lengths = eval_lengths(L)
   c.eval.every_steps = c.max_steps // 10  # learning curves of 10 points
   # Room for the longest evaluation of any task here (the paper's 180 holds 3L up to 58).

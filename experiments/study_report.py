@@ -37,6 +37,14 @@ flags.DEFINE_string('out', None, 'Folder for README.md, results.csv and figures.
 flags.DEFINE_multi_string(
   'contrast',
   [
+    # the input alone on the paper's trm: scale, step size, normalisation
+    'trm,input_scale=36.0 - trm',
+    'trm,input_norm=True - trm',
+    'trm,embed_lr_mult=36.0 - trm',
+    'trm,embed_init_std=1.0 - trm',
+    'trm,learning_rate=0.009 - trm',
+    'trm,learning_rate=0.03 - trm',
+    'trm,input_scale=36.0 - trm,input_norm=True',
     'trm,carry_norm=True,input_scale=36.0 - trm,input_norm=True,carry_norm=True',
     'trm,carry_norm=True,input_scale=36.0 - trm,carry_norm=True,embed_lr_mult=36.0',
     'trm,carry_norm=True,input_scale=36.0 - trm,carry_norm=True,embed_init_std=1.0',
