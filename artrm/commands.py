@@ -210,8 +210,7 @@ def _suite(f):
       stack=f.stack or ('layout' if f.gpus else 'off'),
       max_stack=f.max_stack,
     )
-    if any(codes):
-      sys.exit(f'{sum(c != 0 for c in codes)} run(s) failed; re-run the command to retry them.')
+    launch.exit_for(codes)
   elif f.launcher == 'slurm':
     launch.submit_slurm(
       f.suite,

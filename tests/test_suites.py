@@ -6,11 +6,14 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 
 import numpy as np
 import pytest
 
 from artrm.tools import launch, results, suites
+from artrm.training import preemption
 
 TINY_SUITE = textwrap.dedent("""
     from artrm.configs import length_gen
@@ -46,6 +49,40 @@ def test_suite_runs_names_and_commands(suite_file, tmp_path):
   assert (config.model.name, config.num_seeds) == ('ut', 2)
   with pytest.raises(KeyError, match='not a config field'):
     suites.apply_overrides(config, {'model.n_layers': 3})
+
+
+def test_sigterm_to_the_local_queue_stops_its_runs_and_starts_no_more(tmp_path):
+  """A scheduler's SIGTERM to `artrm suite` reaches every run in flight (each exits as a
+  stopped run does), no queued run starts, and the command asks to be requeued."""
+  ready = tmp_path / 'ready'
+  child = textwrap.dedent(f"""
+      import pathlib, signal, sys, time
+      signal.signal(signal.SIGTERM, lambda *_: sys.exit({preemption.EXIT_CODE}))
+      pathlib.Path({str(ready)!r}).touch()
+      time.sleep(60)
+      """)
+  jobs = [[suites.Run(f'r{i}', {}, str(tmp_path / f'r{i}'))] for i in range(3)]
+  places = [({}, None, '')]  # one slot: r0 runs, r1 and r2 wait
+
+  def stop_when_ready():
+    while not ready.exists():
+      time.sleep(0.05)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+  threading.Thread(target=stop_when_ready, daemon=True).start()
+  logs, before = [], signal.getsignal(signal.SIGTERM)
+  start = time.perf_counter()
+  codes = launch._run_queue(
+    jobs, places, lambda job: [sys.executable, '-c', child], '.', logs.append
+  )
+  assert codes == [preemption.EXIT_CODE] and time.perf_counter() - start < 30
+  assert not any('start r1' in m for m in logs) and '2 job(s) not started' in logs[-1]
+  assert signal.getsignal(signal.SIGTERM) is before  # the handler is put back
+  with pytest.raises(SystemExit) as stopped:
+    launch.exit_for(codes)
+  assert stopped.value.code == preemption.EXIT_CODE
+  with pytest.raises(SystemExit, match='1 run'):
+    launch.exit_for([0, preemption.EXIT_CODE, 1])
 
 
 def test_local_queue_runs_skips_and_resumes(suite_file, tmp_path):

@@ -5,8 +5,12 @@ so a run is resumable wherever it is started: re-launching skips finished
 runs and resumes the rest from their checkpoints.
 """
 
+import contextlib
 import os
+import signal
 import subprocess
+import sys
+import threading
 import time
 
 from artrm import parallel
@@ -56,45 +60,78 @@ def _places(slots: int | None, gpus: list[str] | None, log) -> list[tuple[dict, 
   return places
 
 
+@contextlib.contextmanager
+def _forwarding_sigterm(running: dict, stopping: threading.Event):
+  """SIGTERM to the launcher (a scheduler's preemption, `kill`) goes on to every run in
+  flight, which checkpoints and exits; no queued run starts after it. Ctrl-C needs no
+  help: the terminal signals the whole process group."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+
+  def forward(signum, frame):
+    stopping.set()
+    for proc in list(running):
+      with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGTERM)
+
+  previous = signal.signal(signal.SIGTERM, forward)
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+
+
+def _start(job: list[suites.Run], place, command, root: str):
+  """A job's subprocess in `place`, its output appended to its first run's log."""
+  run = job[0]
+  extra_env, cores, _ = place
+  env = {**os.environ, **extra_env}
+  # Runs that differ only in data (a suite's tasks of one shape) compile once.
+  env.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(os.path.abspath(root), '.jax_cache'))
+  os.makedirs(run.workdir, exist_ok=True)
+  out = open(workdir_lib.path(run.workdir, workdir_lib.STDOUT), 'a')
+  proc = subprocess.Popen(
+    command(job),
+    env=env,
+    stdout=out,
+    stderr=subprocess.STDOUT,
+    preexec_fn=None if cores is None else (lambda c=cores: os.sched_setaffinity(0, c)),
+  )
+  return proc, out
+
+
+def _status(proc, run: suites.Run) -> str:
+  if proc.returncode == 0:
+    return 'done'
+  if proc.returncode == preemption.EXIT_CODE:
+    return 'stopped by a signal with a checkpoint; re-run the command to resume'
+  return f'FAILED ({proc.returncode}); see {workdir_lib.path(run.workdir, workdir_lib.STDOUT)}'
+
+
 def _run_queue(jobs: list[list[suites.Run]], places, command, root: str, log) -> list[int]:
-  """Each job (a stack of runs) as a subprocess in the first free place; their exit codes."""
+  """Each job (a stack of runs) as a subprocess in the first free place; their exit codes.
+  On SIGTERM the runs in flight are stopped with a checkpoint and the rest not started."""
   os.makedirs(root, exist_ok=True)
   free, running, codes = list(places), {}, []
-  queue = list(jobs)
-  while queue or running:
-    while queue and free:
-      job, place = queue.pop(0), free.pop(0)
-      run = job[0]  # a stack's output goes to its first run's log
-      extra_env, cores, where = place
-      env = {**os.environ, **extra_env}
-      # Runs that differ only in data (a suite's tasks of one shape) compile once.
-      env.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(os.path.abspath(root), '.jax_cache'))
-      os.makedirs(run.workdir, exist_ok=True)
-      out = open(workdir_lib.path(run.workdir, workdir_lib.STDOUT), 'a')
-      proc = subprocess.Popen(
-        command(job),
-        env=env,
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        preexec_fn=None if cores is None else (lambda c=cores: os.sched_setaffinity(0, c)),
-      )
-      running[proc] = (run, place, out, time.perf_counter())
-      more = f' (+{len(job) - 1} stacked with it)' if len(job) > 1 else ''
-      log(f'start {run.name}{more}{where}')
-    time.sleep(0.5)
-    for proc in [p for p in running if p.poll() is not None]:
-      run, place, out, start = running.pop(proc)
-      out.close()
-      free.append(place)
-      codes.append(proc.returncode)
-      status = (
-        'done'
-        if proc.returncode == 0
-        else 'stopped by a signal with a checkpoint; re-run the command to resume'
-        if proc.returncode == preemption.EXIT_CODE
-        else f'FAILED ({proc.returncode}); see {workdir_lib.path(run.workdir, workdir_lib.STDOUT)}'
-      )
-      log(f'{status}: {run.name} in {time.perf_counter() - start:.0f}s')
+  queue, stopping = list(jobs), threading.Event()
+  with _forwarding_sigterm(running, stopping):
+    while (queue and not stopping.is_set()) or running:
+      while queue and free and not stopping.is_set():
+        job, place = queue.pop(0), free.pop(0)
+        proc, out = _start(job, place, command, root)
+        running[proc] = (job[0], place, out, time.perf_counter())
+        more = f' (+{len(job) - 1} stacked with it)' if len(job) > 1 else ''
+        log(f'start {job[0].name}{more}{place[2]}')
+      time.sleep(0.5)
+      for proc in [p for p in running if p.poll() is not None]:
+        run, place, out, start = running.pop(proc)
+        out.close()
+        free.append(place)
+        codes.append(proc.returncode)
+        log(f'{_status(proc, run)}: {run.name} in {time.perf_counter() - start:.0f}s')
+  if stopping.is_set():
+    log(f'stopped by SIGTERM: {len(queue)} job(s) not started; re-run the command to resume')
   return codes
 
 
@@ -130,6 +167,17 @@ def run_local(
       log(''.join(f'{k}={v} ' for k, v in env.items()) + suites.shell_line(command(job)))
     return []
   return _run_queue(jobs, places, command, root, log)
+
+
+def exit_for(codes: list[int]):
+  """A failed run fails the command; runs stopped with a checkpoint (and none failed)
+  exit with `preemption.EXIT_CODE`, so that a scheduler requeues the suite."""
+  failed = sum(c not in (0, preemption.EXIT_CODE) for c in codes)
+  if failed:
+    sys.exit(f'{failed} run(s) failed; re-run the command to retry them.')
+  if any(codes):
+    print('artrm suite: stopped with checkpoints; re-run the command to resume.', file=sys.stderr)
+    sys.exit(preemption.EXIT_CODE)
 
 
 # The suite root's list of `artrm train` lines, one per array task (launch/slurm.sh reads it).
