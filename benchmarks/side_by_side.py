@@ -100,6 +100,7 @@ def _artrm(args, name, rungs, tmp):
   path = os.path.join(tmp, f'{name}.json')
   cmd = [sys.executable, '-m', 'artrm', 'bench', f'--setup={name}', f'--rungs={",".join(rungs)}']
   cmd += [f'--steps={args.steps}', f'--warmup={args.warmup}', f'--out={path}']
+  cmd += [f'--eval_repeats={args.eval_repeats}']
   subprocess.run(cmd, check=True, stdout=sys.stderr)
   with open(path) as f:
     return json.load(f)
@@ -114,6 +115,9 @@ def main(argv=None):
   p.add_argument('--steps', type=int, default=20, help='timed training steps (median)')
   p.add_argument('--warmup', type=int, default=3, help='untimed steps first')
   p.add_argument('--eval_n', type=int, default=10, help="prompts the paper's evaluator decodes")
+  p.add_argument(
+    '--eval_repeats', type=int, default=1, help="timed calls of artrm's decoders per length"
+  )
   p.add_argument('--out', default='results/benchmarks/side_by_side.json')
   args = p.parse_args(argv)
   check_paths(args.paper_checkout, args.paper_python)

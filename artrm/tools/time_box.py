@@ -4,8 +4,8 @@
 
 BENCH: a bench JSON, or a folder of them (the bf16 ones are read).
 
-Runs that share one GPU overlap little: seven on one H200 each ran about 5x
-slower than alone (docs/performance.md, "On a GPU"), so the estimate is serial,
+Runs that share one GPU overlap little (docs/performance.md, "On a GPU" has the
+measurement), so the estimate is serial,
 task by task in the suite's order. It counts no
 evaluation. A bench times a step at initialisation, where ACT halts after a few
 passes; trained, the ACT rungs ran their whole budget there, and `ut` then trained
