@@ -209,9 +209,12 @@ def learned_table(part: pd.DataFrame, rows_order: list[str], tasks: list[str]) -
   for row in rows_order:
     line = {'row': row}
     for task in tasks:
-      hit = s[(s['row'] == row) & (s['task'] == task) & (s['mean'] >= LEARNED)].sort_values('step')
+      ran = s[(s['row'] == row) & (s['task'] == task)]
+      hit = ran[ran['mean'] >= LEARNED].sort_values('step')
       line[task] = (
-        f'step {int(hit["step"].iloc[0])} ({int(hit["train_passes"].iloc[0])} train passes)'
+        '–'  # not run
+        if ran.empty
+        else f'step {int(hit["step"].iloc[0])} ({int(hit["train_passes"].iloc[0])} train passes)'
         if len(hit)
         else 'not learned'
       )
