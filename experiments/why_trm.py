@@ -26,7 +26,8 @@ lr 3e-3 for every row; eval at 3 and 6) and `part=` one of its row sets:
 `depth` (the headline rows at budget 24: trm runs 4 steps), `rank` (the
 ranking on addition at matched training compute, `seeds=5`), `recipe`
 (TRM's recipe on top of the fix, with compute controls); `rows=N` keeps a part's
-first N rows (decon's first 15 take the input apart; the last 3 are the ranking's):
+first N rows, `rows=-N` its last N (decon's first 15 take the input apart, the next 3
+are the ranking's, the last 2 scale the input by sqrt(C)):
 
   python -m artrm suite --suite=experiments/why_trm.py:runlocal,addform,part=decon --root=workdirs/why_trm_add --slots=2
   python -m artrm suite --suite=experiments/why_trm.py:runlocal,addform,part=decon,rows=15,only=copy --root=workdirs/why_trm_add --slots=2
@@ -152,7 +153,8 @@ def decon_rows(max_steps: int, lr: float, budget: int) -> list[dict]:
   input_scale); scale up with the relative step 50x smaller (embed_init_std 1); the
   step alone 36x larger (embed_lr_mult), and every step larger (lr x3, x10); then the
   same split with the carry bounded (where the input alone does not suffice, which of
-  scale or step size completes carry_norm). The last 3 rows are the ranking's."""
+  scale or step size completes carry_norm). Rows 16-18 are the ranking's; the last 2
+  scale the input by sqrt(C), as TRM scales its embeddings."""
   split = [
     {'recipe.input_scale': 36.0},  # ~ 1 / 0.028: unit RMS at init
     {'optimizer.embed_lr_mult': 36.0},
@@ -174,6 +176,8 @@ def decon_rows(max_steps: int, lr: float, budget: int) -> list[dict]:
       {'model.name': 'ut_level1', **SCALE},
       {'model.name': 'ut_level2', **SCALE},
     ]
+    # TRM's own embedding scale, sqrt(C) (8 at width 64), alone and with the carry bounded.
+    + [{**row, 'recipe.input_scale': ADDFORM['model.n_embd'] ** 0.5} for row in (TRM, carry)]
   )
 
 
@@ -252,7 +256,7 @@ def get_sweep(arg=None):
   tasks = (a.only,) if a.only else TASKS
   if a.addform:
     picked = addform_rows(a.part, c.max_steps, c.optimizer.learning_rate, c.budget)
-    picked = picked[: a.rows or None]
+    picked = picked[a.rows :] if a.rows < 0 else picked[: a.rows or None]
     return [{'task': task, **row} for task in tasks for row in picked]
   if a.fix:
     return [{'task': task, **row} for task in tasks for row in fix_rows()]
