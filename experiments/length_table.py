@@ -4,6 +4,8 @@ test-time depth (inference steps) at 2L.
 
   python experiments/length_table.py workdirs/length_beyond_cpu workdirs/length_beyond_cpu_learned > results/studies/length_beyond_cpu.md
   python experiments/length_table.py workdirs/length_beyond_cpu_add3 > results/studies/length_beyond_cpu_add3.md
+  python experiments/length_table.py workdirs/length_beyond_add3_fixed > results/studies/length_beyond_add3_fixed.md
+  python experiments/length_table.py workdirs/length_beyond_add3_var > results/studies/length_beyond_add3_var.md
 """
 
 import sys
@@ -24,6 +26,8 @@ def main(roots: list[str]):
   df = pd.DataFrame([r for root in roots for r in results.gather(root)], columns=results.COLUMNS)
   final = df[(df['kind'] == 'final') & df['metric'].isin(['seq_acc', 'char_acc'])]
   L = int(final['train_length'].iloc[0])
+  shortest = int(final['train_length_min'].fillna(0).max())
+  seen = f'lengths {shortest}..{L}' if shortest else f'length {L}'
   keys = ['task', 'model', 'pos_encoding']
   by_length = []
   for key, g in final.groupby(keys, sort=False):
@@ -51,33 +55,28 @@ def main(roots: list[str]):
     for steps, h in g.groupby('inference_steps'):
       row[f'{steps / trained:g}x'] = f'{cell(h["value"])} at {int(steps)}'
     depth.append(row)
-  print(
-    '\n'.join(
-      [
-        '# Beyond the training length, CPU form: 3 seeds',
-        '',
-        f'    python experiments/length_table.py {" ".join(roots)}',
-        '',
-        f'Trained on lengths 1..{L}; seq_acc mean ± sem over seeds (n), char_acc mean in brackets;',
-        'greedy decoding on 64 fixed prompts per length.',
-        '',
-        '## By evaluation length',
-        '',
-        markdown_table(by_length),
-        '',
-        f'## At 2L = {2 * L}: each rung against `gpt` on the same encoding (Welch 95% CI)',
-        '',
-        markdown_table(versus),
-        '',
-        f'## Test-time depth at 2L = {2 * L}: seq_acc by inference steps',
-        '',
-        'Multiples of the trained steps, each cell with its steps; for ACT rungs the raised maximum.',
-        '',
-        markdown_table(depth),
-        '',
-      ]
-    )
-  )
+  sections = [
+    ('## By evaluation length', by_length),
+    (f'## At 2L = {2 * L}: each rung against `gpt` on the same encoding (Welch 95% CI)', versus),
+    (
+      f'## Test-time depth at 2L = {2 * L}: seq_acc by inference steps\n\n'
+      'Multiples of the trained steps, each cell with its steps; for ACT rungs the raised maximum.',
+      depth,
+    ),
+  ]
+  lines = [
+    '# Beyond the training length, CPU form: 3 seeds',
+    '',
+    f'    python experiments/length_table.py {" ".join(roots)}',
+    '',
+    f'Trained on {seen}; seq_acc mean ± sem over seeds (n), char_acc mean in brackets;',
+    'greedy decoding on 64 fixed prompts per length.',
+    '',
+  ]
+  for title, rows in sections:
+    if rows:  # a suite of gpt alone has no contrasts, one without recursion no depth
+      lines += [title, '', markdown_table(rows), '']
+  print('\n'.join(lines))
 
 
 if __name__ == '__main__':

@@ -21,6 +21,7 @@ CONFIG_COLUMNS = {
   'model': 'model.name',
   'task': 'task',
   'train_length': 'train_length',
+  'train_length_min': 'train_length_min',  # 0: every row at train_length
   'budget': 'budget',
   'n_embd': 'model.n_embd',
   'n_head': 'model.n_head',
