@@ -6,6 +6,7 @@ test-time depth (inference steps) at 2L.
   python experiments/length_table.py workdirs/length_beyond_cpu_add3 > results/studies/length_beyond_cpu_add3.md
   python experiments/length_table.py workdirs/length_beyond_add3_fixed > results/studies/length_beyond_add3_fixed.md
   python experiments/length_table.py workdirs/length_beyond_add3_var > results/studies/length_beyond_add3_var.md
+  python experiments/length_table.py workdirs/length_beyond_add3_fixed_4k > results/studies/length_beyond_add3_fixed_4k.md
 """
 
 import sys
