@@ -29,7 +29,7 @@ import numpy as np
 from artrm import workdir as workdir_lib
 from artrm.configs import length_gen
 from artrm.tables import markdown_table
-from artrm.tools import report_tables
+from artrm.tools import report_tables, suites
 
 # (train length, width, steps, batch, lr, schedule): the settings, cheapest first.
 SETTINGS = (
@@ -71,7 +71,7 @@ def setting(L, width, steps, batch, lr, schedule, seeds_steps=0) -> dict:
 
 def get_sweep(arg=None):
   _, a = parsed(arg)
-  picked = SETTINGS[: a.rows or None]
+  picked = suites.pick_rows(SETTINGS, a.rows)
   return [
     {'model.name': name, 'task': 'addition', **setting(*s, seeds_steps=a.steps)}
     for s in picked

@@ -40,6 +40,7 @@ every length up to L share the steps, so L itself is seen less than at a fixed l
 
 from artrm.configs import length_gen
 from artrm.data import get_task
+from artrm.tools import suites
 
 TASKS = ('copy', 'reverse', 'addition_rev')
 ENCODINGS = ('learned', 'none', 'rope', 'abacus')
@@ -125,8 +126,7 @@ def get_sweep(arg=None):
   if set(tasks) - set(known):
     raise ValueError(f'only={a.only}: tasks are {"+".join(known)}, e.g. only=copy+addition_rev.')
   every = rows(a, c.train_length)
-  picked = every[a.rows :] if a.rows < 0 else every[: a.rows or None]
-  return [{'task': task, **row} for task in tasks for row in picked]
+  return [{'task': task, **row} for task in tasks for row in suites.pick_rows(every, a.rows)]
 
 
 def length_table(roots: list[str], metric: str = 'seq_acc') -> str:

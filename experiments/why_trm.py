@@ -69,7 +69,7 @@ def rows(max_steps: int, forward_passes: int, core: bool = False) -> list[dict]:
   }
   trm = {'model.name': 'trm'}
   # As many forward passes as n_sup = n, evaluated as often per run.
-  control = lambda n: {**trm, 'max_steps': n * max_steps, 'eval.every_steps': n * max_steps // 10}
+  control = lambda n: trained_for(trm, n * max_steps)
   refs = [{'model.name': 'gpt'}, {'model.name': 'ut_level1'}, {'model.name': 'ut_level2'}, trm]
   reach = [{**trm, 'recipe.grad_reach': r} for r in ('last_step', 'all')]
   deep = lambda n: [{**trm, 'recipe.n_sup': n, 'recipe.grad_reach': r} for r in ('paper', 'all')]
@@ -136,6 +136,11 @@ def matched_compute(row: dict, max_steps: int, budget: int) -> dict:
   """`row` trained for as many steps as give gpt's training passes (steps x passes per token)."""
   steps = max_steps * train_passes_per_token({'model.name': 'gpt'}, budget)
   steps //= train_passes_per_token(row, budget)
+  return trained_for(row, steps)
+
+
+def trained_for(row: dict, steps: int) -> dict:
+  """`row` trained for `steps`, evaluated as often per run (learning curves of 10 points)."""
   return {**row, 'max_steps': steps, 'eval.every_steps': steps // 10}
 
 
@@ -201,7 +206,7 @@ def recipe_rows(max_steps: int) -> list[dict]:
   """TRM's recipe on the fixed trm; deep supervision with its forward-pass control.
   The cheaper rows first: 4 supervision passes and their control cost 4x a row."""
   sup = lambda n, update: {**FIXED, 'recipe.n_sup': n, 'recipe.sup_update': update}
-  control = lambda n: {**FIXED, 'max_steps': n * max_steps, 'eval.every_steps': n * max_steps // 10}
+  control = lambda n: trained_for(FIXED, n * max_steps)
   return [FIXED, sup(2, 'each'), control(2)] + [
     {**FIXED, 'recipe.halt_loss_weight': 0.5},
     {**FIXED, 'recipe.ema_decay': 0.999},
@@ -255,11 +260,9 @@ def get_sweep(arg=None):
   c, a = parsed(arg)
   tasks = (a.only,) if a.only else TASKS
   if a.addform:
-    picked = addform_rows(a.part, c.max_steps, c.optimizer.learning_rate, c.budget)
-    picked = picked[a.rows :] if a.rows < 0 else picked[: a.rows or None]
-    return [{'task': task, **row} for task in tasks for row in picked]
-  if a.fix:
-    return [{'task': task, **row} for task in tasks for row in fix_rows()]
-  every = rows(c.max_steps, c.budget, a.core)
-  picked = every[a.rows :] if a.rows < 0 else every[: a.rows or None]
-  return [{'task': task, **row} for task in tasks for row in picked]
+    every = addform_rows(a.part, c.max_steps, c.optimizer.learning_rate, c.budget)
+  elif a.fix:
+    every = fix_rows()
+  else:
+    every = rows(c.max_steps, c.budget, a.core)
+  return [{'task': task, **row} for task in tasks for row in suites.pick_rows(every, a.rows)]

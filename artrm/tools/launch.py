@@ -122,7 +122,8 @@ def _run_queue(jobs: list[list[suites.Run]], places, command, root: str, log) ->
         proc, out = _start(job, place, command, root)
         running[proc] = (job[0], place, out, time.perf_counter())
         more = f' (+{len(job) - 1} stacked with it)' if len(job) > 1 else ''
-        log(f'start {job[0].name}{more}{place[2]}')
+        where = place[2]  # (env, cores, where): ' on core 0', ' on GPU 1'
+        log(f'start {job[0].name}{more}{where}')
       time.sleep(0.5)
       for proc in [p for p in running if p.poll() is not None]:
         run, place, out, start = running.pop(proc)

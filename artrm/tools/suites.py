@@ -50,6 +50,11 @@ def run_name(overrides: dict[str, Any]) -> str:
   return ','.join(f'{k.split(".")[-1]}={v}' for k, v in overrides.items()) or 'base'
 
 
+def pick_rows(rows: list, n: int) -> list:
+  """A suite argument `rows=N`: the first N rows, the last -N where N < 0, all where 0."""
+  return rows[n:] if n < 0 else rows[: n or None]
+
+
 def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any]):
   for key, value in overrides.items():
     *parents, leaf = key.split('.')
