@@ -49,6 +49,8 @@ flags.DEFINE_multi_string(
     'trm,carry_norm=True,input_scale=36.0 - trm,carry_norm=True,embed_lr_mult=36.0',
     'trm,carry_norm=True,input_scale=36.0 - trm,carry_norm=True,embed_init_std=1.0',
     'trm,carry_norm=True,embed_lr_mult=36.0 - trm,carry_norm=True',
+    'trm,carry_norm=True,input_scale=36.0 - trm,carry_norm=True,input_scale=8.0',
+    'trm,carry_norm=True,input_scale=8.0 - trm,carry_norm=True',
     'trm,carry_norm=True,input_scale=36.0 - trm,carry_norm=True',
     'trm,carry_norm=True,input_scale=36.0 - ut_level1',
     'trm,carry_norm=True,input_scale=36.0 - ut_level1,carry_norm=True,input_scale=36.0',
