@@ -202,9 +202,12 @@ cd {repo}
 LINE=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" {runs_file})
 # {signal_secs} s before the time limit SLURM sends this shell SIGTERM, passed on to the
 # run: it saves a checkpoint and exits with {requeue_code}, and the task goes back in the queue.
+# The trap is set before the run starts: a signal that comes before `RUN` is known is kept.
+STOP=0; RUN=
+trap 'STOP=1; if [ -n "$RUN" ]; then kill -TERM "$RUN" 2>/dev/null || true; fi' TERM INT
 {run} &
 RUN=$!
-trap 'kill -TERM "$RUN" 2>/dev/null' TERM INT
+if [ "$STOP" -eq 1 ]; then kill -TERM "$RUN" 2>/dev/null || true; fi
 while true; do  # until the run ends: a trapped signal interrupts `wait`
   RC=0; wait "$RUN" || RC=$?
   if [ "$RC" -le 128 ] || ! kill -0 "$RUN" 2>/dev/null; then break; fi
