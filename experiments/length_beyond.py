@@ -30,6 +30,7 @@ Arguments besides `runlocal`, `seeds=N`, `dtype=...`, `steps=N`:
   fixed       every training row at L (not 1..L), as the addition form trains
   offset=N    model.abacus_max_offset of the abacus rows (default 4L: training reaches
               digit index 5L + 1, evaluation at 3L reads up to 3L + 1)
+  gap=N       model.abacus_max_gap of the abacus rows (default 1: consecutive indices)
 
 The paper form is the length-generalisation setting (n_embd 384, budget 24, 5000 steps)
 at L = 10, evaluated at 10, 15, 20 and 30. The CPU form uses `runlocal` (64 wide, batch
@@ -77,6 +78,7 @@ def parsed(arg):
     inject=False,
     length=0,
     offset=-1,
+    gap=1,
     fixed=False,
     models='',
     encodings='',
@@ -111,7 +113,10 @@ def rows(a, L: int) -> list[dict]:
   if set(encodings) - set(ENCODINGS):
     raise ValueError(f'encodings={a.encodings}: choose from {"+".join(ENCODINGS)}.')
   offset = 4 * L if a.offset < 0 else a.offset
-  abacus = {'model.abacus_max_offset': offset}
+  abacus = {
+    'model.abacus_max_offset': offset,
+    **({'model.abacus_max_gap': a.gap} if a.gap > 1 else {}),
+  }
   return [
     {**m, 'model.pos_encoding': e, **(abacus if e == 'abacus' else {})}
     for m in models.values()

@@ -35,6 +35,20 @@ def test_digit_index_continues_a_cached_run():
   np.testing.assert_array_equal(index_1xT, np.where(full_1xT > 0, full_1xT + 5, 0))
 
 
+def test_abacus_gaps_space_indices_alike_in_every_run():
+  """With gaps, digit k of every run reads offset + g_1 + ... + g_k: equal significance,
+  equal row, whatever run (operand or answer) the digit is in."""
+  idx_1xT = jnp.asarray([[1, 2, 10, 3, 4, 5, 11, 6, 13, 7, 8]])
+  gaps_1xK = jnp.asarray([[3, 1, 2, 5]])
+  index_1xT = positions.abacus_index(idx_1xT, None, jnp.asarray([5]), gaps_1xK)
+  np.testing.assert_array_equal(index_1xT, [[8, 9, 0, 8, 9, 11, 0, 8, 0, 8, 9]])
+  ones_1xK = jnp.ones_like(gaps_1xK)
+  np.testing.assert_array_equal(
+    positions.abacus_index(idx_1xT, None, jnp.asarray([5]), ones_1xK),
+    positions.abacus_index(idx_1xT, None, jnp.asarray([5])),
+  )
+
+
 def test_rope_scores_depend_on_relative_positions():
   q_D, k_D = jax.random.normal(jax.random.key(0), (2, 8))
   score = lambda i, j: jnp.dot(
@@ -49,15 +63,15 @@ def test_rope_scores_depend_on_relative_positions():
 CASES = [
   ('none', 'ut_level1', {}),
   ('rope', 'ut', {'input_injection': True}),
-  ('abacus', 'gpt_level2', {'abacus_max_offset': 4}),
+  ('abacus', 'gpt_level2', {'abacus_max_offset': 4, 'abacus_max_gap': 3}),
 ]
 
 
 @pytest.mark.parametrize('pos_encoding,name,overrides', CASES)
 def test_causal_and_cached_decoding_matches_one_forward(pos_encoding, name, overrides):
-  """A later token never changes earlier logits (in training too, abacus offsets drawn),
-  and decoding through the KV cache, two tokens then one at a time, gives each position
-  the logits of one forward (a digit run split across calls keeps its indices)."""
+  """A later token never changes earlier logits (in training too, abacus offsets and gaps
+  drawn), and decoding through the KV cache, two tokens then one at a time, gives each
+  position the logits of one forward (a digit run split across calls keeps its indices)."""
   model, params = tiny_model(name, block_size=24, pos_encoding=pos_encoding, **overrides)
   seqs_NxT = sequences()
   T, P, t = seqs_NxT.shape[1], 2, 5
@@ -82,7 +96,7 @@ def test_causal_and_cached_decoding_matches_one_forward(pos_encoding, name, over
       return out
     return out + (one(seqs_NxT, **train_mode), one(other_NxT, **train_mode))
 
-  offsets = bool(overrides.get('abacus_max_offset'))
+  offsets = bool(overrides.get('abacus_max_offset') or overrides.get('abacus_max_gap'))
   full, changed, cached, *trained = run(params, seqs_NxT, other_NxT)
   chex.assert_trees_all_close(full[:, : t + 1], changed[:, : t + 1], atol=1e-6)
   assert not np.allclose(full[:, t + 1 :], changed[:, t + 1 :]), 'later logits see the change'
@@ -110,6 +124,8 @@ def test_input_injection_adds_x_after_the_first_pass():
     (dict(pos_encoding='alibi'), "Unknown model.pos_encoding 'alibi'"),
     (dict(pos_encoding='rope', n_embd=12, n_head=4), 'choose n_embd / n_head even'),
     (dict(abacus_max_offset=3), 'use pos_encoding=abacus'),
+    (dict(abacus_max_gap=2), 'use pos_encoding=abacus'),
+    (dict(pos_encoding='abacus', abacus_max_gap=0), 'must be >= 1'),
     (dict(name='trm', input_injection=True), 'trm injects x at every z-update'),
     (dict(name='gpt', input_injection=True), 'gpt has distinct blocks'),
   ],
@@ -142,6 +158,8 @@ def test_length_checks_before_any_work():
     validation.check_config(c)
   c.model.abacus_max_offset = 3
   validation.check_config(c)
+  c.model.update(abacus_max_offset=0, abacus_max_gap=2)  # gaps reach 4 x 2 = 8 >= 7
+  validation.check_config(c)
 
 
 def test_resolve_steps():
@@ -152,10 +170,11 @@ def test_resolve_steps():
 
 
 def test_trains_with_every_switch(tmp_path):
-  """Variable lengths, abacus offsets and input injection through the training loop, then
+  """Variable lengths, abacus offsets and gaps, input injection through the training loop, then
   an evaluation at twice the trained steps (and at a longer length)."""
   c = tiny_config('ut', train_length_min=1, max_steps=4)
-  c.model.update(pos_encoding='abacus', abacus_max_offset=2, input_injection=True)
+  c.model.update(pos_encoding='abacus', abacus_max_offset=2, abacus_max_gap=2)
+  c.model.input_injection = True
   train.train_and_evaluate(c, str(tmp_path))
   scaled = eval_checkpoint.inference_scaling(str(tmp_path), ['2x'], overrides={'lengths': ['5']})
   assert scaled['inference_passes'] == {4: 4} and set(scaled['results'][4][c.seed]) == {5}

@@ -11,7 +11,13 @@
            other token. Training adds a random offset per sequence (0 up to
            `model.abacus_max_offset`) to every digit index, so that the indices
            of operands longer than the training length are trained too; the
-           evaluation adds none. A digit's index depends on the tokens before
+           evaluation adds none. With `model.abacus_max_gap` > 1, training also
+           spaces the indices apart: digit k reads offset + g_1 + ... + g_k, each
+           gap g_i drawn per sequence from 1..max_gap (the same for every run of
+           the sequence, so digits of equal significance still share a row), so
+           that a sequence's runs span and contrast indices further apart than
+           the training length holds (randomised positions, Ruoss et al. 2023);
+           evaluation uses gap 1. A digit's index depends on the tokens before
            it, so a KV cache carries the index its last token had.
 
 The rungs read `learned` and `abacus` in `RecursiveLM.embed`, `rope` in
@@ -30,8 +36,8 @@ ROPE_BASE = 10000.0
 
 def abacus_rows(cfg: ModelConfig) -> int:
   """Rows of the abacus table: index 0 (no digit), then every index a run of digits in
-  block_size positions reaches with the largest training offset."""
-  return cfg.block_size + cfg.abacus_max_offset + 1
+  block_size positions reaches with the largest training offset and gaps."""
+  return cfg.block_size * cfg.abacus_max_gap + cfg.abacus_max_offset + 1
 
 
 def digit_index(idx_BxT: jax.Array, last_B: jax.Array | None = None) -> jax.Array:
@@ -50,10 +56,19 @@ def digit_index(idx_BxT: jax.Array, last_B: jax.Array | None = None) -> jax.Arra
   return jnp.where(digit_BxT, t_T - nondigit_BxT, 0)
 
 
-def abacus_index(idx_BxT: jax.Array, last_B: jax.Array | None, offset_B: jax.Array) -> jax.Array:
-  """The row of the abacus table each token reads: its digit index plus its sequence's
-  offset, 0 for a non-digit."""
+def abacus_index(
+  idx_BxT: jax.Array,
+  last_B: jax.Array | None,
+  offset_B: jax.Array,
+  gaps_BxK: jax.Array | None = None,
+) -> jax.Array:
+  """The row of the abacus table each token reads: its digit index k plus its sequence's
+  offset, 0 for a non-digit; with `gaps_BxK` (K >= the longest run) the sum of the
+  sequence's first k gaps in place of k."""
   index_BxT = digit_index(idx_BxT, last_B)
+  if gaps_BxK is not None:
+    spaced_BxK1 = jnp.pad(jnp.cumsum(gaps_BxK, axis=1), ((0, 0), (1, 0)))
+    index_BxT = jnp.take_along_axis(spaced_BxK1, index_BxT, axis=1)
   return jnp.where(index_BxT > 0, index_BxT + offset_B[:, None], 0)
 
 

@@ -224,20 +224,27 @@ class RecursiveLM(nn.Module):
       )
     if self.config.pos_encoding == 'abacus':
       index_BxT = positions.abacus_index(
-        idx_BxT, digits_B, self._abacus_offset(idx_BxT.shape[0], deterministic)
+        idx_BxT, digits_B, *self._abacus_draws(idx_BxT.shape[0], deterministic)
       )
       x_BxTxC = x_BxTxC + self.abacus_emb.astype(self.dtype)[index_BxT]
     if self.recipe.input_norm:
       return rms_normalize(x_BxTxC)
     return x_BxTxC * self.recipe.input_scale if self.recipe.input_scale else x_BxTxC
 
-  def _abacus_offset(self, B: int, deterministic: bool) -> jax.Array:
-    """Each sequence's abacus offset: uniform in 0..model.abacus_max_offset in training
-    (keys from the `dropout` RNG stream), 0 in evaluation."""
-    top = self.config.abacus_max_offset
-    if deterministic or not top:
-      return jnp.zeros((B,), jnp.int32)
-    return jax.random.randint(self.make_rng('dropout'), (B,), 0, top + 1)
+  def _abacus_draws(self, B: int, deterministic: bool) -> tuple[jax.Array, jax.Array | None]:
+    """Each sequence's abacus offset, uniform in 0..model.abacus_max_offset, and its
+    index gaps, uniform in 1..model.abacus_max_gap (None where that is 1), in training
+    (keys from the `dropout` RNG stream); offset 0 and no gaps in evaluation."""
+    cfg = self.config
+    offset_B, gaps_BxK = jnp.zeros((B,), jnp.int32), None
+    if deterministic:
+      return offset_B, gaps_BxK
+    if cfg.abacus_max_offset:
+      offset_B = jax.random.randint(self.make_rng('dropout'), (B,), 0, cfg.abacus_max_offset + 1)
+    if cfg.abacus_max_gap > 1:
+      shape = (B, cfg.block_size)
+      gaps_BxK = jax.random.randint(self.make_rng('dropout'), shape, 1, cfg.abacus_max_gap + 1)
+    return offset_B, gaps_BxK
 
   def _forward(self, idx_BxT, steps, deterministic, full_compute, cache, carry, sup_passes):
     """`__call__` once checked: the trunk of `halting` (`trunks.TRUNKS`) once per

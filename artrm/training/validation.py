@@ -154,14 +154,15 @@ def check_lengths(config: ml_collections.ConfigDict):
       f'{config.task} at length {length}',
     )
   # The longest run of digits is the answer's (addition: L + 1 digits).
-  reach = task.answer_len(L) + config.model.get('abacus_max_offset', 0)
+  gap = config.model.get('abacus_max_gap', 1)
+  reach = task.answer_len(L) * gap + config.model.get('abacus_max_offset', 0)
   longest = max(task.answer_len(length) for length in config.eval.lengths)
   if config.model.get('pos_encoding') == 'abacus' and longest > reach:
     raise ConfigError(
       f'config.model.abacus_max_offset={config.model.abacus_max_offset}: evaluating '
       f'{config.task} at length {max(config.eval.lengths)} reads digit index {longest}, but '
       f'training reaches {reach}: raise model.abacus_max_offset to '
-      f'{longest - task.answer_len(L)}.'
+      f'{longest - task.answer_len(L) * gap}.'
     )
 
 
