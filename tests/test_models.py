@@ -274,7 +274,9 @@ def test_first_cycles_carry_no_gradient(name):
   assert float(jnp.abs(gy).max()) == 0.0
 
 
-@pytest.mark.parametrize('name', list(RUNGS))
+# Remat wraps the block in two places: distinct blocks (gpt's scan) and the tied block
+# (ut: one stream with ACT; trm: two streams, nested loops, halting exploration).
+@pytest.mark.parametrize('name', ['gpt', 'ut', 'trm'])
 def test_remat_keeps_loss_and_gradients(name):
   """model.remat changes what the backward pass stores, never the numbers (dropout on)."""
   cfg = small_config(name, dropout=0.2, n_inner_loops=2, halt_exploration_prob=0.5)
