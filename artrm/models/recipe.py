@@ -85,6 +85,11 @@ class Recipe:
   def trains_halting(self) -> bool:
     return self.halt_loss_weight > 0
 
+  @property
+  def updates_per_batch(self) -> int:
+    """Optimizer updates a batch makes: one per supervision pass ('each'), or one."""
+    return self.n_sup if self.sup_update == 'each' else 1
+
   @classmethod
   def of_config(cls, config) -> 'Recipe':
     """A run config's recipe (the paper's where it has no `recipe` section)."""

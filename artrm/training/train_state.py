@@ -59,8 +59,8 @@ def make_optimizer(
 
   `opt.embed_lr_mult` scales the embeddings' whole update (Adam step and decay):
   the step size of the input alone, everything else as it was."""
-  if recipe is not None and recipe.sup_update == 'each':
-    total_steps *= recipe.n_sup  # an optimizer update per supervision pass: the schedule's steps
+  if recipe is not None:
+    total_steps *= recipe.updates_per_batch  # the schedule counts optimizer updates
   tx = optax.adamw(
     learning_rate(opt, total_steps),
     b1=opt.b1,
