@@ -26,6 +26,7 @@ class Run:
   name: str
   overrides: dict[str, Any]
   workdir: str
+  index: int = 0  # its place in the suite's sweep (`artrm stack --runs` counts them)
 
 
 def load_suite_module(path: str):
@@ -70,7 +71,10 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any]
 def suite_runs(spec: str, root: str) -> list[Run]:
   path, arg = split_spec(spec)
   module = load_suite_module(path)
-  runs = [Run(run_name(o), dict(o), os.path.join(root, run_name(o))) for o in module.get_sweep(arg)]
+  runs = [
+    Run(run_name(o), dict(o), os.path.join(root, run_name(o)), i)
+    for i, o in enumerate(module.get_sweep(arg))
+  ]
   names = [r.name for r in runs]
   if len(set(names)) != len(names):
     raise ValueError(f'{path}: two sweep points share a name; make the overrides distinct.')
@@ -145,7 +149,6 @@ def stack_command(spec: str, root: str, stack: list[Run], mode: str, python: str
   """The command line of one stack: `artrm train` for a stack of one, else `artrm stack`."""
   if len(stack) == 1:
     return train_command(spec, stack[0], python)
-  names = [r.name for r in suite_runs(spec, root)]
   return [
     python or sys.executable,
     '-m',
@@ -153,6 +156,6 @@ def stack_command(spec: str, root: str, stack: list[Run], mode: str, python: str
     'stack',
     f'--suite={spec}',
     f'--root={root}',
-    f'--runs={",".join(str(names.index(r.name)) for r in stack)}',
+    f'--runs={",".join(str(r.index) for r in stack)}',
     f'--{"" if mode == "all" else "no"}pad',
   ]
