@@ -1,10 +1,13 @@
-"""Runs of several length-suite roots compared at one evaluation length: each run's
+"""Runs of several length-suite roots compared at given evaluation lengths: each run's
 char_acc and seq_acc (mean ± sem over seeds) and Welch 95% CIs of named differences.
 The roots share run names (a `fixed` root and a variable-length one), so a run is
-named `root_suffix/run`. The default is the take-apart of why `gpt` does not learn
-`addition_rev` at L = 3 (docs/length.md):
+named `root_suffix/run`. Two studies (docs/length.md):
 
-  python experiments/length_contrasts.py > results/studies/length_beyond_add3_contrasts.md
+  python experiments/length_contrasts.py add3 > results/studies/length_beyond_add3_contrasts.md
+  python experiments/length_contrasts.py copy > results/studies/length_beyond_copy_contrasts.md
+
+add3: why `gpt` does not learn `addition_rev` at L = 3. copy: the CPU form's copy rows
+with abacus positions at L and 2L: 1500 against 4000 steps, and index gaps (gap=3).
 """
 
 import sys
@@ -17,37 +20,92 @@ from artrm.tools import report_tables, results
 
 GPT_ABACUS = 'name=gpt,pos_encoding=abacus,abacus_max_offset=12'
 TRM_ABACUS = 'name=trm,carry_norm=True,input_scale=36.0,pos_encoding=abacus,abacus_max_offset=12'
-ROWS = {
-  'addition, learned, fixed': 'fixed/task=addition,name=gpt,pos_encoding=learned',
-  'addition, abacus, fixed': f'fixed/task=addition,{GPT_ABACUS}',
-  'addition_rev, learned, fixed': 'fixed/task=addition_rev,name=gpt,pos_encoding=learned',
-  'addition_rev, abacus, fixed': f'fixed/task=addition_rev,{GPT_ABACUS}',
-  'addition_rev, learned, 1..L': 'var/task=addition_rev,name=gpt,pos_encoding=learned',
-  'addition_rev, abacus, 1..L': f'var/task=addition_rev,{GPT_ABACUS}',
-  'addition_rev, abacus, fixed, 4000 steps': f'fixed_4k/task=addition_rev,{GPT_ABACUS}',
-  'trm: addition_rev, abacus, fixed, 4000 steps': f'fixed_4k/task=addition_rev,{TRM_ABACUS}',
-}
-CONTRASTS = [
-  ('addition, learned, fixed', 'addition, abacus, fixed'),
-  ('addition, learned, fixed', 'addition_rev, learned, fixed'),
-  ('addition_rev, learned, fixed', 'addition_rev, learned, 1..L'),
-  ('addition_rev, abacus, fixed', 'addition_rev, abacus, 1..L'),
-  ('trm: addition_rev, abacus, fixed, 4000 steps', 'addition_rev, abacus, fixed, 4000 steps'),
-]
+ADD3 = dict(
+  title='The addition_rev take-apart',
+  prefix='workdirs/length_beyond_add3_',
+  lengths=(3,),
+  rows={
+    'addition, learned, fixed': 'fixed/task=addition,name=gpt,pos_encoding=learned',
+    'addition, abacus, fixed': f'fixed/task=addition,{GPT_ABACUS}',
+    'addition_rev, learned, fixed': 'fixed/task=addition_rev,name=gpt,pos_encoding=learned',
+    'addition_rev, abacus, fixed': f'fixed/task=addition_rev,{GPT_ABACUS}',
+    'addition_rev, learned, 1..L': 'var/task=addition_rev,name=gpt,pos_encoding=learned',
+    'addition_rev, abacus, 1..L': f'var/task=addition_rev,{GPT_ABACUS}',
+    'addition_rev, abacus, fixed, 4000 steps': f'fixed_4k/task=addition_rev,{GPT_ABACUS}',
+    'trm: addition_rev, abacus, fixed, 4000 steps': f'fixed_4k/task=addition_rev,{TRM_ABACUS}',
+  },
+  contrasts=[
+    ('addition, learned, fixed', 'addition, abacus, fixed'),
+    ('addition, learned, fixed', 'addition_rev, learned, fixed'),
+    ('addition_rev, learned, fixed', 'addition_rev, learned, 1..L'),
+    ('addition_rev, abacus, fixed', 'addition_rev, abacus, 1..L'),
+    ('trm: addition_rev, abacus, fixed, 4000 steps', 'addition_rev, abacus, fixed, 4000 steps'),
+  ],
+)
+ABACUS = 'pos_encoding=abacus,abacus_max_offset=20'
+NORMS = 'carry_norm=True,input_scale=36.0'
+COPY = dict(
+  title='Copy with abacus positions: steps and index gaps',
+  prefix='workdirs/length_beyond_',
+  lengths=(5, 10),
+  rows={
+    'gpt, 1500 steps': f'cpu/task=copy,name=gpt,{ABACUS}',
+    'gpt, 4000 steps': f'cpu_4k/task=copy,name=gpt,{ABACUS}',
+    'gpt, gap 3': f'cpu_gap3/task=copy,name=gpt,{ABACUS},abacus_max_gap=3',
+    'ut, 1500 steps': f'cpu/task=copy,name=ut,{ABACUS}',
+    'ut, 4000 steps': f'cpu_4k/task=copy,name=ut,{ABACUS}',
+    'trm, 1500 steps': f'cpu/task=copy,name=trm,{NORMS},{ABACUS}',
+    'trm, 4000 steps': f'cpu_4k/task=copy,name=trm,{NORMS},{ABACUS}',
+    'trm, gap 3': f'cpu_gap3/task=copy,name=trm,{NORMS},{ABACUS},abacus_max_gap=3',
+  },
+  contrasts=[
+    ('trm, 1500 steps', 'gpt, 1500 steps'),
+    ('trm, 4000 steps', 'gpt, 4000 steps'),
+    ('ut, 4000 steps', 'gpt, 4000 steps'),
+    ('trm, 4000 steps', 'trm, 1500 steps'),
+    ('gpt, 4000 steps', 'gpt, 1500 steps'),
+    ('trm, gap 3', 'trm, 1500 steps'),
+    ('gpt, gap 3', 'gpt, 1500 steps'),
+  ],
+)
+STUDIES = {'add3': ADD3, 'copy': COPY}
 
 
-def main(prefix: str = 'workdirs/length_beyond_add3_', length: int = 3):
-  roots = {run.split('/')[0] for run in ROWS.values()}
+def main(study: str = 'add3'):
+  if study not in STUDIES:
+    raise SystemExit(f'Unknown study {study!r}; choose one of {", ".join(STUDIES)}.')
+  s = STUDIES[study]
+  rows, prefix = s['rows'], s['prefix']
+  roots = sorted({run.split('/')[0] for run in rows.values()})
   df = pd.DataFrame(
     [{**r, 'run': f'{root}/{r["run"]}'} for root in roots for r in results.gather(prefix + root)]
   )
-  at_L = df[(df['kind'] == 'final') & (df['eval_length'] == length)]
-  values = lambda row, metric: at_L[(at_L['run'] == ROWS[row]) & (at_L['metric'] == metric)][
-    'value'
+  final = df[df['kind'] == 'final'].sort_values('seed')
+  out = [
+    f'# {s["title"]}',
+    '',
+    f'    python experiments/length_contrasts.py {study}',
+    '',
+    f'Roots `{prefix}{{{",".join(roots)}}}`; mean ± sem over seeds (n), greedy decoding.',
   ]
+  for length in s['lengths']:
+    out += ['', *at_length(final[final['eval_length'] == length], s, length)]
+  print('\n'.join(out + ['']))
+
+
+def at_length(final: pd.DataFrame, s: dict, length: int) -> list[str]:
+  """The study's rows and differences at one evaluation length."""
+  values = lambda row, metric: final[
+    (final['run'] == s['rows'][row]) & (final['metric'] == metric)
+  ]['value']
   table = [
-    {'row': row, 'char_acc': cell(values(row, 'char_acc')), 'seq_acc': cell(values(row, 'seq_acc'))}
-    for row in ROWS
+    {
+      'row': row,
+      'char_acc': cell(values(row, 'char_acc')),
+      'seq_acc': cell(values(row, 'seq_acc')),
+      'seq_acc by seed': ', '.join(f'{v:.3f}' for v in values(row, 'seq_acc')),
+    }
+    for row in s['rows']
   ]
   diffs = [
     {
@@ -57,26 +115,17 @@ def main(prefix: str = 'workdirs/length_beyond_add3_', length: int = 3):
         for m in ('char_acc', 'seq_acc')
       },
     }
-    for a, b in CONTRASTS
+    for a, b in s['contrasts']
   ]
-  print(
-    '\n'.join(
-      [
-        f'# At L = {length}: the addition_rev take-apart',
-        '',
-        '    python experiments/length_contrasts.py',
-        '',
-        f'Roots `{prefix}{{{",".join(sorted(roots))}}}`; mean ± sem over seeds (n), greedy decoding.',
-        '',
-        markdown_table(table),
-        '',
-        '## Differences, Welch 95% CI',
-        '',
-        markdown_table(diffs),
-        '',
-      ]
-    )
-  )
+  return [
+    f'## At length {length}',
+    '',
+    markdown_table(table),
+    '',
+    f'### Differences at length {length}, Welch 95% CI',
+    '',
+    markdown_table(diffs),
+  ]
 
 
 if __name__ == '__main__':
