@@ -180,6 +180,8 @@ def test_suite_files_load():
     'scaling',
     'train_length',
     'why_trm',
+    'length_beyond',
+    'addition_form',
   ):
     for arg in ('', ':runlocal'):
       spec = os.path.join(root, f'{name}.py') + arg
@@ -192,6 +194,22 @@ def test_suite_files_load():
   assert [r.overrides['task'] for r in two] == ['addition'] * 7 + ['reverse'] * 7
   with pytest.raises(ValueError, match='tasks are addition'):
     suites.suite_runs(os.path.join(root, 'length_gen.py:only=add'), '/tmp/unused')
+
+
+def test_length_beyond_rows_pass_the_checks_before_any_work():
+  """Every row, with its abacus offset or gaps, passes the length checks (evaluation at 3L
+  reads only digit indices training reaches); gaps go to the abacus rows alone."""
+  from artrm.training import validation
+
+  spec = os.path.join(os.path.dirname(__file__), '..', 'experiments', 'length_beyond.py')
+  for arg in (':runlocal', ':runlocal,gap=3,offset=0', ':runlocal,fixed,length=3', ''):
+    for r in suites.suite_runs(spec + arg, '/tmp/unused'):
+      validation.check_config(suites.run_config(spec + arg, r))
+  runs = suites.suite_runs(spec + ':runlocal,gap=3,only=copy,models=gpt', '/tmp/unused')
+  gaps = {r.overrides['model.pos_encoding']: r.overrides.get('model.abacus_max_gap') for r in runs}
+  assert gaps == {'learned': None, 'none': None, 'rope': None, 'abacus': 3}
+  with pytest.raises(ValueError, match='models are gpt'):
+    suites.suite_runs(spec + ':models=gtp', '/tmp/unused')
 
 
 def test_why_trm_rows_are_valid_recipes():
