@@ -5,9 +5,11 @@ named `root_suffix/run`. Two studies (docs/length.md):
 
   python experiments/length_contrasts.py add3 > results/studies/length_beyond_add3_contrasts.md
   python experiments/length_contrasts.py copy > results/studies/length_beyond_copy_contrasts.md
+  python experiments/length_contrasts.py copy8 > results/studies/length_beyond_copy8_contrasts.md
 
 add3: why `gpt` does not learn `addition_rev` at L = 3. copy: the CPU form's copy rows
-with abacus positions at L and 2L: 1500 against 4000 steps, and index gaps (gap=3).
+with abacus positions at L and 2L: 1500 against 4000 steps, and index gaps (gap=3). copy8:
+copy trained on lengths 1..8 (4000 steps), at L, 1.5L and 2L.
 """
 
 import sys
@@ -68,7 +70,18 @@ COPY = dict(
     ('gpt, gap 3', 'gpt, 1500 steps'),
   ],
 )
-STUDIES = {'add3': ADD3, 'copy': COPY}
+COPY8 = dict(
+  title='Copy trained on lengths 1..8 with abacus positions, 4000 steps',
+  prefix='workdirs/length_beyond_',
+  lengths=(8, 12, 16),
+  rows={
+    'gpt': 'copy8_4k/task=copy,name=gpt,pos_encoding=abacus,abacus_max_offset=32',
+    'ut': 'copy8_4k/task=copy,name=ut,pos_encoding=abacus,abacus_max_offset=32',
+    'trm': f'copy8_4k/task=copy,name=trm,{NORMS},pos_encoding=abacus,abacus_max_offset=32',
+  },
+  contrasts=[('trm', 'gpt'), ('ut', 'gpt')],
+)
+STUDIES = {'add3': ADD3, 'copy': COPY, 'copy8': COPY8}
 
 
 def main(study: str = 'add3'):

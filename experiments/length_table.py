@@ -18,7 +18,9 @@ from artrm.tools import report_tables, results
 
 
 def cell(values: pd.Series) -> str:
-  """mean ± sem (n) of one group's seeds, as the report writes it."""
+  """mean ± sem (n) of one group's seeds, as the report writes it; '–' for a run not run."""
+  if values.empty:
+    return '–'
   stats = report_tables.seed_stats(values.to_frame('value').assign(group=0), ['group'])
   return report_tables.sem_cell(*stats[['mean', 'sem', 'n']].iloc[0])
 
