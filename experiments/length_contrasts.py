@@ -35,6 +35,9 @@ ADD3 = dict(
     'addition_rev, abacus, 1..L': f'var/task=addition_rev,{GPT_ABACUS}',
     'addition_rev, abacus, fixed, 4000 steps': f'fixed_4k/task=addition_rev,{GPT_ABACUS}',
     'trm: addition_rev, abacus, fixed, 4000 steps': f'fixed_4k/task=addition_rev,{TRM_ABACUS}',
+    'ut: addition_rev, abacus, fixed, 4000 steps': (
+      'fixed_4k/task=addition_rev,name=ut,pos_encoding=abacus,abacus_max_offset=12'
+    ),
   },
   contrasts=[
     ('addition, learned, fixed', 'addition, abacus, fixed'),
@@ -42,6 +45,7 @@ ADD3 = dict(
     ('addition_rev, learned, fixed', 'addition_rev, learned, 1..L'),
     ('addition_rev, abacus, fixed', 'addition_rev, abacus, 1..L'),
     ('trm: addition_rev, abacus, fixed, 4000 steps', 'addition_rev, abacus, fixed, 4000 steps'),
+    ('ut: addition_rev, abacus, fixed, 4000 steps', 'addition_rev, abacus, fixed, 4000 steps'),
   ],
 )
 ABACUS = 'pos_encoding=abacus,abacus_max_offset=20'
