@@ -113,15 +113,16 @@ def rows(a, L: int) -> list[dict]:
   if set(encodings) - set(ENCODINGS):
     raise ValueError(f'encodings={a.encodings}: choose from {"+".join(ENCODINGS)}.')
   offset = 4 * L if a.offset < 0 else a.offset
-  abacus = {
-    'model.abacus_max_offset': offset,
-    **({'model.abacus_max_gap': a.gap} if a.gap > 1 else {}),
-  }
-  return [
-    {**m, 'model.pos_encoding': e, **(abacus if e == 'abacus' else {})}
-    for m in models.values()
-    for e in encodings
-  ]
+  return [row(m, e, offset, a.gap) for m in models.values() for e in encodings]
+
+
+def row(model: dict, encoding: str, offset: int, gap: int = 1) -> dict:
+  """One row's overrides (hence its run name): the model's, its position encoding, and
+  for abacus the offset and, where above 1, the gap."""
+  if encoding != 'abacus':
+    return {**model, 'model.pos_encoding': encoding}
+  gaps = {'model.abacus_max_gap': gap} if gap > 1 else {}
+  return {**model, 'model.pos_encoding': encoding, 'model.abacus_max_offset': offset, **gaps}
 
 
 def get_sweep(arg=None):

@@ -1,43 +1,49 @@
 """Runs of several length-suite roots compared at given evaluation lengths: each run's
 char_acc and seq_acc (mean ± sem over seeds) and Welch 95% CIs of named differences.
 The roots share run names (a `fixed` root and a variable-length one), so a run is
-named `root_suffix/run`. Two studies (docs/length.md):
+named `root_suffix/run`. The studies (docs/length.md):
 
   python experiments/length_contrasts.py add3 > results/studies/length_beyond_add3_contrasts.md
   python experiments/length_contrasts.py copy > results/studies/length_beyond_copy_contrasts.md
   python experiments/length_contrasts.py copy8 > results/studies/length_beyond_copy8_contrasts.md
+  python experiments/length_contrasts.py add5 > results/studies/length_beyond_add5_contrasts.md
 
 add3: why `gpt` does not learn `addition_rev` at L = 3. copy: the CPU form's copy rows
 with abacus positions at L and 2L: 1500 against 4000 steps, and index gaps (gap=3). copy8:
-copy trained on lengths 1..8 (4000 steps), at L, 1.5L and 2L.
+copy trained on lengths 1..8 (4000 steps), at L, 1.5L and 2L. add5: addition_rev trained on
+lengths 1..5 (4000 steps), at L, 1.6L and 2L.
 """
 
 import sys
 
+from length_beyond import MODELS, row  # a run's name, as the suite's sweep writes it
 from length_table import cell  # mean ± sem (n), as every table here writes it
 import pandas as pd
 
 from artrm.tables import markdown_table
-from artrm.tools import report_tables, results
+from artrm.tools import report_tables, results, suites
 
-GPT_ABACUS = 'name=gpt,pos_encoding=abacus,abacus_max_offset=12'
-TRM_ABACUS = 'name=trm,carry_norm=True,input_scale=36.0,pos_encoding=abacus,abacus_max_offset=12'
+
+def run(root: str, task: str, model: str, encoding: str = 'abacus', offset: int = 20, gap: int = 1):
+  """`root/name` of a length_beyond.py run, named as its sweep names it."""
+  return f'{root}/{suites.run_name({"task": task, **row(MODELS[model], encoding, offset, gap)})}'
+
+
+add_rev = lambda root, model, encoding='abacus': run(root, 'addition_rev', model, encoding, 12)
 ADD3 = dict(
   title='The addition_rev take-apart',
   prefix='workdirs/length_beyond_add3_',
   lengths=(3,),
   rows={
-    'addition, learned, fixed': 'fixed/task=addition,name=gpt,pos_encoding=learned',
-    'addition, abacus, fixed': f'fixed/task=addition,{GPT_ABACUS}',
-    'addition_rev, learned, fixed': 'fixed/task=addition_rev,name=gpt,pos_encoding=learned',
-    'addition_rev, abacus, fixed': f'fixed/task=addition_rev,{GPT_ABACUS}',
-    'addition_rev, learned, 1..L': 'var/task=addition_rev,name=gpt,pos_encoding=learned',
-    'addition_rev, abacus, 1..L': f'var/task=addition_rev,{GPT_ABACUS}',
-    'addition_rev, abacus, fixed, 4000 steps': f'fixed_4k/task=addition_rev,{GPT_ABACUS}',
-    'trm: addition_rev, abacus, fixed, 4000 steps': f'fixed_4k/task=addition_rev,{TRM_ABACUS}',
-    'ut: addition_rev, abacus, fixed, 4000 steps': (
-      'fixed_4k/task=addition_rev,name=ut,pos_encoding=abacus,abacus_max_offset=12'
-    ),
+    'addition, learned, fixed': run('fixed', 'addition', 'gpt', 'learned'),
+    'addition, abacus, fixed': run('fixed', 'addition', 'gpt', offset=12),
+    'addition_rev, learned, fixed': add_rev('fixed', 'gpt', 'learned'),
+    'addition_rev, abacus, fixed': add_rev('fixed', 'gpt'),
+    'addition_rev, learned, 1..L': add_rev('var', 'gpt', 'learned'),
+    'addition_rev, abacus, 1..L': add_rev('var', 'gpt'),
+    'addition_rev, abacus, fixed, 4000 steps': add_rev('fixed_4k', 'gpt'),
+    'trm: addition_rev, abacus, fixed, 4000 steps': add_rev('fixed_4k', 'trm'),
+    'ut: addition_rev, abacus, fixed, 4000 steps': add_rev('fixed_4k', 'ut'),
   },
   contrasts=[
     ('addition, learned, fixed', 'addition, abacus, fixed'),
@@ -48,25 +54,18 @@ ADD3 = dict(
     ('ut: addition_rev, abacus, fixed, 4000 steps', 'addition_rev, abacus, fixed, 4000 steps'),
   ],
 )
-ABACUS = 'pos_encoding=abacus,abacus_max_offset=20'
-NORMS = 'carry_norm=True,input_scale=36.0'
 COPY = dict(
   title='Copy with abacus positions: steps and index gaps',
   prefix='workdirs/length_beyond_',
   lengths=(5, 10),
   rows={
-    'gpt, 1500 steps': f'cpu/task=copy,name=gpt,{ABACUS}',
-    'gpt, 4000 steps': f'cpu_4k/task=copy,name=gpt,{ABACUS}',
-    'gpt, gap 3': f'cpu_gap3/task=copy,name=gpt,{ABACUS},abacus_max_gap=3',
-    'ut, 1500 steps': f'cpu/task=copy,name=ut,{ABACUS}',
-    'ut, 4000 steps': f'cpu_4k/task=copy,name=ut,{ABACUS}',
-    'ut_level1, 1500 steps': f'cpu/task=copy,name=ut_level1,{ABACUS}',
-    'ut_level1, 4000 steps': f'cpu_4k/task=copy,name=ut_level1,{ABACUS}',
-    'ut_level2, 1500 steps': f'cpu/task=copy,name=ut_level2,{NORMS},{ABACUS}',
-    'ut_level2, 4000 steps': f'cpu_4k/task=copy,name=ut_level2,{NORMS},{ABACUS}',
-    'trm, 1500 steps': f'cpu/task=copy,name=trm,{NORMS},{ABACUS}',
-    'trm, 4000 steps': f'cpu_4k/task=copy,name=trm,{NORMS},{ABACUS}',
-    'trm, gap 3': f'cpu_gap3/task=copy,name=trm,{NORMS},{ABACUS},abacus_max_gap=3',
+    **{
+      f'{m}, {steps} steps': run(root, 'copy', m)
+      for m in ('gpt', 'ut', 'ut_level1', 'ut_level2', 'trm')
+      for steps, root in (('1500', 'cpu'), ('4000', 'cpu_4k'))
+    },
+    'gpt, gap 3': run('cpu_gap3', 'copy', 'gpt', gap=3),
+    'trm, gap 3': run('cpu_gap3', 'copy', 'trm', gap=3),
   },
   contrasts=[
     ('trm, 1500 steps', 'gpt, 1500 steps'),
@@ -84,14 +83,17 @@ COPY8 = dict(
   title='Copy trained on lengths 1..8 with abacus positions, 4000 steps',
   prefix='workdirs/length_beyond_',
   lengths=(8, 12, 16),
-  rows={
-    'gpt': 'copy8_4k/task=copy,name=gpt,pos_encoding=abacus,abacus_max_offset=32',
-    'ut': 'copy8_4k/task=copy,name=ut,pos_encoding=abacus,abacus_max_offset=32',
-    'trm': f'copy8_4k/task=copy,name=trm,{NORMS},pos_encoding=abacus,abacus_max_offset=32',
-  },
+  rows={m: run('copy8_4k', 'copy', m, offset=32) for m in ('gpt', 'ut', 'trm')},
   contrasts=[('trm', 'gpt'), ('ut', 'gpt')],
 )
-STUDIES = {'add3': ADD3, 'copy': COPY, 'copy8': COPY8}
+ADD5 = dict(
+  title='addition_rev trained on lengths 1..5 with abacus positions, 4000 steps',
+  prefix='workdirs/length_beyond_',
+  lengths=(5, 8, 10),
+  rows={m: run('add5_4k', 'addition_rev', m) for m in ('gpt', 'ut', 'trm')},
+  contrasts=[('trm', 'gpt'), ('ut', 'gpt')],
+)
+STUDIES = {'add3': ADD3, 'copy': COPY, 'copy8': COPY8, 'add5': ADD5}
 
 
 def main(study: str = 'add3'):
