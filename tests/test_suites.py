@@ -61,7 +61,7 @@ def test_sigterm_to_the_local_queue_stops_its_runs_and_starts_no_more(tmp_path):
       pathlib.Path({str(ready)!r}).touch()
       time.sleep(60)
       """)
-  jobs = [[suites.Run(f'r{i}', {}, str(tmp_path / f'r{i}'))] for i in range(3)]
+  jobs = [[suites.Run(f'r{i}', {}, str(tmp_path / f'r{i}'), i)] for i in range(3)]
   places = [({}, None, '')]  # one slot: r0 runs, r1 and r2 wait
 
   def stop_when_ready():

@@ -26,7 +26,7 @@ class Run:
   name: str
   overrides: dict[str, Any]
   workdir: str
-  index: int = 0  # its place in the suite's sweep (`artrm stack --runs` counts them)
+  index: int  # its place in the suite's sweep (`artrm stack --runs` counts them)
 
 
 def load_suite_module(path: str):
