@@ -31,6 +31,9 @@ Arguments besides `runlocal`, `seeds=N`, `dtype=...`, `steps=N`:
   offset=N    model.abacus_max_offset of the abacus rows (default 4L: training reaches
               digit index 5L + 1, evaluation at 3L reads up to 3L + 1)
   gap=N       model.abacus_max_gap of the abacus rows (default 1: consecutive indices)
+  down        model.abacus_count_down in the abacus rows: the answer counts down from the
+              input's length, so reverse's answer digit reads its input digit's index
+              (copy and reverse only)
 
 The paper form is the length-generalisation setting (n_embd 384, budget 24, 5000 steps)
 at L = 10, evaluated at 10, 15, 20 and 30. The CPU form uses `runlocal` (64 wide, batch
@@ -79,6 +82,7 @@ def parsed(arg):
     length=0,
     offset=-1,
     gap=1,
+    down=False,
     fixed=False,
     models='',
     encodings='',
@@ -113,16 +117,23 @@ def rows(a, L: int) -> list[dict]:
   if set(encodings) - set(ENCODINGS):
     raise ValueError(f'encodings={a.encodings}: choose from {"+".join(ENCODINGS)}.')
   offset = 4 * L if a.offset < 0 else a.offset
-  return [row(m, e, offset, a.gap) for m in models.values() for e in encodings]
+  return [row(m, e, offset, a.gap, a.down) for m in models.values() for e in encodings]
 
 
-def row(model: dict, encoding: str, offset: int, gap: int = 1) -> dict:
+def row(model: dict, encoding: str, offset: int, gap: int = 1, down: bool = False) -> dict:
   """One row's overrides (hence its run name): the model's, its position encoding, and
-  for abacus the offset and, where above 1, the gap."""
+  for abacus the offset and, where set, the gap and the count-down."""
   if encoding != 'abacus':
     return {**model, 'model.pos_encoding': encoding}
   gaps = {'model.abacus_max_gap': gap} if gap > 1 else {}
-  return {**model, 'model.pos_encoding': encoding, 'model.abacus_max_offset': offset, **gaps}
+  downs = {'model.abacus_count_down': True} if down else {}
+  return {
+    **model,
+    'model.pos_encoding': encoding,
+    'model.abacus_max_offset': offset,
+    **gaps,
+    **downs,
+  }
 
 
 def get_sweep(arg=None):

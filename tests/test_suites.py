@@ -197,12 +197,20 @@ def test_suite_files_load():
 
 
 def test_length_beyond_rows_pass_the_checks_before_any_work():
-  """Every row, with its abacus offset or gaps, passes the length checks (evaluation at 3L
-  reads only digit indices training reaches); gaps go to the abacus rows alone."""
+  """Every row, with its abacus offset, gaps or count-down, passes the length checks
+  (evaluation at 3L reads only digit indices training reaches); gaps go to the abacus
+  rows alone."""
   from artrm.training import validation
 
   spec = os.path.join(os.path.dirname(__file__), '..', 'experiments', 'length_beyond.py')
-  for arg in (':runlocal', ':runlocal,gap=3,offset=0', ':runlocal,fixed,length=3', ''):
+  args = (
+    ':runlocal',
+    ':runlocal,gap=3,offset=0',
+    ':runlocal,fixed,length=3',
+    ':down,only=reverse',
+    '',
+  )
+  for arg in args:
     for r in suites.suite_runs(spec + arg, '/tmp/unused'):
       validation.check_config(suites.run_config(spec + arg, r))
   runs = suites.suite_runs(spec + ':runlocal,gap=3,only=copy,models=gpt', '/tmp/unused')

@@ -127,7 +127,7 @@ def init_cache(model, batch: int, length: int, inference_steps: int | None = Non
     jnp.zeros(shape, cfg.dtype),
     jnp.zeros((), jnp.int32),
     jnp.full((batch,), steps, jnp.int32),
-    jnp.zeros((batch,), jnp.int32),
+    jnp.zeros((batch, 2), jnp.int32),
   )
 
 

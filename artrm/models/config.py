@@ -49,6 +49,7 @@ class ModelConfig:
   pos_encoding: str = 'learned'  # POS_ENCODINGS (artrm.models.positions)
   abacus_max_offset: int = 0  # pos_encoding='abacus': training offsets drawn from 0..this
   abacus_max_gap: int = 1  # pos_encoding='abacus': training index gaps drawn from 1..this
+  abacus_count_down: bool = False  # pos_encoding='abacus': a run after a run counts down
   input_injection: bool = False  # single-stream tied rungs: x added at every pass
 
   def __post_init__(self):
@@ -72,6 +73,11 @@ class ModelConfig:
       raise ValueError(
         f'model.abacus_max_gap={self.abacus_max_gap} applies to pos_encoding=abacus only '
         'and must be >= 1: set it to 1 or use pos_encoding=abacus.'
+      )
+    if self.abacus_count_down and self.pos_encoding != 'abacus':
+      raise ValueError(
+        'model.abacus_count_down applies to pos_encoding=abacus only: set it False or '
+        'use pos_encoding=abacus.'
       )
     rung = get_rung(self.name) if self.input_injection else None
     if rung and (rung.stream != 'single' or not rung.tied):

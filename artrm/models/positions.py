@@ -17,8 +17,12 @@
            the sequence, so digits of equal significance still share a row), so
            that a sequence's runs span and contrast indices further apart than
            the training length holds (randomised positions, Ruoss et al. 2023);
-           evaluation uses gap 1. A digit's index depends on the tokens before
-           it, so a KV cache carries the index its last token had.
+           evaluation uses gap 1. With `model.abacus_count_down`, a run that
+           follows another run counts down from that run's length n: its k-th
+           digit reads n + 1 - k, so reverse's k-th answer digit reads the index
+           of the input digit it copies, at every length. A digit's index
+           depends on the tokens before it, so a KV cache carries what its last
+           token had (`digit_runs`).
 
 The rungs read `learned` and `abacus` in `RecursiveLM.embed`, `rope` in
 `block.CausalSelfAttention`.
@@ -56,16 +60,51 @@ def digit_index(idx_BxT: jax.Array, last_B: jax.Array | None = None) -> jax.Arra
   return jnp.where(digit_BxT, t_T - nondigit_BxT, 0)
 
 
+def digit_runs(idx_BxT: jax.Array, last_Bx2: jax.Array | None = None) -> jax.Array:
+  """Each token's digit index k (`digit_index`) and the length of the last run of digits
+  that ended before its own run began (for a non-digit: at or before it; 0 if none), as
+  [B, T, 2]. `last_Bx2` is that pair for the token before idx_BxT[:, 0] (a KV cache's
+  last token, `[:, -1]` of this; None: there is none), so decoding in pieces reads
+  what one pass over the whole sequence reads."""
+  B, T = idx_BxT.shape
+  last_Bx2 = jnp.zeros((B, 2), jnp.int32) if last_Bx2 is None else last_Bx2
+  k_BxT = digit_index(idx_BxT, last_Bx2[:, 0])
+  t_T = jnp.arange(T)
+  # The last digit at or before each position: -1 is the cached token where it is a
+  # digit, -2 where the cached token's own pair answers.
+  cached_B = jnp.where(last_Bx2[:, 0] > 0, -1, -2)
+  seen_BxT = jax.lax.cummax(jnp.where(idx_BxT < N_DIGITS, t_T[None], -2), axis=1)
+  seen_BxT = jnp.maximum(seen_BxT, cached_B[:, None])
+  # The token before a token's run is the token itself for a non-digit; a run begun in
+  # the cache has none here (-1), and the cached pair's run-before answers.
+  start_BxT = t_T[None] - k_BxT
+  ended_BxT = jnp.where(
+    start_BxT >= 0, jnp.take_along_axis(seen_BxT, jnp.maximum(start_BxT, 0), axis=1), -2
+  )
+  before_BxT = jnp.where(
+    ended_BxT >= 0,
+    jnp.take_along_axis(k_BxT, jnp.maximum(ended_BxT, 0), axis=1),
+    jnp.where(ended_BxT == -1, last_Bx2[:, :1], last_Bx2[:, 1:]),
+  )
+  return jnp.stack([k_BxT, before_BxT], axis=-1)
+
+
 def abacus_index(
   idx_BxT: jax.Array,
-  last_B: jax.Array | None,
+  last_Bx2: jax.Array | None,
   offset_B: jax.Array,
   gaps_BxK: jax.Array | None = None,
+  count_down: bool = False,
 ) -> jax.Array:
   """The row of the abacus table each token reads: its digit index k plus its sequence's
-  offset, 0 for a non-digit; with `gaps_BxK` (K >= the longest run) the sum of the
-  sequence's first k gaps in place of k."""
-  index_BxT = digit_index(idx_BxT, last_B)
+  offset, 0 for a non-digit; with `count_down`, n + 1 - k in a run that follows a run of
+  n digits (0 past n); with `gaps_BxK` (K >= the longest run) the sum of the sequence's
+  first that-many gaps in place of the count. `last_Bx2`: as in `digit_runs`."""
+  runs_BxTx2 = digit_runs(idx_BxT, last_Bx2)
+  index_BxT, before_BxT = runs_BxTx2[..., 0], runs_BxTx2[..., 1]
+  if count_down:
+    down_BxT = jnp.maximum(before_BxT + 1 - index_BxT, 0)
+    index_BxT = jnp.where((index_BxT > 0) & (before_BxT > 0), down_BxT, index_BxT)
   if gaps_BxK is not None:
     spaced_BxK1 = jnp.pad(jnp.cumsum(gaps_BxK, axis=1), ((0, 0), (1, 0)))
     index_BxT = jnp.take_along_axis(spaced_BxK1, index_BxT, axis=1)

@@ -210,12 +210,12 @@ class RecursiveLM(nn.Module):
     self,
     idx_BxT: jax.Array,
     start: jax.Array | int = 0,
-    digits_B: jax.Array | None = None,
+    runs_Bx2: jax.Array | None = None,
     deterministic: bool = True,
   ) -> jax.Array:
     """The input x every rung starts from: token embeddings plus the position signal of
-    model.pos_encoding (`positions`) for positions start.. (`digits_B`: the digit index
-    of the token before them), at unit RMS with recipe.input_norm or scaled by
+    model.pos_encoding (`positions`) for positions start.. (`runs_Bx2`: the digit runs
+    of the token before them, `positions.digit_runs`), at unit RMS with recipe.input_norm or scaled by
     recipe.input_scale (`model.apply(..., method='embed')`)."""
     x_BxTxC = self.tok_emb(idx_BxT)
     if self.config.pos_encoding == 'learned':
@@ -224,7 +224,10 @@ class RecursiveLM(nn.Module):
       )
     if self.config.pos_encoding == 'abacus':
       index_BxT = positions.abacus_index(
-        idx_BxT, digits_B, *self._abacus_draws(idx_BxT.shape[0], deterministic)
+        idx_BxT,
+        runs_Bx2,
+        *self._abacus_draws(idx_BxT.shape[0], deterministic),
+        count_down=self.config.abacus_count_down,
       )
       x_BxTxC = x_BxTxC + self.abacus_emb.astype(self.dtype)[index_BxT]
     if self.recipe.input_norm:
@@ -251,8 +254,8 @@ class RecursiveLM(nn.Module):
     supervision pass, each from the detached streams the last one ended with."""
     cfg = self.config
     start, T = (0 if cache is None else cache.index), idx_BxT.shape[1]
-    digits_B = None if cache is None else cache.digits
-    x_BxTxC = self.embed(idx_BxT, start, digits_B, deterministic)
+    runs_Bx2 = None if cache is None else cache.digit_runs
+    x_BxTxC = self.embed(idx_BxT, start, runs_Bx2, deterministic)
     if cache is not None and self.halting in ('act', 'q_trained'):
       # Halted positions keep evolving and later positions attend to every
       # pass of theirs: a new token must fill the cache at all steps.
@@ -285,7 +288,7 @@ class RecursiveLM(nn.Module):
       aux['carry'] = stream
     if cache is not None:
       aux['cache'] = ctx.kv._replace(
-        index=start + T, digits=positions.digit_index(idx_BxT, digits_B)[:, -1]
+        index=start + T, digit_runs=positions.digit_runs(idx_BxT, runs_Bx2)[:, -1]
       )
     return self.lm_head(self.ln_f(h_BxTxC)).astype(jnp.float32), aux
 

@@ -29,7 +29,7 @@ class KVCache(NamedTuple):
   value_PxBxHxSxD: jax.Array
   index: jax.Array  # int32: positions cached, i.e. the position of the next token
   steps: jax.Array  # int32 [B]: TRM's step count per sequence, fixed by the Q-head at prefill
-  digits: jax.Array  # int32 [B]: the last cached token's digit index (`positions.digit_index`)
+  digit_runs: jax.Array  # int32 [B, 2]: the last cached token's `positions.digit_runs`
 
 
 class Streams(NamedTuple):

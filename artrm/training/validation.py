@@ -128,7 +128,8 @@ def check_config(config: ml_collections.ConfigDict):
 def check_lengths(config: ml_collections.ConfigDict):
   """The training and evaluation lengths against model.block_size, the shortest training
   length against the longest, and, for abacus positions, the digit indices evaluation
-  reads against those training reaches with its offsets."""
+  reads against those training reaches with its offsets, and a count-down against the
+  task."""
   task, L, block_size = get_task(config.task), config.train_length, config.model.block_size
   if not 0 <= config.train_length_min <= L:
     raise ConfigError(
@@ -163,6 +164,12 @@ def check_lengths(config: ml_collections.ConfigDict):
       f'{config.task} at length {max(config.eval.lengths)} reads digit index {longest}, but '
       f'training reaches {reach}: raise model.abacus_max_offset to '
       f'{longest - task.answer_len(L) * gap}.'
+    )
+  if config.model.get('abacus_count_down') and (task.n_operands > 1 or task.extra_answer_digits):
+    raise ConfigError(
+      f'config.model.abacus_count_down counts a run down from the length of the run before '
+      f'it, which suits one operand and an answer as long (copy, reverse); {config.task} '
+      'has more: set it False.'
     )
 
 
