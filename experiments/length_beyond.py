@@ -34,6 +34,8 @@ Arguments besides `runlocal`, `seeds=N`, `dtype=...`, `steps=N`:
   down        model.abacus_count_down in the abacus rows: the answer counts down from the
               input's length, so reverse's answer digit reads its input digit's index
               (copy and reverse only)
+  sep         model.abacus_separator in the abacus rows: the token right after a run of n
+              digits reads index n + 1
 
 The paper form is the length-generalisation setting (n_embd 384, budget 24, 5000 steps)
 at L = 10, evaluated at 10, 15, 20 and 30. The CPU form uses `runlocal` (64 wide, batch
@@ -83,6 +85,7 @@ def parsed(arg):
     offset=-1,
     gap=1,
     down=False,
+    sep=False,
     fixed=False,
     models='',
     encodings='',
@@ -117,22 +120,26 @@ def rows(a, L: int) -> list[dict]:
   if set(encodings) - set(ENCODINGS):
     raise ValueError(f'encodings={a.encodings}: choose from {"+".join(ENCODINGS)}.')
   offset = 4 * L if a.offset < 0 else a.offset
-  return [row(m, e, offset, a.gap, a.down) for m in models.values() for e in encodings]
+  return [row(m, e, offset, a.gap, a.down, a.sep) for m in models.values() for e in encodings]
 
 
-def row(model: dict, encoding: str, offset: int, gap: int = 1, down: bool = False) -> dict:
+def row(
+  model: dict, encoding: str, offset: int, gap: int = 1, down: bool = False, sep: bool = False
+) -> dict:
   """One row's overrides (hence its run name): the model's, its position encoding, and
-  for abacus the offset and, where set, the gap and the count-down."""
+  for abacus the offset and, where set, the gap, the count-down and the separator."""
   if encoding != 'abacus':
     return {**model, 'model.pos_encoding': encoding}
   gaps = {'model.abacus_max_gap': gap} if gap > 1 else {}
   downs = {'model.abacus_count_down': True} if down else {}
+  seps = {'model.abacus_separator': True} if sep else {}
   return {
     **model,
     'model.pos_encoding': encoding,
     'model.abacus_max_offset': offset,
     **gaps,
     **downs,
+    **seps,
   }
 
 

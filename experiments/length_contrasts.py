@@ -7,11 +7,14 @@ named `root_suffix/run`. The studies (docs/length.md):
   python experiments/length_contrasts.py copy > results/studies/length_beyond_copy_contrasts.md
   python experiments/length_contrasts.py copy8 > results/studies/length_beyond_copy8_contrasts.md
   python experiments/length_contrasts.py add5 > results/studies/length_beyond_add5_contrasts.md
+  python experiments/length_contrasts.py reverse > results/studies/length_beyond_reverse_contrasts.md
 
 add3: why `gpt` does not learn `addition_rev` at L = 3. copy: the CPU form's copy rows
-with abacus positions at L and 2L: 1500 against 4000 steps, and index gaps (gap=3). copy8:
+with abacus positions at L and 2L: 1500, 4000 and 8000 steps, and index gaps (gap=3). copy8:
 copy trained on lengths 1..8 (4000 steps), at L, 1.5L and 2L. add5: addition_rev trained on
-lengths 1..5 (4000 steps), at L, 1.6L and 2L.
+lengths 1..5 (4000 steps), at L, 1.6L and 2L. reverse: reverse with the answer's abacus
+indices counting up (the default) and counting down (`down`), 4000 steps. Each study also
+prints every seed's accuracy at each answer position at 2L (add3 aside).
 """
 
 import sys
@@ -24,9 +27,18 @@ from artrm.tables import markdown_table
 from artrm.tools import report_tables, results, suites
 
 
-def run(root: str, task: str, model: str, encoding: str = 'abacus', offset: int = 20, gap: int = 1):
+def run(
+  root: str,
+  task: str,
+  model: str,
+  encoding: str = 'abacus',
+  offset: int = 20,
+  gap: int = 1,
+  down: bool = False,
+):
   """`root/name` of a length_beyond.py run, named as its sweep names it."""
-  return f'{root}/{suites.run_name({"task": task, **row(MODELS[model], encoding, offset, gap)})}'
+  overrides = row(MODELS[model], encoding, offset, gap, down)
+  return f'{root}/{suites.run_name({"task": task, **overrides})}'
 
 
 add_rev = lambda root, model, encoding='abacus': run(root, 'addition_rev', model, encoding, 12)
@@ -58,12 +70,14 @@ COPY = dict(
   title='Copy with abacus positions: steps and index gaps',
   prefix='workdirs/length_beyond_',
   lengths=(5, 10),
+  positions=(10,),
   rows={
     **{
       f'{m}, {steps} steps': run(root, 'copy', m)
       for m in ('gpt', 'ut', 'ut_level1', 'ut_level2', 'trm')
       for steps, root in (('1500', 'cpu'), ('4000', 'cpu_4k'))
     },
+    **{f'{m}, 8000 steps': run('cpu_8k', 'copy', m) for m in ('gpt', 'trm')},
     'gpt, gap 3': run('cpu_gap3', 'copy', 'gpt', gap=3),
     'trm, gap 3': run('cpu_gap3', 'copy', 'trm', gap=3),
   },
@@ -73,7 +87,9 @@ COPY = dict(
     ('ut, 4000 steps', 'gpt, 4000 steps'),
     ('ut_level1, 4000 steps', 'gpt, 4000 steps'),
     ('ut_level2, 4000 steps', 'gpt, 4000 steps'),
+    ('trm, 8000 steps', 'gpt, 8000 steps'),
     ('trm, 4000 steps', 'trm, 1500 steps'),
+    ('trm, 8000 steps', 'trm, 4000 steps'),
     ('gpt, 4000 steps', 'gpt, 1500 steps'),
     ('trm, gap 3', 'trm, 1500 steps'),
     ('gpt, gap 3', 'gpt, 1500 steps'),
@@ -83,6 +99,7 @@ COPY8 = dict(
   title='Copy trained on lengths 1..8 with abacus positions, 4000 steps',
   prefix='workdirs/length_beyond_',
   lengths=(8, 12, 16),
+  positions=(16,),
   rows={m: run('copy8_4k', 'copy', m, offset=32) for m in ('gpt', 'ut', 'trm')},
   contrasts=[('trm', 'gpt'), ('ut', 'gpt')],
 )
@@ -90,10 +107,28 @@ ADD5 = dict(
   title='addition_rev trained on lengths 1..5 with abacus positions, 4000 steps',
   prefix='workdirs/length_beyond_',
   lengths=(5, 8, 10),
+  positions=(10,),
   rows={m: run('add5_4k', 'addition_rev', m) for m in ('gpt', 'ut', 'trm')},
   contrasts=[('trm', 'gpt'), ('ut', 'gpt')],
 )
-STUDIES = {'add3': ADD3, 'copy': COPY, 'copy8': COPY8, 'add5': ADD5}
+REVERSE = dict(
+  title='Reverse with abacus positions counting up and counting down, 4000 steps',
+  prefix='workdirs/length_beyond_',
+  lengths=(5, 8, 10),
+  positions=(10,),
+  rows={
+    **{f'{m}, up': run('cpu_4k', 'reverse', m) for m in ('gpt', 'ut', 'trm')},
+    **{f'{m}, down': run('rev_down_4k', 'reverse', m, down=True) for m in ('gpt', 'ut', 'trm')},
+  },
+  contrasts=[
+    ('trm, down', 'gpt, down'),
+    ('ut, down', 'gpt, down'),
+    ('trm, down', 'trm, up'),
+    ('ut, down', 'ut, up'),
+    ('gpt, down', 'gpt, up'),
+  ],
+)
+STUDIES = {'add3': ADD3, 'copy': COPY, 'copy8': COPY8, 'add5': ADD5, 'reverse': REVERSE}
 
 
 def main(study: str = 'add3'):
@@ -115,7 +150,34 @@ def main(study: str = 'add3'):
   ]
   for length in s['lengths']:
     out += ['', *at_length(final[final['eval_length'] == length], s, length)]
+  for length in s.get('positions', ()):
+    out += ['', *by_position(final[final['eval_length'] == length], s, length)]
   print('\n'.join(out + ['']))
+
+
+def by_position(final: pd.DataFrame, s: dict, length: int) -> list[str]:
+  """Each seed's accuracy at every answer position (1 = the first answer digit) and how
+  many positions fall below 0.9: where in the answer a row errs, and whether its errors
+  spread along the answer or sit at a few positions."""
+  table = []
+  for label, name in s['rows'].items():
+    for seed, seed_df in final[final['run'] == name].groupby('seed', sort=True):
+      acc = seed_df[seed_df['metric'].str.fullmatch(r'pos\d+')].set_index('metric')['value']
+      acc = [acc[f'pos{i}'] for i in range(len(acc))]
+      table.append(
+        {
+          'row': label,
+          'seed': seed,
+          'seq_acc': f'{seed_df[seed_df["metric"] == "seq_acc"]["value"].item():.3f}',
+          'positions below 0.9': sum(v < 0.9 for v in acc),
+          **{str(i + 1): f'{v:.2f}' for i, v in enumerate(acc)},
+        }
+      )
+  return [
+    f'## Accuracy at each answer position at length {length}, by seed',
+    '',
+    markdown_table(table),
+  ]
 
 
 def at_length(final: pd.DataFrame, s: dict, length: int) -> list[str]:

@@ -37,11 +37,18 @@ def test_digit_index_continues_a_cached_run():
 
 def test_digit_runs_count_down_after_a_run_in_pieces_as_whole():
   """With count_down, reverse's answer digit k reads the index of input digit n + 1 - k
-  (here, n = 4, offset 5), and a cache split anywhere (inside either run, on the
-  separator, in the padding) carries what a single pass over the sequence reads."""
+  (here, n = 4, offset 5); with separator, the token right after a run reads n + 1. A
+  cache split anywhere (inside either run, on the separator, in the padding) carries
+  what a single pass over the sequence reads."""
   idx_1xT = jnp.asarray([[1, 2, 3, 4, 12, 4, 3, 2, 1, 13, 13, 5]])
-  down_1xT = positions.abacus_index(idx_1xT, None, jnp.asarray([5]), count_down=True)
-  np.testing.assert_array_equal(down_1xT, [[6, 7, 8, 9, 0, 9, 8, 7, 6, 0, 0, 9]])
+  index = lambda idx, last, **kw: positions.abacus_index(idx, last, jnp.asarray([5]), **kw)
+  expected = {
+    (True, False): [6, 7, 8, 9, 0, 9, 8, 7, 6, 0, 0, 9],
+    (True, True): [6, 7, 8, 9, 10, 9, 8, 7, 6, 10, 0, 9],
+    (False, True): [6, 7, 8, 9, 10, 6, 7, 8, 9, 10, 0, 6],
+  }
+  for (down, sep), want in expected.items():
+    np.testing.assert_array_equal(index(idx_1xT, None, count_down=down, separator=sep), [want])
   full_1xTx2 = positions.digit_runs(idx_1xT)
   np.testing.assert_array_equal(full_1xTx2[0, :, 1], [0, 0, 0, 0, 4, 4, 4, 4, 4, 4, 4, 4])
   for split in range(1, idx_1xT.shape[1]):
@@ -49,10 +56,10 @@ def test_digit_runs_count_down_after_a_run_in_pieces_as_whole():
     np.testing.assert_array_equal(
       positions.digit_runs(idx_1xT[:, split:], last_1x2), full_1xTx2[:, split:]
     )
-    np.testing.assert_array_equal(
-      positions.abacus_index(idx_1xT[:, split:], last_1x2, jnp.asarray([5]), count_down=True),
-      down_1xT[:, split:],
-    )
+    for (down, sep), want in expected.items():
+      np.testing.assert_array_equal(
+        index(idx_1xT[:, split:], last_1x2, count_down=down, separator=sep), [want[split:]]
+      )
 
 
 def test_abacus_gaps_space_indices_alike_in_every_run():
@@ -84,7 +91,7 @@ CASES = [
   ('none', 'ut_level1', {}),
   ('rope', 'ut', {'input_injection': True}),
   ('abacus', 'gpt_level2', {'abacus_max_offset': 4, 'abacus_max_gap': 3}),
-  ('abacus', 'ut', {'abacus_max_offset': 2, 'abacus_count_down': True}),
+  ('abacus', 'ut', {'abacus_max_offset': 2, 'abacus_count_down': True, 'abacus_separator': True}),
 ]
 
 
@@ -148,6 +155,7 @@ def test_input_injection_adds_x_after_the_first_pass():
     (dict(abacus_max_gap=2), 'use pos_encoding=abacus'),
     (dict(pos_encoding='abacus', abacus_max_gap=0), 'must be >= 1'),
     (dict(abacus_count_down=True), 'use pos_encoding=abacus'),
+    (dict(abacus_separator=True), 'abacus_separator applies to pos_encoding=abacus'),
     (dict(name='trm', input_injection=True), 'trm injects x at every z-update'),
     (dict(name='gpt', input_injection=True), 'gpt has distinct blocks'),
   ],
@@ -182,7 +190,13 @@ def test_length_checks_before_any_work():
   validation.check_config(c)
   c.model.update(abacus_max_offset=0, abacus_max_gap=2)  # gaps reach 4 x 2 = 8 >= 7
   validation.check_config(c)
-  c.model.abacus_count_down = True
+  c.model.abacus_separator = True  # the token after the answer reads 8 > (4 + 1) x 1 + 2
+  c.model.update(abacus_max_offset=2, abacus_max_gap=1)
+  with pytest.raises(
+    validation.ConfigError, match='reads digit index 8, .* raise model.abacus_max_offset to 3'
+  ):
+    validation.check_config(c)
+  c.model.update(abacus_max_offset=3, abacus_count_down=True)
   with pytest.raises(validation.ConfigError, match='suits one operand .* set it False'):
     validation.check_config(c)
   c.task = 'reverse'

@@ -50,6 +50,7 @@ class ModelConfig:
   abacus_max_offset: int = 0  # pos_encoding='abacus': training offsets drawn from 0..this
   abacus_max_gap: int = 1  # pos_encoding='abacus': training index gaps drawn from 1..this
   abacus_count_down: bool = False  # pos_encoding='abacus': a run after a run counts down
+  abacus_separator: bool = False  # pos_encoding='abacus': the token after a run reads n + 1
   input_injection: bool = False  # single-stream tied rungs: x added at every pass
 
   def __post_init__(self):
@@ -74,11 +75,12 @@ class ModelConfig:
         f'model.abacus_max_gap={self.abacus_max_gap} applies to pos_encoding=abacus only '
         'and must be >= 1: set it to 1 or use pos_encoding=abacus.'
       )
-    if self.abacus_count_down and self.pos_encoding != 'abacus':
-      raise ValueError(
-        'model.abacus_count_down applies to pos_encoding=abacus only: set it False or '
-        'use pos_encoding=abacus.'
-      )
+    for switch in ('abacus_count_down', 'abacus_separator'):
+      if getattr(self, switch) and self.pos_encoding != 'abacus':
+        raise ValueError(
+          f'model.{switch} applies to pos_encoding=abacus only: set it False or '
+          'use pos_encoding=abacus.'
+        )
     rung = get_rung(self.name) if self.input_injection else None
     if rung and (rung.stream != 'single' or not rung.tied):
       has = 'injects x at every z-update' if rung.tied else 'has distinct blocks, no recursion'

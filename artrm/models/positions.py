@@ -20,9 +20,12 @@
            evaluation uses gap 1. With `model.abacus_count_down`, a run that
            follows another run counts down from that run's length n: its k-th
            digit reads n + 1 - k, so reverse's k-th answer digit reads the index
-           of the input digit it copies, at every length. A digit's index
-           depends on the tokens before it, so a KV cache carries what its last
-           token had (`digit_runs`).
+           of the input digit it copies, at every length. With
+           `model.abacus_separator`, the token right after a run of n digits
+           (an operator, the prompt's end) reads n + 1, so the token that
+           predicts reverse's first answer digit reads one above it too. A
+           digit's index depends on the tokens before it, so a KV cache carries
+           what its last token had (`digit_runs`).
 
 The rungs read `learned` and `abacus` in `RecursiveLM.embed`, `rope` in
 `block.CausalSelfAttention`.
@@ -95,16 +98,23 @@ def abacus_index(
   offset_B: jax.Array,
   gaps_BxK: jax.Array | None = None,
   count_down: bool = False,
+  separator: bool = False,
 ) -> jax.Array:
   """The row of the abacus table each token reads: its digit index k plus its sequence's
   offset, 0 for a non-digit; with `count_down`, n + 1 - k in a run that follows a run of
-  n digits (0 past n); with `gaps_BxK` (K >= the longest run) the sum of the sequence's
-  first that-many gaps in place of the count. `last_Bx2`: as in `digit_runs`."""
+  n digits (0 past n); with `separator`, n + 1 for the non-digit right after a run of n
+  digits; with `gaps_BxK` (K >= the longest run + 1) the sum of the sequence's first
+  that-many gaps in place of the count. `last_Bx2`: as in `digit_runs`."""
   runs_BxTx2 = digit_runs(idx_BxT, last_Bx2)
-  index_BxT, before_BxT = runs_BxTx2[..., 0], runs_BxTx2[..., 1]
+  k_BxT, before_BxT = runs_BxTx2[..., 0], runs_BxTx2[..., 1]
+  index_BxT = k_BxT
   if count_down:
-    down_BxT = jnp.maximum(before_BxT + 1 - index_BxT, 0)
-    index_BxT = jnp.where((index_BxT > 0) & (before_BxT > 0), down_BxT, index_BxT)
+    down_BxT = jnp.maximum(before_BxT + 1 - k_BxT, 0)
+    index_BxT = jnp.where((k_BxT > 0) & (before_BxT > 0), down_BxT, index_BxT)
+  if separator:
+    cached_Bx1 = jnp.zeros_like(k_BxT[:, :1]) if last_Bx2 is None else last_Bx2[:, :1]
+    k_before_BxT = jnp.concatenate([cached_Bx1, k_BxT[:, :-1]], axis=1)
+    index_BxT = jnp.where((k_BxT == 0) & (k_before_BxT > 0), k_before_BxT + 1, index_BxT)
   if gaps_BxK is not None:
     spaced_BxK1 = jnp.pad(jnp.cumsum(gaps_BxK, axis=1), ((0, 0), (1, 0)))
     index_BxT = jnp.take_along_axis(spaced_BxK1, index_BxT, axis=1)

@@ -228,6 +228,7 @@ class RecursiveLM(nn.Module):
         runs_Bx2,
         *self._abacus_draws(idx_BxT.shape[0], deterministic),
         count_down=self.config.abacus_count_down,
+        separator=self.config.abacus_separator,
       )
       x_BxTxC = x_BxTxC + self.abacus_emb.astype(self.dtype)[index_BxT]
     if self.recipe.input_norm:

@@ -154,16 +154,17 @@ def check_lengths(config: ml_collections.ConfigDict):
       task.answer_len(length),
       f'{config.task} at length {length}',
     )
-  # The longest run of digits is the answer's (addition: L + 1 digits).
-  gap = config.model.get('abacus_max_gap', 1)
-  reach = task.answer_len(L) * gap + config.model.get('abacus_max_offset', 0)
-  longest = max(task.answer_len(length) for length in config.eval.lengths)
+  # The longest run of digits is the answer's (addition: L + 1 digits); with
+  # abacus_separator the token after it reads one more.
+  gap, sep = config.model.get('abacus_max_gap', 1), int(config.model.get('abacus_separator', 0))
+  trained = (task.answer_len(L) + sep) * gap
+  reach = trained + config.model.get('abacus_max_offset', 0)
+  longest = max(task.answer_len(length) for length in config.eval.lengths) + sep
   if config.model.get('pos_encoding') == 'abacus' and longest > reach:
     raise ConfigError(
       f'config.model.abacus_max_offset={config.model.abacus_max_offset}: evaluating '
       f'{config.task} at length {max(config.eval.lengths)} reads digit index {longest}, but '
-      f'training reaches {reach}: raise model.abacus_max_offset to '
-      f'{longest - task.answer_len(L) * gap}.'
+      f'training reaches {reach}: raise model.abacus_max_offset to {longest - trained}.'
     )
   if config.model.get('abacus_count_down') and (task.n_operands > 1 or task.extra_answer_digits):
     raise ConfigError(
