@@ -5,7 +5,7 @@ position encoding does not, and does more test-time recursion help? Rows: `gpt` 
 control: no recursion), `ut`, `ut_level1`, and `trm` and `ut_level2` with the input
 scaled to unit RMS at init and the carry bounded (`recipe.input_scale=36`,
 `recipe.carry_norm`: the fix under which trm learns addition), each with `model.pos_encoding`
-learned (the paper's), none, rope and abacus. Tasks copy, reverse and addition_rev (the
+learned (the paper's), none, rope, abacus and abacus_rope. Tasks copy, reverse and addition_rev (the
 sum least-significant digit first). Every row trains on lengths drawn per row from 1..L
 (`train_length_min=1`) and is evaluated at L, 1.5L, 2L and 3L; 3 seeds each (vmapped).
 
@@ -30,11 +30,12 @@ Arguments besides `runlocal`, `seeds=N`, `dtype=...`, `steps=N`:
   fixed       every training row at L (not 1..L), as the addition form trains
   offset=N    model.abacus_max_offset of the abacus rows (default 4L: training reaches
               digit index 5L + 1, evaluation at 3L reads up to 3L + 1)
-  gap=N       model.abacus_max_gap of the abacus rows (default 1: consecutive indices)
-  down        model.abacus_count_down in the abacus rows: the answer counts down from the
+  gap=N       model.abacus_max_gap of the abacus and abacus_rope rows (default 1:
+              consecutive indices)
+  down        model.abacus_count_down in the abacus and abacus_rope rows: the answer counts down from the
               input's length, so reverse's answer digit reads its input digit's index
               (copy and reverse only)
-  sep         model.abacus_separator in the abacus rows: the token right after a run of n
+  sep         model.abacus_separator in the abacus and abacus_rope rows: the token right after a run of n
               digits reads index n + 1
 
 The paper form is the length-generalisation setting (n_embd 384, budget 24, 5000 steps)
@@ -49,7 +50,7 @@ from artrm.data import get_task
 from artrm.tools import suites
 
 TASKS = ('copy', 'reverse', 'addition_rev')
-ENCODINGS = ('learned', 'none', 'rope', 'abacus')
+ENCODINGS = ('learned', 'none', 'rope', 'abacus', 'abacus_rope')
 # The fix under which trm learns addition (why_trm.py addform, docs/science.md): x scaled to
 # unit RMS at init (1 / 0.028) and the carry bounded.
 NORMS = {'recipe.carry_norm': True, 'recipe.input_scale': 36.0}
@@ -127,16 +128,19 @@ def row(
   model: dict, encoding: str, offset: int, gap: int = 1, down: bool = False, sep: bool = False
 ) -> dict:
   """One row's overrides (hence its run name): the model's, its position encoding, and
-  for abacus the offset and, where set, the gap, the count-down and the separator."""
-  if encoding != 'abacus':
+  for abacus the offset, and for abacus and abacus_rope, where set, the gap, the
+  count-down and the separator."""
+  if encoding not in ('abacus', 'abacus_rope'):
     return {**model, 'model.pos_encoding': encoding}
+  # Rotation scores index differences, which an offset leaves alone: abacus_rope has none.
+  offsets = {'model.abacus_max_offset': offset} if encoding == 'abacus' else {}
   gaps = {'model.abacus_max_gap': gap} if gap > 1 else {}
   downs = {'model.abacus_count_down': True} if down else {}
   seps = {'model.abacus_separator': True} if sep else {}
   return {
     **model,
     'model.pos_encoding': encoding,
-    'model.abacus_max_offset': offset,
+    **offsets,
     **gaps,
     **downs,
     **seps,

@@ -79,8 +79,8 @@ def test_abacus_gaps_space_indices_alike_in_every_run():
 def test_rope_scores_depend_on_relative_positions():
   q_D, k_D = jax.random.normal(jax.random.key(0), (2, 8))
   score = lambda i, j: jnp.dot(
-    positions.rope(q_D[None], jnp.asarray([i]), 0)[0],
-    positions.rope(k_D[None], jnp.asarray([j]), 0)[0],
+    positions.rope(q_D[None, None], jnp.asarray([[i]]), 1)[0, 0],
+    positions.rope(k_D[None, None], jnp.asarray([[j]]), 1)[0, 0],
   )
   np.testing.assert_allclose(score(7, 3), score(24, 20), rtol=1e-5)
   assert not np.isclose(score(7, 3), score(7, 4))
@@ -92,6 +92,7 @@ CASES = [
   ('rope', 'ut', {'input_injection': True}),
   ('abacus', 'gpt_level2', {'abacus_max_offset': 4, 'abacus_max_gap': 3}),
   ('abacus', 'ut', {'abacus_max_offset': 2, 'abacus_count_down': True, 'abacus_separator': True}),
+  ('abacus_rope', 'trm', {'abacus_max_gap': 3, 'abacus_separator': True}),
 ]
 
 
@@ -152,6 +153,7 @@ def test_input_injection_adds_x_after_the_first_pass():
     (dict(pos_encoding='alibi'), "Unknown model.pos_encoding 'alibi'"),
     (dict(pos_encoding='rope', n_embd=12, n_head=4), 'choose n_embd / n_head even'),
     (dict(abacus_max_offset=3), 'use pos_encoding=abacus'),
+    (dict(pos_encoding='abacus_rope', abacus_max_offset=3), 'abacus_rope scores index differences'),
     (dict(abacus_max_gap=2), 'use pos_encoding=abacus'),
     (dict(pos_encoding='abacus', abacus_max_gap=0), 'must be >= 1'),
     (dict(abacus_count_down=True), 'use pos_encoding=abacus'),

@@ -199,7 +199,7 @@ def test_suite_files_load():
 def test_length_beyond_rows_pass_the_checks_before_any_work():
   """Every row, with its abacus offset, gaps or count-down, passes the length checks
   (evaluation at 3L reads only digit indices training reaches); gaps go to the abacus
-  rows alone."""
+  rows alone, offsets to the learned abacus table alone."""
   from artrm.training import validation
 
   spec = os.path.join(os.path.dirname(__file__), '..', 'experiments', 'length_beyond.py')
@@ -215,7 +215,11 @@ def test_length_beyond_rows_pass_the_checks_before_any_work():
       validation.check_config(suites.run_config(spec + arg, r))
   runs = suites.suite_runs(spec + ':runlocal,gap=3,only=copy,models=gpt', '/tmp/unused')
   gaps = {r.overrides['model.pos_encoding']: r.overrides.get('model.abacus_max_gap') for r in runs}
-  assert gaps == {'learned': None, 'none': None, 'rope': None, 'abacus': 3}
+  assert gaps == {'learned': None, 'none': None, 'rope': None, 'abacus': 3, 'abacus_rope': 3}
+  offsets = {
+    r.overrides['model.pos_encoding']: r.overrides.get('model.abacus_max_offset') for r in runs
+  }
+  assert offsets == {'learned': None, 'none': None, 'rope': None, 'abacus': 20, 'abacus_rope': None}
   with pytest.raises(ValueError, match='models are gpt'):
     suites.suite_runs(spec + ':models=gtp', '/tmp/unused')
 

@@ -64,11 +64,16 @@ class CausalSelfAttention(nn.Module):
   n_head: int
   dropout: float
   dtype: Any = jnp.float32
-  rope: bool = False  # rotary q / k (model.pos_encoding='rope', `positions.rope`)
+  rope: bool = False  # rotary q / k (model.pos_encoding='rope' or 'abacus_rope', `positions.rope`)
 
   @nn.compact
   def __call__(
-    self, x_BxTxC: jax.Array, deterministic: bool, slot: KVSlot | None = None, rngs=(None, None)
+    self,
+    x_BxTxC: jax.Array,
+    deterministic: bool,
+    slot: KVSlot | None = None,
+    rngs=(None, None),
+    rope_BxT: jax.Array | None = None,
   ):
     C = x_BxTxC.shape[-1]
     if C % self.n_head:
@@ -84,9 +89,11 @@ class CausalSelfAttention(nn.Module):
     v_BxHxTxD = jnp.einsum('btc,hcd->bhtd', x_BxTxC, proj('value'))
     start = 0 if slot is None else slot.start
     if self.rope:  # keys are cached rotated: a key's rotation is fixed by its position
-      positions_T = start + jnp.arange(x_BxTxC.shape[1])
-      q_BxTxHxD = positions.rope(q_BxTxHxD, positions_T, time_axis=1)
-      k_BxHxTxD = positions.rope(k_BxHxTxD, positions_T, time_axis=2)
+      # rope_BxT: the tokens' abacus indices; None: their positions in the sequence.
+      if rope_BxT is None:
+        rope_BxT = start + jnp.arange(x_BxTxC.shape[1])[None]
+      q_BxTxHxD = positions.rope(q_BxTxHxD, rope_BxT, time_axis=1)
+      k_BxHxTxD = positions.rope(k_BxHxTxD, rope_BxT, time_axis=2)
     k_BxHxSxD, v_BxHxSxD = k_BxHxTxD, v_BxHxTxD
     if slot is not None:
       put = lambda a, new: jax.lax.dynamic_update_slice(
@@ -129,7 +136,12 @@ class CausalMLPMixer(nn.Module):
 
   @nn.compact
   def __call__(
-    self, x_BxTxC: jax.Array, deterministic: bool, slot: KVSlot | None = None, rngs=(None, None)
+    self,
+    x_BxTxC: jax.Array,
+    deterministic: bool,
+    slot: KVSlot | None = None,
+    rngs=(None, None),
+    rope_BxT=None,  # unused: the signature of the attention it replaces
   ):
     if slot is not None:
       raise ValueError(
@@ -171,7 +183,7 @@ class Block(nn.Module):
   mixer: str = 'attention'  # 'attention' or 'mlp' (recipe.mixer)
   max_len: int = 0  # positions the MLP mixer spans (model.block_size)
   dtype: Any = jnp.float32
-  rope: bool = False  # rotary q / k in attention (model.pos_encoding='rope')
+  rope: bool = False  # rotary q / k in attention (model.pos_encoding='rope' or 'abacus_rope')
 
   @nn.compact
   def __call__(
@@ -180,11 +192,13 @@ class Block(nn.Module):
     deterministic: bool = True,
     slot: KVSlot | None = None,
     rng: jax.Array | None = None,
+    rope_BxT: jax.Array | None = None,
   ) -> tuple[jax.Array, KVSlot | None]:
     if self.rope and self.mixer != 'attention':
       raise ValueError(
-        'model.pos_encoding=rope rotates attention queries and keys; recipe.mixer=mlp has '
-        'none: use pos_encoding learned, none or abacus, or mixer=attention.'
+        'model.pos_encoding=rope or abacus_rope rotates attention queries and keys; '
+        'recipe.mixer=mlp has none: use pos_encoding learned, none or abacus, or '
+        'mixer=attention.'
       )
     mix = (
       CausalSelfAttention(self.n_head, self.dropout, self.dtype, self.rope, name='attn')
@@ -192,7 +206,9 @@ class Block(nn.Module):
       else CausalMLPMixer(self.n_head, self.dropout, self.max_len, self.dtype, name='mix')
     )
     rngs = (None,) * 3 if rng is None else tuple(jax.random.split(rng, 3))
-    attn_BxTxC, slot = mix(layer_norm('ln1', self.dtype)(x_BxTxC), deterministic, slot, rngs[:2])
+    attn_BxTxC, slot = mix(
+      layer_norm('ln1', self.dtype)(x_BxTxC), deterministic, slot, rngs[:2], rope_BxT
+    )
     h_BxTxC = x_BxTxC + attn_BxTxC
     out_BxTxC = h_BxTxC + MLP(self.dropout, self.dtype, name='mlp')(
       layer_norm('ln2', self.dtype)(h_BxTxC), deterministic, rngs[2]

@@ -24,7 +24,7 @@ DTYPES = ('float32', 'bfloat16')
 # Values of jax.default_matmul_precision for float32 matmuls ('default': JAX's own choice).
 MATMUL_PRECISIONS = ('default', 'tensorfloat32', 'float32')
 # Where a token is, as the model sees it (`artrm.models.positions`; 'learned': the paper's).
-POS_ENCODINGS = ('learned', 'none', 'rope', 'abacus')
+POS_ENCODINGS = ('learned', 'none', 'rope', 'abacus', 'abacus_rope')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,26 +60,28 @@ class ModelConfig:
       raise ValueError(
         f'Unknown model.pos_encoding {self.pos_encoding!r}; choose one of {POS_ENCODINGS}.'
       )
-    if self.pos_encoding == 'rope' and (self.n_embd // self.n_head) % 2:
+    if self.pos_encoding in ('rope', 'abacus_rope') and (self.n_embd // self.n_head) % 2:
       raise ValueError(
-        f'model.pos_encoding=rope rotates pairs of channels, but a head has '
+        f'model.pos_encoding={self.pos_encoding} rotates pairs of channels, but a head has '
         f'{self.n_embd // self.n_head}: choose n_embd / n_head even.'
       )
     if self.abacus_max_offset < 0 or (self.abacus_max_offset and self.pos_encoding != 'abacus'):
       raise ValueError(
-        f'model.abacus_max_offset={self.abacus_max_offset} applies to pos_encoding=abacus '
-        'only and must be >= 0: set it to 0 or use pos_encoding=abacus.'
+        f'model.abacus_max_offset={self.abacus_max_offset} shifts the rows of '
+        'pos_encoding=abacus (abacus_rope scores index differences, which a shift leaves '
+        'alone) and must be >= 0: set it to 0 or use pos_encoding=abacus.'
       )
-    if self.abacus_max_gap < 1 or (self.abacus_max_gap > 1 and self.pos_encoding != 'abacus'):
+    abacus = self.pos_encoding in ('abacus', 'abacus_rope')
+    if self.abacus_max_gap < 1 or (self.abacus_max_gap > 1 and not abacus):
       raise ValueError(
-        f'model.abacus_max_gap={self.abacus_max_gap} applies to pos_encoding=abacus only '
-        'and must be >= 1: set it to 1 or use pos_encoding=abacus.'
+        f'model.abacus_max_gap={self.abacus_max_gap} applies to pos_encoding=abacus or '
+        'abacus_rope only and must be >= 1: set it to 1 or use pos_encoding=abacus.'
       )
     for switch in ('abacus_count_down', 'abacus_separator'):
-      if getattr(self, switch) and self.pos_encoding != 'abacus':
+      if getattr(self, switch) and not abacus:
         raise ValueError(
-          f'model.{switch} applies to pos_encoding=abacus only: set it False or '
-          'use pos_encoding=abacus.'
+          f'model.{switch} applies to pos_encoding=abacus or abacus_rope only: set it '
+          'False or use pos_encoding=abacus.'
         )
     rung = get_rung(self.name) if self.input_injection else None
     if rung and (rung.stream != 'single' or not rung.tied):

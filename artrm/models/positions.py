@@ -6,6 +6,9 @@
   rope     q and k rotated by their absolute position inside attention (`rope`),
            so attention scores depend on relative positions; decoding with the
            KV cache, a new token's position is the cache's index
+  abacus_rope  q and k rotated by their abacus index (below, without offsets:
+           rotation makes scores depend on index differences alone), so that
+           "the digit one index above mine" is one rotation at every length
   abacus   a learned vector per digit index, added to x: a digit's 1-based place
            in its run of consecutive digits (its operand or answer), 0 for any
            other token. Training adds a random offset per sequence (0 up to
@@ -27,8 +30,8 @@
            digit's index depends on the tokens before it, so a KV cache carries
            what its last token had (`digit_runs`).
 
-The rungs read `learned` and `abacus` in `RecursiveLM.embed`, `rope` in
-`block.CausalSelfAttention`.
+The rungs read `learned` and `abacus` in `RecursiveLM.embed`, `rope` and `abacus_rope`
+in `block.CausalSelfAttention` (the abacus indices reach it through `PassContext`).
 """
 
 import jax
@@ -121,15 +124,16 @@ def abacus_index(
   return jnp.where(index_BxT > 0, index_BxT + offset_B[:, None], 0)
 
 
-def rope(x: jax.Array, positions_T: jax.Array, time_axis: int) -> jax.Array:
-  """x [..., D] with each channel pair (i, i + D/2) rotated by position x angle_i
-  (rotary embedding, float32 angles); `time_axis` is x's axis of `positions_T`."""
+def rope(x: jax.Array, positions_BxT: jax.Array, time_axis: int) -> jax.Array:
+  """x [B, ..., D] with each channel pair (i, i + D/2) rotated by position x angle_i
+  (rotary embedding, float32 angles); `time_axis` is x's axis of T, and positions_BxT's
+  B may be 1 (one set of positions for every sequence)."""
   D = x.shape[-1]
   inv_freq_H = ROPE_BASE ** (-jnp.arange(0, D, 2, dtype=jnp.float32) / D)
-  angle_TxH = positions_T.astype(jnp.float32)[:, None] * inv_freq_H[None]
-  shape = [1] * x.ndim
-  shape[time_axis], shape[-1] = positions_T.shape[0], D
-  cos, sin = (jnp.tile(f(angle_TxH), 2).reshape(shape) for f in (jnp.cos, jnp.sin))
+  angle_BxTxH = positions_BxT.astype(jnp.float32)[..., None] * inv_freq_H
+  shape = [positions_BxT.shape[0]] + [1] * (x.ndim - 1)
+  shape[time_axis], shape[-1] = positions_BxT.shape[1], D
+  cos, sin = (jnp.tile(f(angle_BxTxH), 2).reshape(shape) for f in (jnp.cos, jnp.sin))
   x32 = x.astype(jnp.float32)
   rotated = jnp.concatenate([-x32[..., D // 2 :], x32[..., : D // 2]], axis=-1)
   return (x32 * cos + rotated * sin).astype(x.dtype)

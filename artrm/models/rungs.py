@@ -76,7 +76,7 @@ class RecursiveLM(nn.Module):
       )
     if self.uses_step_embeddings:
       self.step_emb = self.param('step_emb', INIT, (rung.default_steps(cfg), cfg.n_embd))
-    rope = cfg.pos_encoding == 'rope'
+    rope = cfg.pos_encoding in ('rope', 'abacus_rope')
     block_args = (cfg.n_head, cfg.dropout, recipe.mixer, cfg.block_size, self.dtype, rope)
     if rung.tied:
       self.block = block_class(cfg.remat)(*block_args)
@@ -223,17 +223,22 @@ class RecursiveLM(nn.Module):
         self.pos_emb.astype(self.dtype), start, idx_BxT.shape[1]
       )
     if self.config.pos_encoding == 'abacus':
-      index_BxT = positions.abacus_index(
-        idx_BxT,
-        runs_Bx2,
-        *self._abacus_draws(idx_BxT.shape[0], deterministic),
-        count_down=self.config.abacus_count_down,
-        separator=self.config.abacus_separator,
-      )
+      index_BxT = self._abacus_index(idx_BxT, runs_Bx2, deterministic)
       x_BxTxC = x_BxTxC + self.abacus_emb.astype(self.dtype)[index_BxT]
     if self.recipe.input_norm:
       return rms_normalize(x_BxTxC)
     return x_BxTxC * self.recipe.input_scale if self.recipe.input_scale else x_BxTxC
+
+  def _abacus_index(self, idx_BxT, runs_Bx2, deterministic: bool) -> jax.Array:
+    """`positions.abacus_index` with this model's switches and training draws."""
+    cfg = self.config
+    return positions.abacus_index(
+      idx_BxT,
+      runs_Bx2,
+      *self._abacus_draws(idx_BxT.shape[0], deterministic),
+      count_down=cfg.abacus_count_down,
+      separator=cfg.abacus_separator,
+    )
 
   def _abacus_draws(self, B: int, deterministic: bool) -> tuple[jax.Array, jax.Array | None]:
     """Each sequence's abacus offset, uniform in 0..model.abacus_max_offset, and its
@@ -270,7 +275,10 @@ class RecursiveLM(nn.Module):
     )
     stream = init_streams(self, x_BxTxC) if carry is None else carry
     dropout_key = None if deterministic or not cfg.dropout else self.make_rng('dropout')
-    ctx = PassContext(jnp.zeros((), jnp.int32), cache, dropout_key)
+    rope_BxT = None
+    if cfg.pos_encoding == 'abacus_rope':
+      rope_BxT = self._abacus_index(idx_BxT, runs_Bx2, deterministic)
+    ctx = PassContext(jnp.zeros((), jnp.int32), cache, dropout_key, rope_BxT)
     if sup_passes == 1:
       h_BxTxC, stream, ctx, aux = trunk(self, stream=stream, ctx=ctx)
     else:

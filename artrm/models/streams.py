@@ -54,14 +54,15 @@ class PassContext(NamedTuple):
   count: jax.Array
   kv: KVCache | None = None
   dropout_key: jax.Array | None = None
+  rope_BxT: jax.Array | None = None  # abacus indices that rotate q / k (pos_encoding=abacus_rope)
 
 
 def apply_block(block: nn.Module, h_BxTxC, ctx: PassContext, deterministic):
   """One block pass; when decoding, it reads and extends this pass's slice of the cache."""
-  count, kv, key = ctx
+  count, kv, key, rope_BxT = ctx
   slot = None if kv is None else KVSlot(kv.key_PxBxHxSxD, kv.value_PxBxHxSxD, count, kv.index)
   rng = None if key is None else jax.random.fold_in(key, count)
-  out_BxTxC, slot = block(h_BxTxC, deterministic, slot, rng)
+  out_BxTxC, slot = block(h_BxTxC, deterministic, slot, rng, rope_BxT)
   if kv is not None:
     kv = kv._replace(key_PxBxHxSxD=slot.key_PxBxHxSxD, value_PxBxHxSxD=slot.value_PxBxHxSxD)
   return out_BxTxC, ctx._replace(count=count + 1, kv=kv)
