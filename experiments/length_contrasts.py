@@ -13,7 +13,8 @@ add3: why `gpt` does not learn `addition_rev` at L = 3. copy: the CPU form's cop
 with abacus positions at L and 2L: 1500, 4000 and 8000 steps, and index gaps (gap=3). copy8:
 copy trained on lengths 1..8 (4000 steps), at L, 1.5L and 2L. add5: addition_rev trained on
 lengths 1..5 (4000 steps), at L, 1.6L and 2L. reverse: reverse with the answer's abacus
-indices counting up (the default) and counting down (`down`), 4000 steps. Each study also
+indices counting up (the default), counting down (`down`), and counting down with the
+separator indexed (`down,sep`), 4000 steps. Each study also
 prints every seed's accuracy at each answer position at 2L (add3 aside).
 """
 
@@ -35,9 +36,10 @@ def run(
   offset: int = 20,
   gap: int = 1,
   down: bool = False,
+  sep: bool = False,
 ):
   """`root/name` of a length_beyond.py run, named as its sweep names it."""
-  overrides = row(MODELS[model], encoding, offset, gap, down)
+  overrides = row(MODELS[model], encoding, offset, gap, down, sep)
   return f'{root}/{suites.run_name({"task": task, **overrides})}'
 
 
@@ -111,14 +113,16 @@ ADD5 = dict(
   rows={m: run('add5_4k', 'addition_rev', m) for m in ('gpt', 'ut', 'trm')},
   contrasts=[('trm', 'gpt'), ('ut', 'gpt')],
 )
+RUNGS = ('gpt', 'ut', 'trm')
 REVERSE = dict(
-  title='Reverse with abacus positions counting up and counting down, 4000 steps',
+  title='Reverse with abacus positions counting up, counting down, and down from the separator',
   prefix='workdirs/length_beyond_',
   lengths=(5, 8, 10),
   positions=(10,),
   rows={
-    **{f'{m}, up': run('cpu_4k', 'reverse', m) for m in ('gpt', 'ut', 'trm')},
-    **{f'{m}, down': run('rev_down_4k', 'reverse', m, down=True) for m in ('gpt', 'ut', 'trm')},
+    **{f'{m}, up': run('cpu_4k', 'reverse', m) for m in RUNGS},
+    **{f'{m}, down': run('rev_down_4k', 'reverse', m, down=True) for m in RUNGS},
+    **{f'{m}, down, sep': run('rev_sep_4k', 'reverse', m, down=True, sep=True) for m in RUNGS},
   },
   contrasts=[
     ('trm, down', 'gpt, down'),
@@ -126,6 +130,10 @@ REVERSE = dict(
     ('trm, down', 'trm, up'),
     ('ut, down', 'ut, up'),
     ('gpt, down', 'gpt, up'),
+    ('trm, down, sep', 'gpt, down, sep'),
+    ('ut, down, sep', 'gpt, down, sep'),
+    ('trm, down, sep', 'trm, down'),
+    ('ut, down, sep', 'ut, down'),
   ],
 )
 STUDIES = {'add3': ADD3, 'copy': COPY, 'copy8': COPY8, 'add5': ADD5, 'reverse': REVERSE}
