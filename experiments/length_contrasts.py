@@ -8,13 +8,16 @@ named `root_suffix/run`. The studies (docs/length.md):
   python experiments/length_contrasts.py copy8 > results/studies/length_beyond_copy8_contrasts.md
   python experiments/length_contrasts.py add5 > results/studies/length_beyond_add5_contrasts.md
   python experiments/length_contrasts.py reverse > results/studies/length_beyond_reverse_contrasts.md
+  python experiments/length_contrasts.py rope > results/studies/length_beyond_rope_contrasts.md
 
 add3: why `gpt` does not learn `addition_rev` at L = 3. copy: the CPU form's copy rows
 with abacus positions at L and 2L: 1500, 4000 and 8000 steps, and index gaps (gap=3). copy8:
 copy trained on lengths 1..8 (4000 steps), at L, 1.5L and 2L. add5: addition_rev trained on
 lengths 1..5 (4000 steps), at L, 1.6L and 2L. reverse: reverse with the answer's abacus
 indices counting up (the default), counting down (`down`), and counting down with the
-separator indexed (`down,sep`), 4000 steps. Each study also
+separator indexed (`down,sep`), 4000 steps. rope: the abacus indices as rotations of q
+and k (`abacus_rope`) against the learned table, on copy, reverse (down, sep) and
+addition_rev, 4000 steps. Each study also
 prints every seed's accuracy at each answer position at 2L (add3 aside).
 """
 
@@ -43,6 +46,7 @@ def run(
   return f'{root}/{suites.run_name({"task": task, **overrides})}'
 
 
+RUNGS = ('gpt', 'ut', 'trm')  # the control, the single- and the dual-stream recursion
 add_rev = lambda root, model, encoding='abacus': run(root, 'addition_rev', model, encoding, 12)
 ADD3 = dict(
   title='The addition_rev take-apart',
@@ -102,7 +106,7 @@ COPY8 = dict(
   prefix='workdirs/length_beyond_',
   lengths=(8, 12, 16),
   positions=(16,),
-  rows={m: run('copy8_4k', 'copy', m, offset=32) for m in ('gpt', 'ut', 'trm')},
+  rows={m: run('copy8_4k', 'copy', m, offset=32) for m in RUNGS},
   contrasts=[('trm', 'gpt'), ('ut', 'gpt')],
 )
 ADD5 = dict(
@@ -110,10 +114,9 @@ ADD5 = dict(
   prefix='workdirs/length_beyond_',
   lengths=(5, 8, 10),
   positions=(10,),
-  rows={m: run('add5_4k', 'addition_rev', m) for m in ('gpt', 'ut', 'trm')},
+  rows={m: run('add5_4k', 'addition_rev', m) for m in RUNGS},
   contrasts=[('trm', 'gpt'), ('ut', 'gpt')],
 )
-RUNGS = ('gpt', 'ut', 'trm')
 REVERSE = dict(
   title='Reverse with abacus positions counting up, counting down, and down from the separator',
   prefix='workdirs/length_beyond_',
@@ -136,7 +139,48 @@ REVERSE = dict(
     ('ut, down, sep', 'ut, down'),
   ],
 )
-STUDIES = {'add3': ADD3, 'copy': COPY, 'copy8': COPY8, 'add5': ADD5, 'reverse': REVERSE}
+ROPE = dict(
+  title='Abacus indices as rotations (abacus_rope) against the learned abacus table, 4000 steps',
+  prefix='workdirs/length_beyond_',
+  lengths=(5, 8, 10),
+  positions=(10,),
+  rows={
+    **{f'copy, {m}, table': run('cpu_4k', 'copy', m) for m in (*RUNGS, 'ut_level1', 'ut_level2')},
+    **{
+      f'copy, {m}, rotation': run('rope_4k', 'copy', m, 'abacus_rope')
+      for m in (*RUNGS, 'ut_level1', 'ut_level2')
+    },
+    **{f'reverse, {m}, table': run('rev_sep_4k', 'reverse', m, down=True, sep=True) for m in RUNGS},
+    **{
+      f'reverse, {m}, rotation': run('rope_4k', 'reverse', m, 'abacus_rope', down=True, sep=True)
+      for m in RUNGS
+    },
+    **{f'addition_rev, {m}, table': run('add5_4k', 'addition_rev', m) for m in RUNGS},
+    **{
+      f'addition_rev, {m}, rotation': run('rope_4k', 'addition_rev', m, 'abacus_rope')
+      for m in RUNGS
+    },
+  },
+  contrasts=[
+    *(
+      (f'{t}, {m}, rotation', f'{t}, gpt, rotation')
+      for t in ('copy', 'reverse')
+      for m in ('ut', 'trm')
+    ),
+    *((f'copy, {m}, rotation', 'copy, gpt, rotation') for m in ('ut_level1', 'ut_level2')),
+    *((f'{t}, {m}, rotation', f'{t}, {m}, table') for t in ('copy', 'reverse') for m in RUNGS),
+    ('addition_rev, ut, rotation', 'addition_rev, gpt, rotation'),
+    ('addition_rev, trm, rotation', 'addition_rev, gpt, rotation'),
+  ],
+)
+STUDIES = {
+  'add3': ADD3,
+  'copy': COPY,
+  'copy8': COPY8,
+  'add5': ADD5,
+  'reverse': REVERSE,
+  'rope': ROPE,
+}
 
 
 def main(study: str = 'add3'):

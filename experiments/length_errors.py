@@ -11,10 +11,10 @@ recursive rung far below the others) are such pairs, training never having set t
 reading index beside the one read, the errors read digits outside that range; if a
 lookup slips to a neighbour, j - k = +-1.
 
-  python experiments/length_errors.py workdirs/length_beyond_cpu_4k > results/studies/length_beyond_copy_errors.md
+  python experiments/length_errors.py workdirs/length_beyond_cpu_4k workdirs/length_beyond_rope_4k > results/studies/length_beyond_copy_errors.md
 
-Reads every finished copy run with (learned) abacus positions under the roots, no
-training: greedy decoding with the KV cache, 256 permutations, each seed apart.
+Reads every finished copy run with abacus positions (table or rotation) under the roots,
+no training: greedy decoding with the KV cache, 256 permutations, each seed apart.
 """
 
 import sys
@@ -79,6 +79,7 @@ def run_row(workdir: str) -> list[dict]:
     rows.append(
       {
         'model': config.model.name,
+        'positions': config.model.pos_encoding,
         'seed': seed,
         'seq_acc': f'{(pred_NxA == prompts_NxP[:, :LENGTH]).all(1).mean():.3f}',
         'wrong digits': int((pred_NxA != prompts_NxP[:, :LENGTH]).sum()),
@@ -90,15 +91,15 @@ def run_row(workdir: str) -> list[dict]:
 
 
 def main(roots: list[str]):
-  names = sorted(
-    {(root, r['run']) for root in roots for r in results.gather(root) if r['task'] == 'copy'}
-  )
-  rows = [
-    row
-    for root, run in names
-    if 'pos_encoding=abacus,' in run + ','
-    for row in run_row(f'{root}/{run}')
-  ]
+  runs = {
+    (root, r['run'], r['train_length'])
+    for root in roots
+    for r in results.gather(root)
+    if r['task'] == 'copy' and r['pos_encoding'] in ('abacus', 'abacus_rope')
+  }
+  if any(L != TRAINED for _, _, L in runs):
+    raise SystemExit(f'Runs trained to a length other than {TRAINED}: give roots of the CPU form.')
+  rows = [row for root, run, _ in sorted(runs) for row in run_row(f'{root}/{run}')]
   print(f'# Where copy runs err at length {LENGTH}: the distance of the digit they read\n')
   print(f'    python experiments/length_errors.py {" ".join(roots)}\n')
   print(
