@@ -225,6 +225,9 @@ def by_position(final: pd.DataFrame, s: dict, length: int) -> list[str]:
           **{str(i + 1): f'{v:.2f}' for i, v in enumerate(acc)},
         }
       )
+  # A table's columns are its first row's: pad rows of shorter answers (copy beside addition).
+  n = max(len(r) for r in table) - 4
+  table = [{**r, **{str(i): '' for i in range(1, n + 1) if str(i) not in r}} for r in table]
   return [
     f'## Accuracy at each answer position at length {length}, by seed',
     '',

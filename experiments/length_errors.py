@@ -6,7 +6,7 @@ k is answer digit k - 1 (abacus index k - 1; for k = 1 the separator, index 0) a
 right digit has index k; an error that writes input digit j read index j instead.
 Trained on lengths 1..L (L = 5), an answer digit at index a and an input digit at
 index b share a training sequence only while b - a lies in -(L - 2)..L - 1, whatever
-the offset. If the holes in the per-position tables (one or two answer positions of a
+the offset (with rotations, the separator meets distances 1..L only). If the holes in the per-position tables (one or two answer positions of a
 recursive rung far below the others) are such pairs, training never having set the
 reading index beside the one read, the errors read digits outside that range; if a
 lookup slips to a neighbour, j - k = +-1.
@@ -31,10 +31,14 @@ from artrm.training import eval_checkpoint, train_state
 LENGTH, N_PROMPTS, TRAINED = 10, 256, 5
 
 
-def unseen(j: int, k: int) -> bool:
-  """Whether the token writing answer digit k (1-based) and input digit j never share a
-  training sequence at this distance (the separator, k = 1, shares one with every digit)."""
-  return k > 1 and not -(TRAINED - 2) <= j - (k - 1) <= TRAINED - 1
+def unseen(j: int, k: int, rotation: bool = False) -> bool:
+  """Whether training never set the token writing answer digit k (1-based) beside input
+  digit j: for an answer digit, at this index distance; for the separator (k = 1, index
+  0), never with the table (whose row 0 meets every digit) and, with rotations, past
+  distance TRAINED."""
+  if k == 1:
+    return rotation and j > TRAINED
+  return not -(TRAINED - 2) <= j - (k - 1) <= TRAINED - 1
 
 
 def permutation_prompts(n: int, seed: int = 0) -> np.ndarray:
@@ -55,14 +59,14 @@ def errors(pred_NxA: np.ndarray, prompts_NxP: np.ndarray) -> list[tuple[int, int
   return out
 
 
-def summary(e: list[tuple[int, int]]) -> dict:
+def summary(e: list[tuple[int, int]], rotation: bool = False) -> dict:
   """What the errors (j, k) read: the pairs unseen in training, the neighbours, the
   commonest move."""
   if not e:
     return {'pair unseen in training': '–', 'j - k = +-1': '–', 'commonest j - k (share)': '–'}
   moves, counts = np.unique([j - k for j, k in e], return_counts=True)
   return {
-    'pair unseen in training': f'{np.mean([unseen(j, k) for j, k in e]):.2f}',
+    'pair unseen in training': f'{np.mean([unseen(j, k, rotation) for j, k in e]):.2f}',
     'j - k = +-1': f'{np.mean([abs(j - k) == 1 for j, k in e]):.2f}',
     'commonest j - k (share)': f'{moves[counts.argmax()]:+d} ({counts.max() / len(e):.2f})',
   }
@@ -84,7 +88,7 @@ def run_row(workdir: str) -> list[dict]:
         'seq_acc': f'{(pred_NxA == prompts_NxP[:, :LENGTH]).all(1).mean():.3f}',
         'wrong digits': int((pred_NxA != prompts_NxP[:, :LENGTH]).sum()),
         'read an input digit': len(e),
-        **summary(e),
+        **summary(e, rotation=config.model.pos_encoding == 'abacus_rope'),
       }
     )
   return rows
@@ -106,7 +110,8 @@ def main(roots: list[str]):
     f'{N_PROMPTS} prompts, each a permutation of the ten digits; an error at answer '
     f'position k that writes input digit j read index j. Trained on lengths 1..{TRAINED}. '
     'Chance (the wrong digit drawn uniformly from the other nine): the pair unseen in '
-    f'training for {chance(unseen):.2f} of the errors, j - k = +-1 for '
+    f'training for {chance(unseen):.2f} of the errors (table; rotations '
+    f'{chance(lambda j, k: unseen(j, k, rotation=True)):.2f}), j - k = +-1 for '
     f'{chance(lambda j, k: abs(j - k) == 1):.2f}.\n'
   )
   print(markdown_table(rows))

@@ -107,13 +107,13 @@ class CountingBlock(block_lib.Block):
 
   calls = [0]
 
-  def __call__(self, x, deterministic=True, slot=None, rng=None):
+  def __call__(self, x, deterministic=True, slot=None, rng=None, rope_BxT=None):
     def count(x):
       CountingBlock.calls[0] += 1
       return np.zeros((), np.float32)
 
     tick = jax.pure_callback(count, jax.ShapeDtypeStruct((), jnp.float32), x)
-    out, slot = super().__call__(x, deterministic, slot, rng)
+    out, slot = super().__call__(x, deterministic, slot, rng, rope_BxT)
     return out + tick, slot
 
 

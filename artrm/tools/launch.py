@@ -208,9 +208,11 @@ trap 'STOP=1; if [ -n "$RUN" ]; then kill -TERM "$RUN" 2>/dev/null || true; fi' 
 {run} &
 RUN=$!
 if [ "$STOP" -eq 1 ]; then kill -TERM "$RUN" 2>/dev/null || true; fi
-while true; do  # until the run ends: a trapped signal interrupts `wait`
+while true; do  # until the run ends: a trapped signal interrupts `wait` (status > 128)
   RC=0; wait "$RUN" || RC=$?
-  if [ "$RC" -le 128 ] || ! kill -0 "$RUN" 2>/dev/null; then break; fi
+  if [ "$RC" -le 128 ]; then break; fi
+  # The run may have ended meanwhile: `wait` then returns its own status, kept by bash.
+  if ! kill -0 "$RUN" 2>/dev/null; then RC=0; wait "$RUN" || RC=$?; break; fi
 done
 if [ "$RC" -eq {requeue_code} ]; then scontrol requeue "$SLURM_JOB_ID"; exit 0; fi
 exit "$RC"
