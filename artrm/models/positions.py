@@ -108,6 +108,8 @@ def abacus_index(
   n digits (0 past n); with `separator`, n + 1 for the non-digit right after a run of n
   digits; with `gaps_BxK` (K >= the longest run + 1) the sum of the sequence's first
   that-many gaps in place of the count. `last_Bx2`: as in `digit_runs`."""
+  if last_Bx2 is None:
+    last_Bx2 = jnp.zeros((idx_BxT.shape[0], 2), jnp.int32)
   runs_BxTx2 = digit_runs(idx_BxT, last_Bx2)
   k_BxT, before_BxT = runs_BxTx2[..., 0], runs_BxTx2[..., 1]
   index_BxT = k_BxT
@@ -115,8 +117,7 @@ def abacus_index(
     down_BxT = jnp.maximum(before_BxT + 1 - k_BxT, 0)
     index_BxT = jnp.where((k_BxT > 0) & (before_BxT > 0), down_BxT, index_BxT)
   if separator:
-    cached_Bx1 = jnp.zeros_like(k_BxT[:, :1]) if last_Bx2 is None else last_Bx2[:, :1]
-    k_before_BxT = jnp.concatenate([cached_Bx1, k_BxT[:, :-1]], axis=1)
+    k_before_BxT = jnp.concatenate([last_Bx2[:, :1], k_BxT[:, :-1]], axis=1)
     index_BxT = jnp.where((k_BxT == 0) & (k_before_BxT > 0), k_before_BxT + 1, index_BxT)
   if gaps_BxK is not None:
     spaced_BxK1 = jnp.pad(jnp.cumsum(gaps_BxK, axis=1), ((0, 0), (1, 0)))
